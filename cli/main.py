@@ -1,0 +1,160 @@
+"""`ddc`: a thin click front end. Every command parses options and calls the ddcodec API; every
+DDCError becomes one line on stderr and exit code 1, Ctrl-C exit code 130."""
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+import ddcodec
+from ddcodec import FitConfig, QuantConfig
+from ddcodec.errors import DDCError
+from ddcodec.images import png_bytes, read_image, write_atomic
+
+from .progress import FitProgress
+
+
+class DDCGroup(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except DDCError as e:
+            click.echo(f"ddc: error: {e}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("ddc: interrupted; no partial output was left", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=DDCGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(ddcodec.__version__, prog_name="ddc")
+def cli():
+    """ddcodec: compress images into the weights of a Deep Decoder."""
+
+
+def fit_options(f):
+    """Options every fitting command shares, with one name each across API, CLI and file."""
+    opts = [
+        click.option("-k", "--channels", default=64, show_default=True, help="Channels per layer (k)."),
+        click.option("--layers", default=6, show_default=True, help="Blocks (d); d-1 upsamplings."),
+        click.option("--iters", default=FitConfig.iters, show_default=True, help="Fitting iterations."),
+        click.option("--lr", default=FitConfig.lr, show_default=True, help="Adam learning rate."),
+        click.option("--seed", default=0, show_default=True, help="Seed of the weights and input z (0..2^64-1)."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _fit_config(iters, lr, seed):
+    return FitConfig(iters=iters, lr=lr, seed=seed)
+
+
+@cli.command()
+@click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output .ddc [default: IMAGE with .ddc].")
+@fit_options
+@click.option("--max-loss", default=QuantConfig.max_loss_db, show_default=True,
+              help="PSNR (dB) quantization may cost before fine-tuning; larger = smaller file.")
+@click.option("--force", is_flag=True, help="Replace an existing output.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON result line.")
+def encode(image, output, channels, layers, iters, lr, seed, device, quiet, max_loss, force, as_json):
+    """Fit a Deep Decoder to IMAGE and write its quantized weights as a .ddc file."""
+    output = output or image.with_suffix(".ddc")
+    if output.exists() and not force:  # fail before a long fit, not after
+        raise click.ClickException(f"{output} exists (use --force to replace it)")
+    img = read_image(image)
+    fit = _fit_config(iters, lr, seed)
+    quant = QuantConfig(max_loss_db=max_loss)
+    with FitProgress(fit, quant, quiet or as_json) as bar:
+        res = ddcodec.encode(img, channels, layers, fit, quant, device, progress=bar.update)
+    write_atomic(output, res.data, force, inputs=[image])
+    if as_json:
+        click.echo(json.dumps({"input": str(image), "output": str(output), **res.summary()}))
+    else:
+        click.echo(f"{output}: {res.bytes} bytes, {res.bpp:.4f} bpp, PSNR {res.psnr:.2f} dB "
+                   f"({res.width}x{res.height}, {res.params} params, {res.seconds:.1f} s on {res.device})")
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output image [default: FILE with .png].")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
+@click.option("--force", is_flag=True, help="Replace an existing output.")
+def decode(file, output, device, force):
+    """Decode a .ddc file to an image (PNG unless -o names another format)."""
+    output = output or file.with_suffix(".png")
+    img = ddcodec.decode(_read_bytes(file), device=device)
+    write_atomic(output, _image_bytes(img, output), force, inputs=[file])
+    click.echo(f"{output}: {img.shape[1]}x{img.shape[0]}")
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def info(file, as_json):
+    """Show the header of a .ddc file."""
+    d = ddcodec.info(_read_bytes(file))
+    if as_json:
+        click.echo(json.dumps(d))
+        return
+    for k, v in d.items():
+        click.echo(f"{k:>14}: {v}")
+
+
+@cli.command()
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the results [default: a new temporary folder].")
+@click.option("--iters", default=2000, show_default=True, help="Fitting iterations.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+def demo(output, iters, device):
+    """Encode and decode the bundled 192x128 sample image (k=16), and report the figures."""
+    import tempfile
+    from importlib.resources import files
+
+    out = output or Path(tempfile.mkdtemp(prefix="ddc-demo-"))
+    out.mkdir(parents=True, exist_ok=True)
+    src = files("ddcodec") / "data" / "kodim23-192x128.png"
+    img = read_image(src)
+    fit, quant = FitConfig(iters=iters), QuantConfig()
+    with FitProgress(fit, quant, False) as bar:
+        res = ddcodec.encode(img, 16, 6, fit, quant, device, progress=bar.update)
+    write_atomic(out / "sample.ddc", res.data, force=True)
+    t0 = time.perf_counter()
+    dec = ddcodec.decode(res.data)
+    write_atomic(out / "sample.decoded.png", png_bytes(dec), force=True)
+    from ddcodec.metrics import psnr
+    click.echo(f"sample 192x128, k=16: {res.bytes} bytes = {res.bpp:.3f} bpp, "
+               f"PSNR {res.psnr:.2f} dB (decoded: {psnr(dec, img):.2f} dB), encode {res.seconds:.1f} s, "
+               f"decode {time.perf_counter() - t0:.2f} s on {res.device}")
+    click.echo(f"files in {out}")
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise ddcodec.errors.ImageError(f"{path}: {e.strerror}") from None
+
+
+def _image_bytes(img, output: Path) -> bytes:
+    import io
+
+    from PIL import Image
+    fmt = Image.registered_extensions().get(output.suffix.lower(), "PNG" if not output.suffix else None)
+    if fmt is None:
+        raise ddcodec.errors.ImageError(f"{output}: unknown image format {output.suffix!r}")
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def main():
+    cli(prog_name="ddc")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""The encode progress bar (tqdm): iteration, loss, PSNR, it/s, ETA; silent when asked or when
+stderr is not a terminal. It also warns once, early, when the whole encode will take long."""
+import sys
+import time
+
+import click
+from tqdm import tqdm
+
+SLOW_SECONDS = 60  # above this, say how long and how to go faster
+
+
+class FitProgress:
+    def __init__(self, fit, quant, quiet: bool):
+        self.total = fit.iters + quant.qat_iters
+        self.quiet = quiet
+        self.bar = None
+        self.t0 = None
+        self.warned = False
+
+    def __enter__(self):
+        if not self.quiet and sys.stderr.isatty():
+            self.bar = tqdm(total=self.total, unit="it", dynamic_ncols=True, file=sys.stderr)
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+        return False
+
+    def update(self, stage: str, it: int, total: int, loss: float, psnr: float):
+        if stage == "fit" and it == 10 and not self.quiet and not self.warned:
+            self._maybe_warn(it)
+        if self.bar is not None:
+            self.bar.update(1)
+            if it % 10 == 0 or it == total:
+                self.bar.set_postfix_str(f"{stage} loss {loss:.2e} PSNR {psnr:.2f} dB", refresh=False)
+
+    def _maybe_warn(self, it: int):
+        self.warned = True
+        per_it = (time.perf_counter() - self.t0) / it
+        eta = per_it * self.total * 1.1  # the quantization search and QAT cost a little more
+        if eta > SLOW_SECONDS:
+            click.echo(f"note: this encode will take about {eta / 60:.0f} min here; a GPU "
+                       "(--device cuda), fewer --iters, a smaller -k or a smaller image make it "
+                       "faster", err=True)

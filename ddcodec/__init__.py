@@ -1,0 +1,15 @@
+"""ddcodec: an image codec built on the Deep Decoder (Heckel & Hand, ICLR 2019).
+
+    import ddcodec
+    result = ddcodec.encode(image, channels=32)      # image: uint8 array, PIL image or path
+    image = ddcodec.decode(result.data)
+"""
+from .codec import EncodeResult, decode, encode, encode_bank, info
+from .errors import DDCError
+from .fit import FitConfig
+from .nets import Architecture
+from .quant import QuantConfig
+
+__version__ = "0.1.0"
+__all__ = ["encode", "encode_bank", "decode", "info", "EncodeResult", "FitConfig",
+           "QuantConfig", "Architecture", "DDCError", "__version__"]

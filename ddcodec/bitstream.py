@@ -1,0 +1,172 @@
+"""The .ddc container: magic, version, header, payload, CRC-32. docs/format.md has the layout.
+
+The reader checks the magic, the version, every length and bound, and the CRC before it
+allocates anything the header asks for or calls the entropy decoder: constriction does not
+detect corruption, so the CRC and the explicit symbol count are what do.
+"""
+import struct
+import zlib
+from dataclasses import dataclass
+
+from .entropy import TensorModel
+from .errors import (ConfigError, CorruptError, FormatError, LimitError, NotDDCError,
+                     TruncatedError, UnsupportedVersionError)
+from .nets import Architecture, tensor_shapes
+from .quant import STEP_CODE_MAX, STEP_CODE_MIN
+
+MAGIC = b"\x89DDC"
+VERSION = 1
+KINDS = ("deep-decoder", "skip")
+MAX_PIXELS = 1 << 26  # 67 Mpx, e.g. 8192 x 8192; a header asking more is refused unread
+MAX_SIDE = 1 << 16
+MAX_WORK = 1 << 32  # channels * pixels: the decoder's largest activation, in floats
+MAX_SYMBOLS = 1 << 26
+FLAG_TRANSPOSED = 1  # the network was fitted to the transposed image (portrait in a bank)
+_KNOWN_FLAGS = FLAG_TRANSPOSED
+_MIN_SIZE = len(MAGIC) + 1 + 4
+
+
+@dataclass(frozen=True)
+class Header:
+    width: int
+    height: int
+    arch: Architecture
+    seed: int
+    step_codes: tuple  # one signed step code per tensor (quant.step_from_code)
+    models: tuple  # one entropy.TensorModel per tensor
+    flags: int = 0
+
+    @property
+    def symbols(self) -> int:
+        return sum(_numel(s) for _, s in tensor_shapes(self.arch))
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _uvarint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _svarint(n: int) -> bytes:
+    return _uvarint(2 * n if n >= 0 else -2 * n - 1)  # zigzag
+
+
+def pack(h: Header, payload: bytes) -> bytes:
+    """Header + payload -> the bytes of a .ddc file."""
+    out = bytearray(MAGIC) + bytes([VERSION])
+    for v in (h.width, h.height, h.arch.out_channels, h.flags, KINDS.index(h.arch.kind),
+              h.arch.channels, h.arch.layers):
+        out += _uvarint(v)
+    out += struct.pack("<Q", h.seed)
+    out += _uvarint(len(h.models))
+    for code, m in zip(h.step_codes, h.models):
+        out += _svarint(int(code)) + _svarint(m.lo) + _uvarint(m.hi - m.lo)
+        out += _uvarint(m.mu - m.lo) + _uvarint(m.decay)
+    out += _uvarint(h.symbols) + _uvarint(len(payload)) + payload
+    return bytes(out) + struct.pack("<I", zlib.crc32(out))
+
+
+class _Reader:
+    def __init__(self, data: bytes, pos: int, end: int):
+        self.data, self.pos, self.end = data, pos, end
+
+    def uvarint(self, what: str) -> int:
+        n = shift = 0
+        for _ in range(10):
+            if self.pos >= self.end:
+                raise TruncatedError(f"truncated: header ends inside {what}")
+            b = self.data[self.pos]
+            self.pos += 1
+            n |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return n
+            shift += 7
+        raise CorruptError(f"varint too long in {what}")
+
+    def svarint(self, what: str) -> int:
+        z = self.uvarint(what)
+        return z >> 1 if not z & 1 else -((z + 1) >> 1)
+
+    def fixed(self, n: int, what: str) -> bytes:
+        if self.pos + n > self.end:
+            raise TruncatedError(f"truncated: header ends inside {what}")
+        self.pos += n
+        return self.data[self.pos - n:self.pos]
+
+
+def unpack(data: bytes):
+    """Bytes of a .ddc file -> (Header, payload). Raises a FormatError subclass on bad input."""
+    data = bytes(data)
+    if len(data) < len(MAGIC) or data[:len(MAGIC)] != MAGIC:
+        if MAGIC.startswith(data[:len(MAGIC)]):
+            raise TruncatedError(f"truncated: {len(data)} bytes is shorter than a .ddc header")
+        raise NotDDCError("not a DDC file (wrong magic bytes)")
+    if len(data) < _MIN_SIZE:
+        raise TruncatedError(f"truncated: {len(data)} bytes is shorter than a .ddc header")
+    if data[4] != VERSION:
+        raise UnsupportedVersionError(f"unsupported .ddc version {data[4]} (this reader: {VERSION})")
+    r = _Reader(data, 5, len(data) - 4)
+    try:
+        h, payload_len = _read_header(r)
+    except TruncatedError:
+        if zlib.crc32(data[:-4]) == struct.unpack("<I", data[-4:])[0]:
+            raise CorruptError("header runs past the end of the file")
+        raise
+    expected = r.pos + payload_len + 4
+    if len(data) < expected:
+        raise TruncatedError(f"truncated: expected {expected} bytes, got {len(data)}")
+    if len(data) > expected:
+        raise CorruptError(f"{len(data) - expected} unexpected bytes after the payload")
+    if zlib.crc32(data[:-4]) != struct.unpack("<I", data[-4:])[0]:
+        raise CorruptError("CRC mismatch: the file is corrupted")
+    for m in h.models:
+        m.validate()
+    return h, data[r.pos:r.pos + payload_len]
+
+
+def _read_header(r: _Reader):
+    width, height = r.uvarint("width"), r.uvarint("height")
+    channels, flags, kind = r.uvarint("channels"), r.uvarint("flags"), r.uvarint("kind")
+    k, layers = r.uvarint("k"), r.uvarint("layers")
+    if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE and width * height <= MAX_PIXELS):
+        raise LimitError(f"image size {width}x{height} exceeds the reader's limits")
+    if flags & ~_KNOWN_FLAGS or kind >= len(KINDS):
+        raise CorruptError(f"unknown flags {flags} or architecture {kind}")
+    try:
+        arch = Architecture(KINDS[kind], k, layers, channels)
+    except ConfigError as e:
+        raise CorruptError(f"bad architecture in header: {e}") from None
+    if k * width * height > MAX_WORK:
+        raise LimitError(f"decoding {width}x{height} at k={k} exceeds the reader's limits")
+    seed = struct.unpack("<Q", r.fixed(8, "seed"))[0]
+    count = r.uvarint("tensor count")
+    shapes = tensor_shapes(arch)
+    if count != len(shapes):
+        raise CorruptError(f"header lists {count} tensors, the architecture has {len(shapes)}")
+    codes, models = [], []
+    for name, _ in shapes:
+        codes.append(r.svarint(name))
+        if not STEP_CODE_MIN <= codes[-1] <= STEP_CODE_MAX:
+            raise CorruptError(f"step code {codes[-1]} of {name} out of range")
+        lo = r.svarint(name)
+        hi = lo + r.uvarint(name)
+        mu = lo + r.uvarint(name)
+        models.append(TensorModel(lo, hi, mu, r.uvarint(name)))
+    h = Header(width, height, arch, seed, tuple(codes), tuple(models), flags)
+    symbols = r.uvarint("symbol count")
+    if symbols > MAX_SYMBOLS or symbols != h.symbols:
+        raise CorruptError(f"symbol count {symbols} does not match the architecture ({h.symbols})")
+    return h, r.uvarint("payload length")
+
+
+__all__ = ["Header", "pack", "unpack", "FormatError", "MAGIC", "VERSION"]

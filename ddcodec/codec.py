@@ -1,0 +1,157 @@
+"""The public API: encode() and decode(), and their file-path helpers.
+
+    encode:  image -> fit a Deep Decoder -> steps -> QAT -> integers -> range coder -> .ddc
+    decode:  .ddc -> integers * steps -> network, z = noise(seed) -> one forward pass -> image
+
+The PSNR that encode() reports is measured by decoding the bytes it produced, so it is the
+PSNR a user gets from decode() (up to float differences between devices, see docs/format.md).
+"""
+import time
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import bitstream, entropy
+from .errors import ConfigError, ImageError
+from .fit import FitConfig, mse_per_image, optimise
+from .images import check_image, png_bytes, read_image, write_atomic
+from .metrics import bpp as bits_per_pixel, psnr
+from .nets import Architecture, DeepDecoder, param_count, seeded_input
+from .quant import QuantConfig, dequantize, normalise_rows, quantize, search_steps, steps_tensor, straight_through
+
+
+@dataclass
+class EncodeResult:
+    data: bytes = field(repr=False)
+    width: int
+    height: int
+    psnr: float  # dB, decoded 8-bit output against the 8-bit input
+    psnr_float: float  # dB, the unquantized network's 8-bit output
+    bpp: float  # from len(data)
+    seconds: float  # wall clock of the whole encode (fit, quantization, coding)
+    device: str
+    params: int
+    arch: Architecture
+
+    @property
+    def bytes(self) -> int:
+        return len(self.data)
+
+    def summary(self) -> dict:
+        d = {k: v for k, v in asdict(self).items() if k not in ("data", "arch")}
+        d.update(bytes=self.bytes, arch=asdict(self.arch))
+        return d
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ConfigError(f"unknown device {device!r} (use auto, cpu or cuda)")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for, but no CUDA GPU is available")
+    return torch.device(device)
+
+
+def encode(image, channels: int = 64, layers: int = 6, fit: FitConfig = FitConfig(),
+           quant: QuantConfig = QuantConfig(), device: str = "auto", progress=None) -> EncodeResult:
+    """Encode one image (uint8 array, PIL image or path) into .ddc bytes."""
+    return encode_bank([image], channels, layers, fit, quant, device, progress)[0]
+
+
+def encode_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitConfig(),
+                quant: QuantConfig = QuantConfig(), device: str = "auto", progress=None) -> list:
+    """Encode B images of one size and channel count as one bank: one fit, B files."""
+    t0 = time.perf_counter()
+    imgs = [_as_array(im) for im in images]
+    if len({im.shape for im in imgs}) != 1:
+        raise ImageError("a bank needs images of one size and channel count")
+    h, w = imgs[0].shape[:2]
+    arch = Architecture("deep-decoder", channels, layers, 1 if imgs[0].ndim == 2 else 3)
+    dev = resolve_device(device)
+    target = torch.from_numpy(np.stack([_chw(im) for im in imgs])).to(dev).float() / 255
+    seeds = [fit.seed] * len(imgs)
+    model = DeepDecoder(arch, seeds).to(dev)
+    z = torch.stack([seeded_input(arch, h, w, s) for s in seeds]).to(dev)
+    loss_fn = lambda out: mse_per_image(out[..., :h, :w], target)  # noqa: E731
+    stage = (lambda name: partial(progress, name)) if progress else (lambda name: None)
+    optimise(model, z, loss_fn, fit.iters, fit.lr, fit.lr_floor, input_noise=fit.input_noise,
+             progress=stage("fit"), noise_seed=fit.seed)
+    with torch.no_grad():
+        float_out = _to_uint8(model(z)[..., :h, :w])
+    if quant.normalise_rows:
+        normalise_rows(model, z)
+    codes = search_steps(model, z, loss_fn, quant)  # [T, B]
+    steps = steps_tensor(codes, dev)
+    optimise(model, z, loss_fn, quant.qat_iters, quant.qat_lr,
+             transform=lambda p: straight_through(p, steps), progress=stage("qat"))
+    results = []
+    for b, img in enumerate(imgs):
+        data = _write_member(model, b, codes[:, b], arch, w, h, seeds[b])
+        decoded = decode(data, device=str(dev))
+        results.append(EncodeResult(
+            data, w, h, psnr(decoded, img), psnr(float_out[b], img),
+            bits_per_pixel(len(data), w, h), 0.0, str(dev), param_count(arch), arch))
+    seconds = time.perf_counter() - t0
+    for r in results:
+        r.seconds = seconds / len(results)
+    return results
+
+
+def _write_member(model, b, codes, arch, width, height, seed) -> bytes:
+    steps = steps_tensor(codes[:, None], torch.device("cpu"))
+    ints = [quantize(t.detach()[b:b + 1].cpu(), s)[0].numpy().astype(np.int64)
+            for (_, t), s in zip(model.named_tensors(), steps)]
+    models = [entropy.fit_model(q) for q in ints]
+    header = bitstream.Header(width, height, arch, seed, tuple(int(c) for c in codes), tuple(models))
+    return bitstream.pack(header, entropy.encode(ints, models))
+
+
+def decode(data: bytes, device: str = "cpu") -> np.ndarray:
+    """.ddc bytes -> uint8 image [H, W, 3] or [H, W]. Raises a FormatError on bad data."""
+    header, payload = bitstream.unpack(data)
+    from .nets import tensor_shapes
+    shapes = [s for _, s in tensor_shapes(header.arch)]
+    ints = entropy.decode(payload, header.models, [int(np.prod(s)) for s in shapes])
+    dev = resolve_device(device)
+    steps = steps_tensor(np.asarray(header.step_codes)[:, None], torch.device("cpu"))
+    model = DeepDecoder(header.arch, (header.seed,))
+    with torch.no_grad():
+        for (_, t), q, s, shape in zip(model.named_tensors(), ints, steps, shapes):
+            t.copy_(dequantize(torch.from_numpy(q.astype(np.float32)).view(1, *shape), s))
+        model.to(dev)
+        z = seeded_input(header.arch, header.height, header.width, header.seed)[None].to(dev)
+        out = _to_uint8(model(z)[..., :header.height, :header.width])[0]
+    return out
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    """[B, c, H, W] in [0, 1] -> uint8 [B, H, W, c] (or [B, H, W] for c = 1)."""
+    u = (x * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return u[..., 0] if u.shape[-1] == 1 else u
+
+
+def _chw(img: np.ndarray) -> np.ndarray:
+    return img[None] if img.ndim == 2 else img.transpose(2, 0, 1)
+
+
+def _as_array(image) -> np.ndarray:
+    if isinstance(image, (str, Path)):
+        return read_image(image)
+    if hasattr(image, "mode") and hasattr(image, "size"):  # a PIL image
+        from .images import from_pil
+        return from_pil(image)
+    return check_image(image)
+
+
+def info(data: bytes) -> dict:
+    """The header of a .ddc file as a dict (validated, payload not decoded)."""
+    h, payload = bitstream.unpack(data)
+    return {"version": bitstream.VERSION, "width": h.width, "height": h.height,
+            "channels": h.arch.out_channels, "arch": asdict(h.arch), "seed": h.seed,
+            "params": param_count(h.arch), "bytes": len(data), "payload_bytes": len(payload),
+            "header_bytes": len(data) - len(payload) - 4, "bpp": bits_per_pixel(len(data), h.width, h.height),
+            "step_codes": list(h.step_codes)}

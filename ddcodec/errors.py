@@ -1,0 +1,42 @@
+"""Typed errors. Every failure a user can cause ends in one of these, so the CLI can print one
+line and exit non-zero, and a library caller can catch ``DDCError`` alone."""
+
+
+class DDCError(Exception):
+    """Base class of every error ddcodec raises on bad input."""
+
+
+class FormatError(DDCError):
+    """A .ddc byte string that cannot be decoded."""
+
+
+class NotDDCError(FormatError):
+    """The data does not start with the .ddc magic bytes."""
+
+
+class UnsupportedVersionError(FormatError):
+    """The file is a .ddc file of a format version this reader does not know."""
+
+
+class TruncatedError(FormatError):
+    """The data ends before the structure it declares."""
+
+
+class CorruptError(FormatError):
+    """CRC mismatch, or a field whose value is impossible."""
+
+
+class LimitError(FormatError):
+    """A header asks for more pixels, parameters or symbols than the reader allows."""
+
+
+class ImageError(DDCError):
+    """An input image that cannot be read, or that the codec refuses (with the reason)."""
+
+
+class OutputExistsError(DDCError):
+    """The output exists and --force was not given, or it would overwrite an input."""
+
+
+class ConfigError(DDCError):
+    """An option out of its valid range."""

@@ -1,0 +1,104 @@
+"""Reading and writing images, and the safe-write rule for every output.
+
+Images are uint8 arrays [H, W, 3] or [H, W]. Input modes are either converted without changing
+a pixel value (palette -> RGB, 1-bit -> L, opaque alpha dropped, EXIF orientation applied) or
+refused with a one-line reason; never silently altered.
+"""
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .errors import ImageError, OutputExistsError
+
+MAX_INPUT_PIXELS = 1 << 26  # the encoder's own limit; Pillow's bomb guard stays on as well
+
+
+def from_pil(im: Image.Image, max_pixels: int = MAX_INPUT_PIXELS) -> np.ndarray:
+    try:
+        im = ImageOps.exif_transpose(im)
+    except Exception as e:  # a broken EXIF block is the file's problem, not a crash
+        raise ImageError(f"cannot apply EXIF orientation: {e}") from None
+    if im.width * im.height == 0:
+        raise ImageError("image has zero size")
+    if im.width * im.height > max_pixels:
+        raise ImageError(f"image has {im.width * im.height} pixels, more than the limit {max_pixels}")
+    if im.mode == "P":  # a palette holds exact RGB(A) values: expanding it changes nothing
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("RGBA", "LA", "PA"):
+        if np.asarray(im.getchannel("A")).min() < 255:
+            raise ImageError("images with transparency are not supported "
+                             "(flatten the alpha channel first)")
+        im = im.convert("RGB" if im.mode == "RGBA" else "L")  # fully opaque: nothing lost
+    if im.mode == "1":
+        im = im.convert("L")  # 0/255 exactly
+    if im.mode not in ("RGB", "L"):
+        raise ImageError(f"unsupported image mode {im.mode} (16-bit, CMYK and float images are "
+                         "refused; convert to 8-bit RGB or grayscale)")
+    return np.asarray(im, dtype=np.uint8).copy()
+
+
+def read_image(path, max_pixels: int = MAX_INPUT_PIXELS) -> np.ndarray:
+    """Any image Pillow reads -> uint8 [H, W, 3] or [H, W]."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return from_pil(im, max_pixels)
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path}: {e}") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageError(f"{path}: cannot read image ({e})") from None
+
+
+def check_image(img: np.ndarray) -> np.ndarray:
+    if not isinstance(img, np.ndarray) or img.dtype != np.uint8:
+        raise ImageError("image must be a uint8 numpy array")
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 3)):
+        raise ImageError(f"image must be [H, W] or [H, W, 3], got shape {img.shape}")
+    if img.shape[0] * img.shape[1] == 0:
+        raise ImageError("image has zero size")
+    return img
+
+
+def png_bytes(img: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_atomic(path, data: bytes, force: bool = False, inputs=()) -> None:
+    """Write via a temp file in the same folder, fsync, rename: a reader never sees a partial
+    file, a crash leaves none, and an existing file is replaced only with force."""
+    path = Path(path)
+    for src in inputs:
+        if path.exists() and Path(src).exists() and os.path.samefile(src, path):
+            raise OutputExistsError(f"{path}: refusing to overwrite the input")
+        if path.resolve() == Path(src).resolve():
+            raise OutputExistsError(f"{path}: refusing to overwrite the input")
+    if path.exists() and not force:
+        raise OutputExistsError(f"{path} exists (use --force to replace it)")
+    if path.is_dir():
+        raise OutputExistsError(f"{path} is a directory")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise

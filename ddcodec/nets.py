@@ -1,0 +1,132 @@
+"""The Deep Decoder (Heckel & Hand, "Deep Decoder", ICLR 2019, sec. 2), written over a bank.
+
+A bank holds B independent decoders as batched tensors: block i's 1x1 convolution is one
+[B, k, k] tensor applied with bmm, and the channel normalisation runs as batch_norm on a
+[1, B*k, H, W] view, so each image is normalised over its own pixels. One Adam step then
+advances B fits whose gradients never mix (design.md: bmm beat grouped convolutions).
+
+Block i: 1x1 conv (no bias) -> bilinear x2 upsample (not in the last block) -> ReLU ->
+normalisation with affine scale/shift. Then a 1x1 conv to the image channels and a sigmoid.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError
+from .noise import uniform
+
+INPUT_SCALE = 0.1  # z ~ U[0, 0.1), as in the reference code
+BN_EPS = 1e-5  # torch's BatchNorm2d default, which the reference uses
+
+
+@dataclass(frozen=True)
+class Architecture:
+    kind: str = "deep-decoder"  # "deep-decoder", or "skip" (the DIP comparison net)
+    channels: int = 64  # k: width of every block; the paper uses 64 for compression
+    layers: int = 6  # d blocks, d-1 upsamplings: the paper's default
+    out_channels: int = 3  # 3 for RGB, 1 for grayscale
+
+    def __post_init__(self):
+        if self.kind not in ("deep-decoder", "skip"):
+            raise ConfigError(f"unknown architecture {self.kind!r}")
+        if not 1 <= self.channels <= 1024:
+            raise ConfigError(f"channels must be in 1..1024, got {self.channels}")
+        if not 1 <= self.layers <= 12:
+            raise ConfigError(f"layers must be in 1..12, got {self.layers}")
+        if self.out_channels not in (1, 3):
+            raise ConfigError(f"out_channels must be 1 or 3, got {self.out_channels}")
+
+    @property
+    def upsamplings(self) -> int:
+        return self.layers - 1
+
+
+def input_shape(arch: Architecture, height: int, width: int) -> tuple:
+    """Shape of z for an output of at least height x width (the output is then cropped)."""
+    f = 2**arch.upsamplings
+    return (arch.channels, math.ceil(height / f), math.ceil(width / f))
+
+
+def seeded_input(arch: Architecture, height: int, width: int, seed: int) -> torch.Tensor:
+    return torch.from_numpy(uniform(seed, input_shape(arch, height, width), INPUT_SCALE))
+
+
+def param_count(arch: Architecture) -> int:
+    """N = d*k^2 + 2*d*k + c*k (design.md)."""
+    k, d, c = arch.channels, arch.layers, arch.out_channels
+    return d * k * k + 2 * d * k + c * k
+
+
+def tensor_shapes(arch: Architecture) -> list:
+    """(name, shape) of each coded tensor in file order, without the bank dimension."""
+    k, c = arch.channels, arch.out_channels
+    out = []
+    for i in range(arch.layers):
+        out += [(f"block{i}.conv", (k, k)), (f"block{i}.scale", (k,)), (f"block{i}.shift", (k,))]
+    return out + [("out.conv", (c, k))]
+
+
+def _upsample_axis(x: torch.Tensor, dim: int) -> torch.Tensor:
+    # Bilinear x2 with align_corners=False along one axis: output 2i is 3/4 x[i] + 1/4 x[i-1],
+    # output 2i+1 is 3/4 x[i] + 1/4 x[i+1], edges clamped. Written with slices so its backward
+    # has no atomics: CUDA's upsample backward does, and would make re-encodes differ.
+    n = x.shape[dim]
+    prev = torch.cat([x.narrow(dim, 0, 1), x.narrow(dim, 0, n - 1)], dim)
+    nxt = torch.cat([x.narrow(dim, 1, n - 1), x.narrow(dim, n - 1, 1)], dim)
+    even = 0.75 * x + 0.25 * prev
+    odd = 0.75 * x + 0.25 * nxt
+    return torch.stack([even, odd], dim + 1).flatten(dim, dim + 1)
+
+
+def upsample2x(x: torch.Tensor) -> torch.Tensor:
+    """Bilinear x2 upsampling of [..., H, W], equal to F.interpolate(align_corners=False)."""
+    return _upsample_axis(_upsample_axis(x, x.dim() - 2), x.dim() - 1)
+
+
+class DeepDecoder(nn.Module):
+    """B Deep Decoders of one architecture. forward(z: [B, k, h, w]) -> [B, c, h*2^(d-1), ...]."""
+
+    def __init__(self, arch: Architecture, seeds=(0,)):
+        super().__init__()
+        self.arch, self.bank = arch, len(seeds)
+        k, d, c, bank = arch.channels, arch.layers, arch.out_channels, len(seeds)
+        # torch's default conv init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), drawn on the CPU from
+        # one generator per member, seeded by that member's seed: the start point is the same
+        # on every device and does not depend on which bank the image shares.
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+
+        def init(*shape):
+            u = torch.stack([torch.rand(*shape, generator=g) for g in gens])
+            return nn.Parameter((u * 2 - 1) / math.sqrt(shape[-1]))
+
+        self.weight = nn.ParameterList([init(k, k) for _ in range(d)])
+        self.scale = nn.ParameterList([nn.Parameter(torch.ones(bank, k)) for _ in range(d)])
+        self.shift = nn.ParameterList([nn.Parameter(torch.zeros(bank, k)) for _ in range(d)])
+        self.out = init(c, k)
+
+    def named_tensors(self):
+        """The tensors in file order: per block its conv, scale and shift; then the output conv."""
+        tensors = [t for i in range(self.arch.layers)
+                   for t in (self.weight[i], self.scale[i], self.shift[i])] + [self.out]
+        return [(name, t) for (name, _), t in zip(tensor_shapes(self.arch), tensors)]
+
+    def forward(self, z: torch.Tensor, params=None) -> torch.Tensor:
+        # params: optional list of tensors in named_tensors() order, used instead of the
+        # module's own (quantization-aware training passes rounded copies through here).
+        p = params if params is not None else [t for _, t in self.named_tensors()]
+        x = z
+        for i in range(self.arch.layers):
+            w, g, b = p[3 * i], p[3 * i + 1], p[3 * i + 2]
+            bsz, k, h, wd = x.shape
+            x = torch.bmm(w, x.reshape(bsz, k, h * wd)).view(bsz, w.shape[1], h, wd)
+            if i < self.arch.layers - 1:
+                x = upsample2x(x)
+            x = F.relu(x)
+            shape = x.shape
+            x = F.batch_norm(x.reshape(1, -1, *shape[2:]), None, None, g.reshape(-1),
+                             b.reshape(-1), training=True, eps=BN_EPS).view(shape)
+        bsz, k, h, wd = x.shape
+        return torch.sigmoid(torch.bmm(p[-1], x.reshape(bsz, k, h * wd)).view(bsz, -1, h, wd))

@@ -1,0 +1,129 @@
+"""Quantization: every tensor becomes integers times a per-tensor step.
+
+Steps lie on a grid 2^(e/8) (e a small signed integer stored in the file), as Cool-chic picks
+per-module steps from powers of two: exact in float32 on every machine, and one byte each.
+
+Step choice follows high-rate theory. Rounding tensor t with step s adds output MSE of about
+S_t s^2 / 12 and saves about n_t log2(s) bits, so minimising D + lambda R gives
+s_t = c * sqrt(n_t / S_t). S_t (sensitivity) is measured by perturbing each tensor once; the
+single scale c is then searched (on real rounded weights) for the largest c whose PSNR loss
+stays within QuantConfig.max_loss_db, the knob that trades distortion for rate.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import ConfigError
+
+# 2^(j/8) for j = 0..7, as exact float32 literals: the decoder must not call pow().
+_ROOTS = np.array([float.fromhex(h) for h in (
+    "0x1.0p+0", "0x1.172b84p+0", "0x1.306fe0p+0", "0x1.4bfdaep+0",
+    "0x1.6a09e6p+0", "0x1.8ace54p+0", "0x1.ae89fap+0", "0x1.d5818ep+0")], dtype=np.float32)
+STEP_CODE_MIN, STEP_CODE_MAX = -200, 40  # steps from 2^-25 to 32
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    max_loss_db: float = 0.05  # PSNR the rounding may cost before fine-tuning; raise for rate
+    qat_iters: int = 300  # quantization-aware fine-tuning steps after the step search
+    qat_lr: float = 0.002  # lower than the fit's lr: the weights should stay near the grid
+    search_rounds: int = 12  # bisection steps on log2(c)
+    normalise_rows: bool = True  # use the conv rows' scale freedom before rounding
+
+    def __post_init__(self):
+        if not 0 <= self.max_loss_db <= 40:
+            raise ConfigError(f"max_loss_db must be in [0, 40], got {self.max_loss_db}")
+        if not 0 <= self.qat_iters <= 1_000_000:
+            raise ConfigError(f"qat_iters must be in 0..1000000, got {self.qat_iters}")
+
+
+def step_from_code(code) -> np.ndarray:
+    """2^(code/8) in float32, exactly: a table lookup and a power-of-two scaling."""
+    code = np.asarray(code, dtype=np.int64)
+    return np.ldexp(_ROOTS[code % 8], (code // 8).astype(np.int32)).astype(np.float32)
+
+
+def code_from_step(step) -> np.ndarray:
+    code = np.round(8 * np.log2(np.maximum(np.asarray(step, dtype=np.float64), 1e-30)))
+    return np.clip(code, STEP_CODE_MIN, STEP_CODE_MAX).astype(np.int64)
+
+
+def quantize(t: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """round(t / step) as integers; step broadcasts over the bank dimension."""
+    return torch.round(t / _bank_view(step, t))
+
+
+def dequantize(q: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    return q * _bank_view(step, q)
+
+
+def straight_through(params, steps):
+    """Rounded values forward, identity gradient backward (quantization-aware training)."""
+    return [p + (dequantize(quantize(p, s), s) - p).detach() for p, s in zip(params, steps)]
+
+
+def _bank_view(step: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return step.view(-1, *([1] * (t.dim() - 1)))
+
+
+@torch.no_grad()
+def normalise_rows(model, z) -> None:
+    """Scale each block conv's rows to unit RMS. A row's scale passes through upsampling and
+    ReLU unchanged and the normalisation removes it, so the image does not change; but a
+    per-tensor step then gives every row the same relative precision."""
+    for w in model.weight:
+        rms = w.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-12)
+        w.div_(rms)
+
+
+@torch.no_grad()
+def sensitivities(model, z, rel: float = 0.02) -> torch.Tensor:
+    """S [T, B]: output MSE added per unit of uniform rounding-noise variance in each tensor."""
+    params = [t for _, t in model.named_tensors()]
+    ref = model(z)
+    gen = torch.Generator(device=z.device).manual_seed(1234)
+    out = []
+    for i, p in enumerate(params):
+        amp = rel * p.flatten(1).abs().amax(1).clamp_min(1e-8)  # [B]
+        noise = (torch.rand(p.shape, generator=gen, device=p.device) - 0.5) * _bank_view(amp, p)
+        trial = list(params)
+        trial[i] = p + noise
+        dmse = (model(z, trial) - ref).pow(2).flatten(1).mean(1)
+        # sum over the tensor's n elements of dMSE/d(var); var of U(-a/2, a/2) is a^2/12
+        out.append(dmse / (amp**2 / 12).clamp_min(1e-30))
+    return torch.stack(out).clamp_min(1e-12)
+
+
+@torch.no_grad()
+def search_steps(model, z, loss_fn, cfg: QuantConfig) -> np.ndarray:
+    """Step codes [T, B] for the largest scale c whose PSNR loss is within cfg.max_loss_db."""
+    params = [t for _, t in model.named_tensors()]
+    n = torch.tensor([p[0].numel() for p in params], dtype=torch.float64, device=z.device)
+    sens = sensitivities(model, z).double()
+    shape = (n[:, None] / sens).sqrt()  # [T, B], step per unit c
+    base = loss_fn(model(z)).double()  # [B], mse of the float net
+    allowed = base * (10 ** (cfg.max_loss_db / 10) - 1)
+    c_pred = (12 * allowed / n.sum()).clamp_min(1e-30).sqrt()
+    lo, hi = torch.log2(c_pred) - 6, torch.log2(c_pred) + 6
+    best = _codes(shape, 2.0**lo)
+    for _ in range(cfg.search_rounds):
+        mid = (lo + hi) / 2
+        codes = _codes(shape, 2.0**mid)
+        ok = loss_fn(model(z, rounded(params, codes))).double() <= base + allowed
+        best = np.where(ok.cpu().numpy()[None, :], codes, best)
+        lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
+    return best
+
+
+def _codes(shape: torch.Tensor, c: torch.Tensor) -> np.ndarray:
+    return code_from_step((shape * c[None, :]).cpu().numpy())
+
+
+def steps_tensor(codes: np.ndarray, device) -> list:
+    return [torch.from_numpy(step_from_code(row)).to(device) for row in codes]
+
+
+def rounded(params, codes: np.ndarray) -> list:
+    steps = steps_tensor(codes, params[0].device)
+    return [dequantize(quantize(p, s), s) for p, s in zip(params, steps)]
