@@ -20,7 +20,7 @@ from .fit import FitConfig, mse_per_image, optimise
 from .images import check_image, png_bytes, read_image, write_atomic
 from .metrics import bpp as bits_per_pixel, psnr
 from .nets import Architecture, DeepDecoder, param_count, seeded_input
-from .quant import QuantConfig, dequantize, normalise_rows, quantize, search_steps, steps_tensor, straight_through
+from .quant import QuantConfig, dequantize, quantize, search_steps, steps_tensor, straight_through
 
 
 @dataclass
@@ -82,8 +82,6 @@ def encode_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = Fi
              progress=stage("fit"), noise_seed=fit.seed)
     with torch.no_grad():
         float_out = _to_uint8(model(z)[..., :h, :w])
-    if quant.normalise_rows:
-        normalise_rows(model, z)
     codes = search_steps(model, z, loss_fn, quant)  # [T, B]
     steps = steps_tensor(codes, dev)
     optimise(model, z, loss_fn, quant.qat_iters, quant.qat_lr,

@@ -14,7 +14,8 @@ from .errors import CorruptError
 
 MAX_ALPHABET = 1 << 16  # symbols a tensor may span; bounds the table the decoder allocates
 DECAY_ONE = 1 << 16
-_DECAYS = np.unique(np.round(DECAY_ONE * (1 - np.geomspace(0.5, 1e-4, 120))).astype(np.int64))
+# candidate r: logit-spaced from 0.001 (almost every value at mu) to 0.9999 (nearly flat)
+_DECAYS = np.unique(np.round(DECAY_ONE / (1 + np.exp(-np.linspace(-7, 9.2, 160)))).astype(np.int64))
 
 
 @dataclass(frozen=True)

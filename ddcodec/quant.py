@@ -29,7 +29,6 @@ class QuantConfig:
     qat_iters: int = 300  # quantization-aware fine-tuning steps after the step search
     qat_lr: float = 0.002  # lower than the fit's lr: the weights should stay near the grid
     search_rounds: int = 12  # bisection steps on log2(c)
-    normalise_rows: bool = True  # use the conv rows' scale freedom before rounding
 
     def __post_init__(self):
         if not 0 <= self.max_loss_db <= 40:
@@ -65,16 +64,6 @@ def straight_through(params, steps):
 
 def _bank_view(step: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return step.view(-1, *([1] * (t.dim() - 1)))
-
-
-@torch.no_grad()
-def normalise_rows(model, z) -> None:
-    """Scale each block conv's rows to unit RMS. A row's scale passes through upsampling and
-    ReLU unchanged and the normalisation removes it, so the image does not change; but a
-    per-tensor step then gives every row the same relative precision."""
-    for w in model.weight:
-        rms = w.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-12)
-        w.div_(rms)
 
 
 @torch.no_grad()

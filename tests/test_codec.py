@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+
+import ddcodec
+from ddcodec import FitConfig, QuantConfig
+from ddcodec.errors import ImageError
+from ddcodec.metrics import psnr
+
+from .conftest import FAST_FIT, FAST_QUANT, small
+
+
+def test_decode_gives_the_psnr_encode_reported(image, encoded):
+    decoded = ddcodec.decode(encoded.data)
+    assert decoded.shape == image.shape and decoded.dtype == np.uint8
+    assert abs(psnr(decoded, image) - encoded.psnr) <= 0.05
+
+
+def test_bpp_is_from_the_real_file_size(image, encoded):
+    assert encoded.bytes == len(encoded.data)
+    assert encoded.bpp == pytest.approx(8 * len(encoded.data) / (48 * 32))
+
+
+def test_reencode_is_byte_identical(image, encoded):
+    again = ddcodec.encode(image, channels=8, fit=FAST_FIT, quant=FAST_QUANT, device="cpu")
+    assert again.data == encoded.data
+
+
+def test_quantization_costs_at_most_a_tenth_of_a_db_at_default_settings():
+    img = small(64, 48)
+    r = ddcodec.encode(img, channels=12, fit=FitConfig(iters=400), device="cpu")
+    assert r.psnr_float - r.psnr <= 0.1
+
+
+def test_larger_max_loss_gives_a_smaller_file():
+    img = small(64, 48)
+    kw = dict(channels=12, fit=FitConfig(iters=300), device="cpu")
+    fine = ddcodec.encode(img, quant=QuantConfig(max_loss_db=0.05, qat_iters=0), **kw)
+    coarse = ddcodec.encode(img, quant=QuantConfig(max_loss_db=2.0, qat_iters=0), **kw)
+    assert coarse.bytes < fine.bytes and coarse.psnr < fine.psnr
+
+
+@pytest.mark.parametrize("w,h,mode", [(37, 23, "RGB"), (1, 1, "RGB"), (30, 20, "L"), (3, 70, "RGB")])
+def test_odd_sizes_and_grayscale_round_trip(w, h, mode):
+    img = small(w, h, mode)
+    r = ddcodec.encode(img, channels=4, layers=4, fit=FitConfig(iters=40),
+                       quant=QuantConfig(qat_iters=5), device="cpu")
+    out = ddcodec.decode(r.data)
+    assert out.shape == img.shape
+    assert abs(psnr(out, img) - r.psnr) <= 0.05
+
+
+def test_the_input_is_not_stored_in_the_file(encoded):
+    info = ddcodec.info(encoded.data)
+    assert info["payload_bytes"] + info["header_bytes"] + 4 == len(encoded.data)
+    assert len(encoded.data) < 8 * 4 * 8 * 3  # far less than even a float z of 8x2x3
+
+
+def test_bad_arrays_are_refused():
+    with pytest.raises(ImageError):
+        ddcodec.encode(np.zeros((4, 4, 2), np.uint8))
+    with pytest.raises(ImageError):
+        ddcodec.encode(np.zeros((4, 4, 3), np.float32))
+    with pytest.raises(ImageError):
+        ddcodec.encode(np.zeros((0, 4, 3), np.uint8))

@@ -1,0 +1,49 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from hypothesis.extra.numpy import arrays
+
+from ddcodec import entropy
+from ddcodec.errors import CorruptError
+
+tensor = st.integers(1, 300).flatmap(
+    lambda n: st.tuples(st.integers(-5000, 5000), st.integers(0, 3000)).flatmap(
+        lambda c: arrays(np.int64, n, elements=st.integers(c[0] - c[1], c[0] + c[1]))))
+
+
+@given(st.lists(tensor, min_size=1, max_size=6))
+@settings(deadline=None, max_examples=60)
+def test_encode_decode_round_trips_random_integer_tensors(tensors):
+    models = [entropy.fit_model(t) for t in tensors]
+    data = entropy.encode(tensors, models)
+    out = entropy.decode(data, models, [t.size for t in tensors])
+    assert all(np.array_equal(a, b) for a, b in zip(out, tensors))
+
+
+def test_constant_tensor_costs_no_payload():
+    t = np.full(100, 7)
+    m = entropy.fit_model(t)
+    assert entropy.encode([t], [m]) == b""
+    assert np.array_equal(entropy.decode(b"", [m], [100])[0], t)
+
+
+@pytest.mark.parametrize("scale", [0.3, 1.0, 10.0])
+def test_laplace_tensor_codes_within_3_percent_of_its_empirical_entropy(scale):
+    rng = np.random.default_rng(0)
+    t = np.round(rng.laplace(0, scale, 4000)).astype(np.int64)
+    _, counts = np.unique(t, return_counts=True)
+    p = counts / t.size
+    entropy_bits = -(counts * np.log2(p)).sum()
+    data = entropy.encode([t], [entropy.fit_model(t)])
+    assert len(data) * 8 <= 1.03 * entropy_bits + 64
+
+
+@pytest.mark.parametrize("model", [
+    entropy.TensorModel(0, 1 << 17, 0, 100),  # alphabet too large
+    entropy.TensorModel(5, 4, 5, 100),  # empty range
+    entropy.TensorModel(0, 9, 12, 100),  # centre outside
+    entropy.TensorModel(0, 9, 3, 0),  # decay 0
+])
+def test_invalid_models_raise_before_constriction_is_called(model):
+    with pytest.raises(CorruptError):
+        entropy.decode(b"\0\0\0\0", [model], [3])

@@ -1,0 +1,50 @@
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+
+from ddcodec.fit import mse_per_image, optimise
+from ddcodec.nets import Architecture, DeepDecoder, param_count, seeded_input, upsample2x
+
+
+@given(st.integers(1, 64), st.integers(1, 8), st.sampled_from([1, 3]))
+def test_param_count_is_d_k2_plus_2dk_plus_ck(k, d, c):
+    arch = Architecture(channels=k, layers=d, out_channels=c)
+    n = sum(p.numel() for p in DeepDecoder(arch).parameters())
+    assert n == param_count(arch) == d * k * k + 2 * d * k + c * k
+
+
+def test_param_count_of_the_paper_default_is_25536():
+    assert param_count(Architecture(channels=64, layers=6, out_channels=3)) == 25536
+
+
+@given(st.integers(1, 9), st.integers(1, 9))
+@settings(deadline=None)
+def test_upsample2x_equals_bilinear_interpolate(h, w):
+    x = torch.randn(2, 3, h, w)
+    ref = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    assert torch.allclose(upsample2x(x), ref, atol=1e-6)
+
+
+def test_output_covers_the_image_for_any_size():
+    arch = Architecture(channels=4, layers=4)
+    for h, w in [(1, 1), (333, 500), (9, 17)]:
+        out = DeepDecoder(arch)(seeded_input(arch, h, w, 0)[None])
+        assert out.shape[2] >= h and out.shape[3] >= w and out.shape[2] - h < 8
+
+
+def test_bank_of_three_equals_three_separate_fits():
+    arch = Architecture(channels=8, layers=4)
+    torch.manual_seed(0)
+    targets = torch.rand(3, 3, 16, 24)
+    seeds = [5, 6, 7]
+
+    def run(idx):
+        model = DeepDecoder(arch, [seeds[i] for i in idx])
+        z = torch.stack([seeded_input(arch, 16, 24, seeds[i]) for i in idx])
+        optimise(model, z, lambda o: mse_per_image(o, targets[idx]), 60, 0.01, 0.1)
+        with torch.no_grad():
+            return model(z)
+
+    bank = run([0, 1, 2])
+    for i in range(3):
+        assert torch.allclose(bank[i], run([i])[0], atol=1e-4)
