@@ -59,16 +59,19 @@ def _fit_config(iters, lr, seed):
 @fit_options
 @click.option("--max-loss", default=QuantConfig.max_loss_db, show_default=True,
               help="PSNR (dB) quantization may cost before fine-tuning; larger = smaller file.")
+@click.option("--qat-iters", default=QuantConfig.qat_iters, show_default=True,
+              help="Quantization-aware fine-tuning steps.")
 @click.option("--force", is_flag=True, help="Replace an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON result line.")
-def encode(image, output, channels, layers, iters, lr, seed, device, quiet, max_loss, force, as_json):
+def encode(image, output, channels, layers, iters, lr, seed, device, quiet, max_loss, qat_iters,
+           force, as_json):
     """Fit a Deep Decoder to IMAGE and write its quantized weights as a .ddc file."""
     output = output or image.with_suffix(".ddc")
     if output.exists() and not force:  # fail before a long fit, not after
         raise click.ClickException(f"{output} exists (use --force to replace it)")
     img = read_image(image)
     fit = _fit_config(iters, lr, seed)
-    quant = QuantConfig(max_loss_db=max_loss)
+    quant = QuantConfig(max_loss_db=max_loss, qat_iters=qat_iters)
     with FitProgress(fit, quant, quiet or as_json) as bar:
         res = ddcodec.encode(img, channels, layers, fit, quant, device, progress=bar.update)
     write_atomic(output, res.data, force, inputs=[image])

@@ -12,6 +12,7 @@ SLOW_SECONDS = 60  # above this, say how long and how to go faster
 class FitProgress:
     def __init__(self, fit, quant, quiet: bool):
         self.total = fit.iters + quant.qat_iters
+        self.fit_iters = fit.iters
         self.quiet = quiet
         self.bar = None
         self.t0 = None
@@ -29,12 +30,12 @@ class FitProgress:
         return False
 
     def update(self, stage: str, it: int, total: int, loss: float, psnr: float):
-        if stage == "fit" and it == 10 and not self.quiet and not self.warned:
+        if stage == "fit" and not self.quiet and not self.warned:
             self._maybe_warn(it)
+        done = it + (self.fit_iters if stage == "qat" else 0)
         if self.bar is not None:
-            self.bar.update(1)
-            if it % 10 == 0 or it == total:
-                self.bar.set_postfix_str(f"{stage} loss {loss:.2e} PSNR {psnr:.2f} dB", refresh=False)
+            self.bar.update(done - self.bar.n)
+            self.bar.set_postfix_str(f"{stage} loss {loss:.2e} PSNR {psnr:.2f} dB", refresh=False)
 
     def _maybe_warn(self, it: int):
         self.warned = True

@@ -31,6 +31,7 @@ class FitConfig:
             raise ConfigError("seed must be in [0, 2**64)")
 
 
+REPORT_EVERY = 10
 Progress = Callable[[int, int, float, float], None]  # (iteration, total, loss, psnr)
 
 
@@ -73,8 +74,10 @@ def optimise(model, z, loss_fn, iters: int, lr: float, lr_floor: float = 1.0,
         opt.zero_grad(set_to_none=True)
         losses.sum().backward()
         opt.step()
-        if progress:
-            progress(it + 1, iters, float(losses.mean()), float(psnr_from_mse(losses.detach()).mean()))
+        if progress and ((it + 1) % REPORT_EVERY == 0 or it + 1 == iters):
+            # reading the loss syncs a GPU, so report every few steps, not every step
+            l = losses.detach()
+            progress(it + 1, iters, float(l.mean()), float(psnr_from_mse(l).mean()))
     with torch.no_grad():  # the final iterate has not been scored yet
         losses = loss_fn(model(z, transform(params) if transform else params))
         _keep_best(params, best, losses, best_loss)

@@ -22,4 +22,4 @@ def test_rounding_error_is_at_most_half_a_step(code, seed):
     step = torch.from_numpy(step_from_code([code]))
     t = torch.randn(1, 50, generator=torch.Generator().manual_seed(seed))
     err = (dequantize(quantize(t, step), step) - t).abs().max()
-    assert float(err) <= float(step) / 2 * (1 + 1e-5)
+    assert float(err) <= float(step) / 2 + 1e-6 * float(t.abs().max())  # + float32 ulps

@@ -1,0 +1,99 @@
+import json
+
+import numpy as np
+from click.testing import CliRunner
+from PIL import Image
+
+import ddcodec
+from ddcodec.metrics import psnr
+from ddcodec_cli.main import cli
+
+from .conftest import small
+
+FAST = ["-k", "8", "--iters", "60", "--qat-iters", "5", "-q"]
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def _one_line_error(res):
+    assert res.exit_code == 1
+    assert "Traceback" not in res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("ddc: error:")
+
+
+def test_encode_json_then_decode_reaches_the_reported_psnr(tmp_path):
+    Image.fromarray(small(40, 24)).save(tmp_path / "a.png")
+    res = run("encode", tmp_path / "a.png", *FAST, "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output.strip().splitlines()[-1])
+    assert {"bytes", "bpp", "psnr", "seconds", "device", "params"} <= out.keys()
+    assert out["bytes"] == (tmp_path / "a.ddc").stat().st_size
+    res = run("decode", tmp_path / "a.ddc", "-o", tmp_path / "back.png")
+    assert res.exit_code == 0, res.output
+    back = np.asarray(Image.open(tmp_path / "back.png"))
+    assert abs(psnr(back, small(40, 24)) - out["psnr"]) <= 0.05
+
+
+def test_existing_output_needs_force(tmp_path):
+    Image.fromarray(small(16, 16)).save(tmp_path / "a.png")
+    (tmp_path / "a.ddc").write_bytes(b"keep me")
+    res = run("encode", tmp_path / "a.png", *FAST)
+    assert res.exit_code != 0 and "--force" in res.output
+    assert (tmp_path / "a.ddc").read_bytes() == b"keep me"
+    res = run("encode", tmp_path / "a.png", *FAST, "--force")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "a.ddc").read_bytes()[:4] == b"\x89DDC"
+
+
+def test_decode_never_overwrites_its_input(tmp_path, ddc_bytes):
+    f = tmp_path / "x.ddc"
+    f.write_bytes(ddc_bytes)
+    _one_line_error(run("decode", f, "-o", f, "--force"))
+    assert f.read_bytes() == ddc_bytes
+
+
+def test_corrupted_file_is_one_line_error_and_no_output(tmp_path, ddc_bytes):
+    f = tmp_path / "bad.ddc"
+    f.write_bytes(ddc_bytes[:-1] + bytes([ddc_bytes[-1] ^ 1]))
+    _one_line_error(run("decode", f))
+    assert not (tmp_path / "bad.png").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.ddc"]
+
+
+def test_not_a_ddc_file_and_missing_file_are_one_line_errors(tmp_path):
+    f = tmp_path / "x.ddc"
+    f.write_bytes(b"hello world, not a codec file")
+    _one_line_error(run("decode", f))
+    _one_line_error(run("info", tmp_path / "missing.ddc"))
+
+
+def test_unreadable_image_is_one_line_error(tmp_path):
+    f = tmp_path / "x.png"
+    f.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    _one_line_error(run("encode", f, *FAST))
+    assert not (tmp_path / "x.ddc").exists()
+
+
+def test_info_shows_the_header(tmp_path, ddc_bytes):
+    f = tmp_path / "x.ddc"
+    f.write_bytes(ddc_bytes)
+    res = run("info", f, "--json")
+    assert res.exit_code == 0
+    d = json.loads(res.output)
+    assert (d["width"], d["height"], d["channels"]) == (48, 32, 3)
+    assert d["arch"]["channels"] == 8 and d["bytes"] == len(ddc_bytes)
+    assert d == ddcodec.info(ddc_bytes)
+
+
+def test_version_and_help():
+    assert run("--version").output.strip() == f"ddc, version {ddcodec.__version__}"
+    res = run("encode", "--help")
+    assert res.exit_code == 0 and "[default: 64]" in res.output
+
+
+def test_bad_option_value_is_one_line_error(tmp_path):
+    Image.fromarray(small(16, 16)).save(tmp_path / "a.png")
+    _one_line_error(run("encode", tmp_path / "a.png", "-k", "0", "-q"))

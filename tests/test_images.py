@@ -1,0 +1,92 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import ddcodec
+from ddcodec.errors import ImageError, OutputExistsError
+from ddcodec.images import read_image, write_atomic
+
+from .conftest import small
+
+
+def _save(tmp_path, im, name="x.png", **kw):
+    p = tmp_path / name
+    im.save(p, **kw)
+    return p
+
+
+def test_palette_image_reads_as_its_exact_rgb_values(tmp_path):
+    rgb = Image.fromarray(small(20, 10))
+    pal = rgb.quantize(16)
+    got = read_image(_save(tmp_path, pal))
+    assert np.array_equal(got, np.asarray(pal.convert("RGB")))
+
+
+def test_opaque_alpha_is_dropped_and_transparency_is_refused(tmp_path):
+    rgba = Image.fromarray(small(20, 10)).convert("RGBA")
+    assert np.array_equal(read_image(_save(tmp_path, rgba)), small(20, 10))
+    a = np.asarray(rgba).copy()
+    a[0, 0, 3] = 10
+    with pytest.raises(ImageError, match="transparency"):
+        read_image(_save(tmp_path, Image.fromarray(a), "t.png"))
+
+
+@pytest.mark.parametrize("im", [
+    Image.fromarray(np.zeros((8, 8), np.uint16) + 300),  # 16-bit
+    Image.new("CMYK", (8, 8)),
+    Image.new("F", (8, 8)),
+])
+def test_16bit_cmyk_and_float_images_are_refused(tmp_path, im):
+    with pytest.raises(ImageError, match="unsupported image mode"):
+        read_image(_save(tmp_path, im, "x.tiff"))
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img = small(30, 10)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    p = _save(tmp_path, Image.fromarray(img), "r.jpg", exif=exif, quality=95)
+    assert read_image(p).shape == (30, 10, 3)
+
+
+def test_truncated_png_and_jpeg_are_refused(tmp_path):
+    for fmt in ("PNG", "JPEG"):
+        buf = io.BytesIO()
+        Image.fromarray(small(64, 64)).save(buf, format=fmt)
+        p = tmp_path / f"cut.{fmt.lower()}"
+        p.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+        with pytest.raises(ImageError):
+            read_image(p)
+
+
+def test_bilevel_image_reads_as_0_and_255(tmp_path):
+    im = Image.fromarray(small(16, 16, "L")).convert("1")
+    got = read_image(_save(tmp_path, im))
+    assert got.ndim == 2 and set(np.unique(got)) <= {0, 255}
+
+
+def test_pixel_limit_is_enforced(tmp_path):
+    p = _save(tmp_path, Image.fromarray(small(20, 10)))
+    with pytest.raises(ImageError, match="limit"):
+        read_image(p, max_pixels=100)
+
+
+def test_write_atomic_refuses_existing_and_leaves_no_temp(tmp_path):
+    p = tmp_path / "out.bin"
+    write_atomic(p, b"one")
+    with pytest.raises(OutputExistsError):
+        write_atomic(p, b"two")
+    write_atomic(p, b"two", force=True)
+    assert p.read_bytes() == b"two"
+    assert [q.name for q in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_path_and_pil_inputs_give_the_same_file(tmp_path):
+    img = small(16, 16)
+    p = _save(tmp_path, Image.fromarray(img))
+    kw = dict(channels=4, layers=3, fit=ddcodec.FitConfig(iters=10),
+              quant=ddcodec.QuantConfig(qat_iters=2), device="cpu")
+    a = ddcodec.encode(p, **kw).data
+    assert a == ddcodec.encode(Image.fromarray(img), **kw).data == ddcodec.encode(img, **kw).data
