@@ -53,7 +53,8 @@ def fit_model(q: np.ndarray) -> TensorModel:
     for decay in _DECAYS:
         model = TensorModel(lo, hi, mu, int(decay))
         p = model.probabilities()
-        bits = -np.log2(p[q - lo] / p.sum()).sum()
+        with np.errstate(divide="ignore"):  # p underflows to 0: that decay costs inf bits
+            bits = -np.log2(p[q - lo] / p.sum()).sum()
         if bits < best_bits:
             best, best_bits = model, bits
     return best
