@@ -19,7 +19,7 @@ from .errors import ConfigError, ImageError
 from .fit import FitConfig, mse_per_image, optimise
 from .images import check_image, png_bytes, read_image, write_atomic
 from .metrics import bpp as bits_per_pixel, psnr
-from .nets import Architecture, DeepDecoder, param_count, seeded_input
+from .nets import Architecture, DeepDecoder, param_count, seeded_input, tensor_shapes
 from .quant import QuantConfig, dequantize, quantize, search_steps, steps_tensor, straight_through
 
 
@@ -66,9 +66,8 @@ def encode_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = Fi
                 quant: QuantConfig = QuantConfig(), device: str = "auto", progress=None) -> list:
     """Encode B images of one size and channel count as one bank: one fit, B files."""
     t0 = time.perf_counter()
-    imgs = [_as_array(im) for im in images]
-    if len({im.shape for im in imgs}) != 1:
-        raise ImageError("a bank needs images of one size and channel count")
+    originals = [_as_array(im) for im in images]
+    imgs, flags = _orient(originals)
     h, w = imgs[0].shape[:2]
     arch = Architecture("deep-decoder", channels, layers, 1 if imgs[0].ndim == 2 else 3)
     dev = resolve_device(device)
@@ -87,11 +86,11 @@ def encode_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = Fi
     optimise(model, z, loss_fn, quant.qat_iters, quant.qat_lr,
              transform=lambda p: straight_through(p, steps), progress=stage("qat"))
     results = []
-    for b, img in enumerate(imgs):
-        data = _write_member(model, b, codes[:, b], arch, w, h, seeds[b])
+    for b, img in enumerate(originals):
+        data = _write_member(model, b, codes[:, b], arch, img.shape[1], img.shape[0], seeds[b], flags[b])
         decoded = decode(data, device=str(dev))
         results.append(EncodeResult(
-            data, w, h, psnr(decoded, img), psnr(float_out[b], img),
+            data, img.shape[1], img.shape[0], psnr(decoded, img), psnr(_unorient(float_out[b], flags[b]), img),
             bits_per_pixel(len(data), w, h), 0.0, str(dev), param_count(arch), arch))
     seconds = time.perf_counter() - t0
     for r in results:
@@ -99,19 +98,37 @@ def encode_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = Fi
     return results
 
 
-def _write_member(model, b, codes, arch, width, height, seed) -> bytes:
+def _orient(imgs):
+    """Transpose images whose shape is the first one's transposed, so portrait and landscape
+    photos of one size share a bank; the file's flag tells the decoder to transpose back."""
+    ref = imgs[0].shape
+    out, flags = [], []
+    for im in imgs:
+        if im.shape == ref:
+            out.append(im), flags.append(0)
+        elif im.shape[:2] == ref[1::-1] and im.shape[2:] == ref[2:]:
+            out.append(np.ascontiguousarray(im.swapaxes(0, 1))), flags.append(bitstream.FLAG_TRANSPOSED)
+        else:
+            raise ImageError("a bank needs images of one size (up to transposition) and channel count")
+    return out, flags
+
+
+def _unorient(img: np.ndarray, flags: int) -> np.ndarray:
+    return np.ascontiguousarray(img.swapaxes(0, 1)) if flags & bitstream.FLAG_TRANSPOSED else img
+
+
+def _write_member(model, b, codes, arch, width, height, seed, flags) -> bytes:
     steps = steps_tensor(codes[:, None], torch.device("cpu"))
     ints = [quantize(t.detach()[b:b + 1].cpu(), s)[0].numpy().astype(np.int64)
             for (_, t), s in zip(model.named_tensors(), steps)]
     models = [entropy.fit_model(q) for q in ints]
-    header = bitstream.Header(width, height, arch, seed, tuple(int(c) for c in codes), tuple(models))
+    header = bitstream.Header(width, height, arch, seed, tuple(int(c) for c in codes), tuple(models), flags)
     return bitstream.pack(header, entropy.encode(ints, models))
 
 
 def decode(data: bytes, device: str = "cpu") -> np.ndarray:
     """.ddc bytes -> uint8 image [H, W, 3] or [H, W]. Raises a FormatError on bad data."""
     header, payload = bitstream.unpack(data)
-    from .nets import tensor_shapes
     shapes = [s for _, s in tensor_shapes(header.arch)]
     ints = entropy.decode(payload, header.models, [int(np.prod(s)) for s in shapes])
     dev = resolve_device(device)
@@ -121,9 +138,12 @@ def decode(data: bytes, device: str = "cpu") -> np.ndarray:
         for (_, t), q, s, shape in zip(model.named_tensors(), ints, steps, shapes):
             t.copy_(dequantize(torch.from_numpy(q.astype(np.float32)).view(1, *shape), s))
         model.to(dev)
-        z = seeded_input(header.arch, header.height, header.width, header.seed)[None].to(dev)
-        out = _to_uint8(model(z)[..., :header.height, :header.width])[0]
-    return out
+        h, w = header.height, header.width
+        if header.flags & bitstream.FLAG_TRANSPOSED:
+            h, w = w, h
+        z = seeded_input(header.arch, h, w, header.seed)[None].to(dev)
+        out = _to_uint8(model(z)[..., :h, :w])[0]
+    return _unorient(out, header.flags)
 
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:

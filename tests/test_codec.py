@@ -62,3 +62,18 @@ def test_bad_arrays_are_refused():
         ddcodec.encode(np.zeros((4, 4, 3), np.float32))
     with pytest.raises(ImageError):
         ddcodec.encode(np.zeros((0, 4, 3), np.uint8))
+
+
+def test_portrait_and_landscape_share_a_bank_and_decode_upright():
+    land, port = small(40, 24), small(24, 40)
+    rs = ddcodec.encode_bank([land, port], channels=8, layers=4, fit=FitConfig(iters=200),
+                             quant=QuantConfig(qat_iters=5), device="cpu")
+    for r, img in zip(rs, [land, port]):
+        out = ddcodec.decode(r.data)
+        assert out.shape == img.shape
+        assert abs(psnr(out, img) - r.psnr) <= 0.05 and r.psnr > 17  # upside down: ~12 dB
+
+
+def test_mixed_sizes_cannot_share_a_bank():
+    with pytest.raises(ImageError):
+        ddcodec.encode_bank([small(40, 24), small(30, 24)], channels=4, device="cpu")

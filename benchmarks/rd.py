@@ -1,0 +1,177 @@
+"""Rate-distortion benchmark: ddcodec against JPEG, WebP, JPEG 2000 and AVIF (Pillow).
+
+    python -m benchmarks.rd --profile kodak-mini --data ../shared/data/kodak [--images 6]
+    ddc bench rd --profile kodak-mini --data ../shared/data/kodak
+
+Every point is a real file: bpp from its size, PSNR-RGB and MS-SSIM on the decoded 8-bit image.
+Rows go to benchmarks/results/<profile>/rows.jsonl as they are made, so a re-run resumes.
+Outputs: <codec>.json in CompressAI's format, bd_rate.json, rd.png and a markdown table.
+"""
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+import ddcodec
+from ddcodec.metrics import ms_ssim, psnr
+
+from . import baselines
+
+PROFILES = {"kodak": 1, "kodak-mini": 4}  # profile -> downscale factor
+# ddcodec rate points: (k, max_loss_db). Larger max_loss trades PSNR for rate more cheaply than
+# a smaller k does at these rates (benchmarks/NOTES.md).
+POINTS = {"kodak": [(16, 0.3), (24, 0.3), (32, 0.3), (48, 0.3), (64, 0.3), (96, 0.3)],
+          "kodak-mini": [(6, 0.3), (8, 0.3), (12, 0.3), (16, 0.3), (24, 0.3)]}
+TARGETS = (0.25, 0.5, 1.0)
+
+
+def load_images(folder: Path, downscale: int, limit: int = 0) -> dict:
+    paths = sorted(folder.glob("*.png"))[: limit or None]
+    out = {}
+    for p in paths:
+        img = ddcodec.images.read_image(p)
+        if downscale > 1:
+            h, w = img.shape[:2]
+            img = np.asarray(Image.fromarray(img).resize((w // downscale, h // downscale), Image.LANCZOS))
+        out[p.stem] = img
+    return out
+
+
+def _done(rows_file: Path) -> list:
+    if not rows_file.exists():
+        return []
+    return [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()]
+
+
+def _append(rows_file: Path, row: dict) -> None:
+    with rows_file.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def run_ddcodec(images: dict, points, args, rows_file: Path, have: set) -> None:
+    fit = ddcodec.FitConfig(iters=args.iters)
+    for k, max_loss in points:
+        label = f"k{k}-l{max_loss}"
+        todo = [n for n in images if ("ddcodec", n, label) not in have]
+        for group in _banks(todo, images, args.bank):
+            quant = ddcodec.QuantConfig(max_loss_db=max_loss)
+            results = ddcodec.encode_bank([images[n] for n in group], k, 6, fit, quant, args.device)
+            for name, r in zip(group, results):
+                t0 = time.perf_counter()
+                out = ddcodec.decode(r.data, device=args.device)
+                dt = time.perf_counter() - t0
+                img = images[name]
+                _append(rows_file, dict(codec="ddcodec", image=name, quality=label, bytes=r.bytes,
+                                        bpp=r.bpp, psnr=psnr(out, img), ms_ssim=ms_ssim(out, img),
+                                        encoding_time=r.seconds, decoding_time=dt, device=r.device))
+            print(f"ddcodec {label}: {', '.join(group)} done", flush=True)
+
+
+def _banks(names, images, size):
+    """Group images of one size (up to transposition) into banks of at most `size`."""
+    groups = {}
+    for n in names:
+        groups.setdefault(tuple(sorted(images[n].shape[:2])) + images[n].shape[2:], []).append(n)
+    for g in groups.values():
+        for i in range(0, len(g), size):
+            yield g[i:i + size]
+
+
+def run_baselines(images: dict, codecs, rows_file: Path, have: set) -> None:
+    for codec in codecs:
+        for name, img in images.items():
+            if (codec, name, None) in have:
+                continue
+            for row in baselines.sweep(codec, img):
+                _append(rows_file, dict(codec=codec, image=name, **row))
+            _append(rows_file, dict(codec=codec, image=name, quality=None, done=True))
+        print(f"{codec} done", flush=True)
+
+
+def summarise(rows, out_dir: Path, images) -> dict:
+    by_codec = {}
+    for r in rows:
+        if r.get("done") or r["image"] not in images:
+            continue
+        by_codec.setdefault(r["codec"], {}).setdefault(r["image"], []).append(r)
+    complete = {c: v for c, v in by_codec.items() if set(v) == set(images)}
+    curves = {}
+    for codec, per_image in complete.items():
+        for rows_ in per_image.values():
+            rows_.sort(key=lambda r: str(r["quality"]))
+        d = baselines.compressai_json(codec, f"{codec} on {out_dir.name} ({len(images)} images)",
+                                      per_image, TARGETS)
+        (out_dir / f"{codec}.json").write_text(json.dumps(d, indent=1, default=_nan) + "\n")
+        curves[codec] = (d["results"]["bpp"], d["results"]["psnr-rgb"], d["psnr_at_bpp"])
+    bd = {anchor: {c: baselines.bd_rate(curves[anchor][:2], curves[c][:2]) for c in curves}
+          for anchor in ("jpeg", "webp") if anchor in curves}
+    (out_dir / "bd_rate.json").write_text(json.dumps(bd, indent=1, default=_nan) + "\n")
+    _plot(curves, out_dir / "rd.png", out_dir.name)
+    return {"curves": curves, "bd_rate": bd}
+
+
+def _nan(x):
+    return None if isinstance(x, float) and math.isnan(x) else x
+
+
+def _plot(curves, path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=110)
+    for codec, (bpp, p, _) in sorted(curves.items()):
+        order = np.argsort(bpp)
+        ax.plot(np.array(bpp)[order], np.array(p)[order], "o-" if codec == "ddcodec" else ".-",
+                label=codec, lw=2 if codec == "ddcodec" else 1)
+    ax.set(xlabel="bpp", ylabel="PSNR-RGB (dB)", title=f"Rate-distortion, {title}", xlim=(0, 1.6))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def table(summary) -> str:
+    lines = ["| codec | " + " | ".join(f"PSNR @ {t} bpp" for t in TARGETS) + " | BD-rate vs JPEG | BD-rate vs WebP |",
+             "|---|" + "---|" * (len(TARGETS) + 2)]
+    for codec, (_, _, at) in sorted(summary["curves"].items()):
+        cells = [("–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}")
+                 for v in at.values()]
+        bd = [summary["bd_rate"].get(a, {}).get(codec, float("nan")) for a in ("jpeg", "webp")]
+        bd = ["–" if math.isnan(b) else f"{b:+.1f} %" for b in bd]
+        lines.append(f"| {codec} | " + " | ".join(cells + bd) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Rate-distortion benchmark")
+    ap.add_argument("--profile", choices=sorted(PROFILES), default="kodak-mini")
+    ap.add_argument("--data", type=Path, default=Path("../shared/data/kodak"))
+    ap.add_argument("--images", type=int, default=0, help="use the first N images (0: all)")
+    ap.add_argument("--iters", type=int, default=ddcodec.FitConfig.iters)
+    ap.add_argument("--bank", type=int, default=8, help="images fitted at once")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--codecs", default="ddcodec," + ",".join(baselines.CODECS))
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    a = ap.parse_args(argv)
+    images = load_images(a.data, PROFILES[a.profile], a.images)
+    out_dir = a.out / a.profile
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows_file = out_dir / "rows.jsonl"
+    have = {(r["codec"], r["image"], r.get("quality") if r["codec"] == "ddcodec" else None)
+            for r in _done(rows_file) if r["codec"] == "ddcodec" or r.get("done")}
+    codecs = a.codecs.split(",")
+    run_baselines(images, [c for c in codecs if c != "ddcodec"], rows_file, have)
+    if "ddcodec" in codecs:
+        run_ddcodec(images, POINTS[a.profile], a, rows_file, have)
+    summary = summarise(_done(rows_file), out_dir, images)
+    print(table(summary))
+    (out_dir / "table.md").write_text(table(summary) + "\n")
+
+
+if __name__ == "__main__":
+    main()
