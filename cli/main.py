@@ -10,7 +10,7 @@ import click
 import ddcodec
 from ddcodec import FitConfig, QuantConfig
 from ddcodec.errors import DDCError
-from ddcodec.images import png_bytes, read_image, write_atomic
+from ddcodec.images import MAX_INPUT_PIXELS, png_bytes, read_image, write_atomic
 
 from .progress import FitProgress
 
@@ -61,15 +61,17 @@ def _fit_config(iters, lr, seed):
               help="PSNR (dB) quantization may cost before fine-tuning; larger = smaller file.")
 @click.option("--qat-iters", default=QuantConfig.qat_iters, show_default=True,
               help="Quantization-aware fine-tuning steps.")
+@click.option("--max-pixels", default=MAX_INPUT_PIXELS, show_default=True,
+              help="Refuse input images with more pixels than this.")
 @click.option("--force", is_flag=True, help="Replace an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON result line.")
 def encode(image, output, channels, layers, iters, lr, seed, device, quiet, max_loss, qat_iters,
-           force, as_json):
+           max_pixels, force, as_json):
     """Fit a Deep Decoder to IMAGE and write its quantized weights as a .ddc file."""
     output = output or image.with_suffix(".ddc")
     if output.exists() and not force:  # fail before a long fit, not after
         raise click.ClickException(f"{output} exists (use --force to replace it)")
-    img = read_image(image)
+    img = read_image(image, max_pixels)
     fit = _fit_config(iters, lr, seed)
     quant = QuantConfig(max_loss_db=max_loss, qat_iters=qat_iters)
     with FitProgress(fit, quant, quiet or as_json) as bar:

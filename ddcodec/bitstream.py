@@ -19,7 +19,7 @@ VERSION = 1
 KINDS = ("deep-decoder", "skip")
 MAX_PIXELS = 1 << 26  # 67 Mpx, e.g. 8192 x 8192; a header asking more is refused unread
 MAX_SIDE = 1 << 16
-MAX_WORK = 1 << 32  # channels * pixels: the decoder's largest activation, in floats
+MAX_WORK = 1 << 28  # k * pixels: the largest activation, in floats (1 GiB); e.g. k=64 at 2048^2
 MAX_SYMBOLS = 1 << 26
 FLAG_TRANSPOSED = 1  # the network was fitted to the transposed image (portrait in a bank)
 _KNOWN_FLAGS = FLAG_TRANSPOSED
@@ -104,8 +104,9 @@ class _Reader:
         return self.data[self.pos - n:self.pos]
 
 
-def unpack(data: bytes):
-    """Bytes of a .ddc file -> (Header, payload). Raises a FormatError subclass on bad input."""
+def unpack(data: bytes, max_work: int = MAX_WORK):
+    """Bytes of a .ddc file -> (Header, payload). Raises a FormatError subclass on bad input.
+    max_work bounds k * pixels, i.e. the memory a decode of this header would need."""
     data = bytes(data)
     if len(data) < len(MAGIC) or data[:len(MAGIC)] != MAGIC:
         if MAGIC.startswith(data[:len(MAGIC)]):
@@ -117,7 +118,7 @@ def unpack(data: bytes):
         raise UnsupportedVersionError(f"unsupported .ddc version {data[4]} (this reader: {VERSION})")
     r = _Reader(data, 5, len(data) - 4)
     try:
-        h, payload_len = _read_header(r)
+        h, payload_len = _read_header(r, max_work)
     except TruncatedError:
         if zlib.crc32(data[:-4]) == struct.unpack("<I", data[-4:])[0]:
             raise CorruptError("header runs past the end of the file")
@@ -134,7 +135,7 @@ def unpack(data: bytes):
     return h, data[r.pos:r.pos + payload_len]
 
 
-def _read_header(r: _Reader):
+def _read_header(r: _Reader, max_work: int):
     width, height = r.uvarint("width"), r.uvarint("height")
     channels, flags, kind = r.uvarint("channels"), r.uvarint("flags"), r.uvarint("kind")
     k, layers = r.uvarint("k"), r.uvarint("layers")
@@ -146,7 +147,7 @@ def _read_header(r: _Reader):
         arch = Architecture(KINDS[kind], k, layers, channels)
     except ConfigError as e:
         raise CorruptError(f"bad architecture in header: {e}") from None
-    if k * width * height > MAX_WORK:
+    if k * width * height > max_work:
         raise LimitError(f"decoding {width}x{height} at k={k} exceeds the reader's limits")
     seed = struct.unpack("<Q", r.fixed(8, "seed"))[0]
     count = r.uvarint("tensor count")

@@ -70,6 +70,9 @@ def encode_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = Fi
     imgs, flags = _orient(originals)
     h, w = imgs[0].shape[:2]
     arch = Architecture("deep-decoder", channels, layers, 1 if imgs[0].ndim == 2 else 3)
+    if channels * h * w > bitstream.MAX_WORK:  # never write a file the reader would refuse
+        raise ImageError(f"{w}x{h} at k={channels} exceeds the decoder's limit of k*pixels <= "
+                         f"{bitstream.MAX_WORK}; use a smaller -k or image")
     dev = resolve_device(device)
     target = torch.from_numpy(np.stack([_chw(im) for im in imgs])).to(dev).float() / 255
     seeds = [fit.seed] * len(imgs)
@@ -126,24 +129,32 @@ def _write_member(model, b, codes, arch, width, height, seed, flags) -> bytes:
     return bitstream.pack(header, entropy.encode(ints, models))
 
 
-def decode(data: bytes, device: str = "cpu") -> np.ndarray:
-    """.ddc bytes -> uint8 image [H, W, 3] or [H, W]. Raises a FormatError on bad data."""
-    header, payload = bitstream.unpack(data)
+def decode(data: bytes, device: str = "cpu", max_work: int = bitstream.MAX_WORK) -> np.ndarray:
+    """.ddc bytes -> uint8 image [H, W, 3] or [H, W]. Raises a FormatError on bad data.
+    max_work (k * pixels) bounds the memory the decode may need; larger headers are refused."""
+    header, model = load_model(data, max_work)
+    dev = resolve_device(device)
+    h, w = header.height, header.width
+    if header.flags & bitstream.FLAG_TRANSPOSED:
+        h, w = w, h
+    with torch.no_grad():
+        z = seeded_input(header.arch, h, w, header.seed)[None].to(dev)
+        out = _to_uint8(model.to(dev)(z)[..., :h, :w])[0]
+    return _unorient(out, header.flags)
+
+
+def load_model(data: bytes, max_work: int = bitstream.MAX_WORK):
+    """.ddc bytes -> (Header, DeepDecoder with the dequantized weights), on the CPU. Parsing
+    and dequantization are exact: the weights are bit-identical on every machine."""
+    header, payload = bitstream.unpack(data, max_work)
     shapes = [s for _, s in tensor_shapes(header.arch)]
     ints = entropy.decode(payload, header.models, [int(np.prod(s)) for s in shapes])
-    dev = resolve_device(device)
     steps = steps_tensor(np.asarray(header.step_codes)[:, None], torch.device("cpu"))
     model = DeepDecoder(header.arch, (header.seed,))
     with torch.no_grad():
         for (_, t), q, s, shape in zip(model.named_tensors(), ints, steps, shapes):
             t.copy_(dequantize(torch.from_numpy(q.astype(np.float32)).view(1, *shape), s))
-        model.to(dev)
-        h, w = header.height, header.width
-        if header.flags & bitstream.FLAG_TRANSPOSED:
-            h, w = w, h
-        z = seeded_input(header.arch, h, w, header.seed)[None].to(dev)
-        out = _to_uint8(model(z)[..., :h, :w])[0]
-    return _unorient(out, header.flags)
+    return header, model
 
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:

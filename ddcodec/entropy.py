@@ -87,13 +87,19 @@ def decode(payload: bytes, models, counts) -> list:
     if len(payload) % 4:
         raise CorruptError("payload length is not a multiple of 4")
     words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+    for model in models:
+        model.validate()
     dec = constriction.stream.queue.RangeDecoder(words)
     out = []
-    for model, n in zip(models, counts):
-        model.validate()
-        if model.lo == model.hi:
-            out.append(np.full(n, model.lo, dtype=np.int64))
-            continue
-        sym = dec.decode(_categorical(model), int(n))
-        out.append(np.asarray(sym, dtype=np.int64) + model.lo)
+    try:
+        for model, n in zip(models, counts):
+            if model.lo == model.hi:
+                out.append(np.full(n, model.lo, dtype=np.int64))
+                continue
+            sym = dec.decode(_categorical(model), int(n))
+            out.append(np.asarray(sym, dtype=np.int64) + model.lo)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # noqa: BLE001 - constriction reports bad data as AssertionError or a Rust panic
+        raise CorruptError(f"payload does not decode under its entropy models ({type(e).__name__})") from None
     return out

@@ -44,6 +44,8 @@ def read_image(path, max_pixels: int = MAX_INPUT_PIXELS) -> np.ndarray:
     """Any image Pillow reads -> uint8 [H, W, 3] or [H, W]."""
     try:
         with Image.open(path) as im:
+            if im.width * im.height > max_pixels:  # refuse before decoding any pixel data
+                raise ImageError(f"{path}: {im.width}x{im.height} has more pixels than the limit {max_pixels}")
             im.load()
             return from_pil(im, max_pixels)
     except ImageError:

@@ -1,0 +1,101 @@
+"""Interruption, determinism, the golden file of each format version, awkward images."""
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import ddcodec
+from ddcodec import FitConfig, QuantConfig
+from ddcodec.codec import load_model
+from ddcodec.metrics import psnr
+
+from .conftest import small
+
+DATA = Path(__file__).parent / "data"
+
+
+def _start_encode(tmp_path):
+    Image.fromarray(small(96, 64)).save(tmp_path / "in.png")
+    cmd = [sys.executable, "-m", "ddcodec_cli.main", "encode", str(tmp_path / "in.png"),
+           "--iters", "1000000", "-k", "8", "-q", "--device", "cpu"]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_until_fitting(proc, seconds=6.0):
+    time.sleep(seconds)  # imports take ~2 s; the fit runs for hours, so it is surely fitting
+    assert proc.poll() is None
+
+
+def test_ctrl_c_exits_130_with_one_line_and_no_output(tmp_path):
+    proc = _start_encode(tmp_path)
+    _wait_until_fitting(proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert len(err.strip().splitlines()) == 1 and "interrupted" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
+
+
+def test_sigkill_leaves_nothing_half_written(tmp_path):
+    proc = _start_encode(tmp_path)
+    _wait_until_fitting(proc)
+    proc.kill()
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
+
+
+def test_golden_v1_file_still_decodes_to_its_stored_hashes():
+    data = (DATA / "golden-v1.ddc").read_bytes()
+    expect = json.loads((DATA / "golden-v1.json").read_text())
+    _, model = load_model(data)
+    weights = b"".join(t.detach().numpy().astype("<f4").tobytes() for _, t in model.named_tensors())
+    assert hashlib.sha256(weights).hexdigest() == expect["weights_sha256"]  # exact everywhere
+    img = ddcodec.decode(data)
+    if hashlib.sha256(img.tobytes()).hexdigest() != expect["pixels_sha256"]:
+        # another CPU may round a float32 differently: at most 1 level in a few pixels
+        ref = np.asarray(Image.open(DATA / "golden-v1.png"))
+        assert np.abs(img.astype(int) - ref).max() <= 1
+
+
+def test_decode_with_other_thread_counts_differs_by_at_most_one_level(encoded, image):
+    ref = ddcodec.decode(encoded.data)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ddcodec.decode(encoded.data)
+    finally:
+        torch.set_num_threads(before)
+    assert np.abs(one.astype(int) - ref).max() <= 1
+    assert abs(psnr(one, image) - encoded.psnr) <= 0.05
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; runs wherever one is")
+def test_gpu_encode_decodes_on_the_cpu_within_a_level():
+    img = small(96, 64)
+    r = ddcodec.encode(img, channels=8, fit=FitConfig(iters=200), device="cuda")
+    cpu = ddcodec.decode(r.data, device="cpu")
+    assert abs(psnr(cpu, img) - r.psnr) <= 0.05
+    assert np.abs(cpu.astype(int) - ddcodec.decode(r.data, device="cuda")).max() <= 1
+
+
+def test_a_1x4000_image_round_trips():
+    img = np.asarray(Image.fromarray(small(400, 4)).resize((4000, 1)))
+    r = ddcodec.encode(img, channels=4, layers=5, fit=FitConfig(iters=30),
+                       quant=QuantConfig(qat_iters=3), device="cpu")
+    out = ddcodec.decode(r.data)
+    assert out.shape == (1, 4000, 3) and abs(psnr(out, img) - r.psnr) <= 0.05
+
+
+def test_encoder_refuses_images_the_decoder_would_refuse():
+    with pytest.raises(ddcodec.DDCError, match="limit"):
+        ddcodec.encode(np.zeros((4096, 4096), np.uint8), channels=64, device="cpu")
