@@ -33,55 +33,53 @@ def cli():
     """ddcodec: compress images into the weights of a Deep Decoder."""
 
 
-def fit_options(f):
+def fit_options(channels=64, layers=6, iters=FitConfig.iters):
     """Options every fitting command shares, with one name each across API, CLI and file."""
+    def per_arch(default, what, otherwise):
+        return f"{what} [default: {default}]" if default else f"{what} [default: {otherwise}]"
+
     opts = [
-        click.option("-k", "--channels", default=64, show_default=True, help="Channels per layer (k)."),
-        click.option("--layers", default=6, show_default=True, help="Blocks (d); d-1 upsamplings."),
-        click.option("--iters", default=FitConfig.iters, show_default=True, help="Fitting iterations."),
+        click.option("-k", "--channels", type=int, default=channels, help=per_arch(channels, "Channels per layer (k).", "128 for restoration and skip, else 64")),
+        click.option("--layers", type=int, default=layers, help=per_arch(layers, "Blocks (d); d-1 upsamplings (skip: scales).", "6; skip: 5")),
+        click.option("--arch", type=click.Choice(["deep-decoder", "skip"]), default="deep-decoder",
+                     show_default=True, help="Network: the Deep Decoder, or DIP's skip net (2.2 M parameters) to compare."),
+        click.option("--iters", type=int, default=iters, show_default=bool(iters), help="Fitting iterations."),
         click.option("--lr", default=FitConfig.lr, show_default=True, help="Adam learning rate."),
         click.option("--seed", default=0, show_default=True, help="Seed of the weights and input z (0..2^64-1)."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes."),
     ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
 
-
-def _fit_config(iters, lr, seed):
-    return FitConfig(iters=iters, lr=lr, seed=seed)
+    def wrap(f):
+        for opt in reversed(opts):
+            f = opt(f)
+        return f
+    return wrap
 
 
 @cli.command()
-@click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output .ddc [default: IMAGE with .ddc].")
-@fit_options
+@click.argument("images", nargs=-1, required=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="Output .ddc [default: IMAGE with .ddc]; a folder when encoding several images.")
+@fit_options(channels=None, layers=None)
 @click.option("--max-loss", default=QuantConfig.max_loss_db, show_default=True,
               help="PSNR (dB) quantization may cost before fine-tuning; larger = smaller file.")
 @click.option("--qat-iters", default=QuantConfig.qat_iters, show_default=True,
               help="Quantization-aware fine-tuning steps.")
+@click.option("--denoise", is_flag=True, help="Fit with the denoising stopping rule (iterations from the noise level).")
+@click.option("--mask", type=click.Path(dir_okay=False, path_type=Path), help="Inpaint: white = known pixels.")
+@click.option("--scale", type=int, default=1, show_default=True, help="Super-resolve: the file decodes at scale x the size.")
+@click.option("--bank", type=int, default=8, show_default=True, help="Images fitted at once (several inputs).")
 @click.option("--max-pixels", default=MAX_INPUT_PIXELS, show_default=True,
               help="Refuse input images with more pixels than this.")
-@click.option("--force", is_flag=True, help="Replace an existing output.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON result line.")
-def encode(image, output, channels, layers, iters, lr, seed, device, quiet, max_loss, qat_iters,
-           max_pixels, force, as_json):
-    """Fit a Deep Decoder to IMAGE and write its quantized weights as a .ddc file."""
-    output = output or image.with_suffix(".ddc")
-    if output.exists() and not force:  # fail before a long fit, not after
-        raise click.ClickException(f"{output} exists (use --force to replace it)")
-    img = read_image(image, max_pixels)
-    fit = _fit_config(iters, lr, seed)
-    quant = QuantConfig(max_loss_db=max_loss, qat_iters=qat_iters)
-    with FitProgress(fit, quant, quiet or as_json) as bar:
-        res = ddcodec.encode(img, channels, layers, fit, quant, device, progress=bar.update)
-    write_atomic(output, res.data, force, inputs=[image])
-    if as_json:
-        click.echo(json.dumps({"input": str(image), "output": str(output), **res.summary()}))
-    else:
-        click.echo(f"{output}: {res.bytes} bytes, {res.bpp:.4f} bpp, PSNR {res.psnr:.2f} dB "
-                   f"({res.width}x{res.height}, {res.params} params, {res.seconds:.1f} s on {res.device})")
+@click.option("--force", is_flag=True, help="Replace existing outputs.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON result line per image.")
+def encode(images, output, **opts):
+    """Fit a Deep Decoder to each IMAGE and write its quantized weights as a .ddc file.
+
+    IMAGES are files, folders or glob patterns; several are fitted in banks on one device."""
+    from .batch import encode_command
+    encode_command(images, output, **opts)
 
 
 @cli.command()
@@ -136,6 +134,11 @@ def demo(output, iters, device):
                f"PSNR {res.psnr:.2f} dB (decoded: {psnr(dec, img):.2f} dB), encode {res.seconds:.1f} s, "
                f"decode {time.perf_counter() - t0:.2f} s on {res.device}")
     click.echo(f"files in {out}")
+
+
+from .restore_cmds import register  # noqa: E402
+
+register(cli, fit_options)
 
 
 def _read_bytes(path: Path) -> bytes:

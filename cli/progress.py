@@ -1,5 +1,6 @@
-"""The encode progress bar (tqdm): iteration, loss, PSNR, it/s, ETA; silent when asked or when
-stderr is not a terminal. It also warns once, early, when the whole encode will take long."""
+"""The encode progress bar (tqdm): iteration, loss, PSNR, it/s, ETA, one bar over all banks;
+silent when asked or when stderr is not a terminal. It also warns once, early, when the whole
+encode will take long, and says how to make it faster."""
 import sys
 import time
 
@@ -10,10 +11,12 @@ SLOW_SECONDS = 60  # above this, say how long and how to go faster
 
 
 class FitProgress:
-    def __init__(self, fit, quant, quiet: bool):
-        self.total = fit.iters + quant.qat_iters
+    def __init__(self, fit, quant, quiet: bool, banks: int = 1):
+        self.per_bank = fit.iters + quant.qat_iters
         self.fit_iters = fit.iters
+        self.total = self.per_bank * banks
         self.quiet = quiet
+        self.offset = 0  # iterations of the banks already finished
         self.bar = None
         self.t0 = None
         self.warned = False
@@ -29,17 +32,20 @@ class FitProgress:
             self.bar.close()
         return False
 
+    def next_bank(self):
+        self.offset += self.per_bank
+
     def update(self, stage: str, it: int, total: int, loss: float, psnr: float):
+        done = self.offset + it + (self.fit_iters if stage == "qat" else 0)
         if stage == "fit" and not self.quiet and not self.warned:
-            self._maybe_warn(it)
-        done = it + (self.fit_iters if stage == "qat" else 0)
+            self._maybe_warn(done)
         if self.bar is not None:
             self.bar.update(done - self.bar.n)
             self.bar.set_postfix_str(f"{stage} loss {loss:.2e} PSNR {psnr:.2f} dB", refresh=False)
 
-    def _maybe_warn(self, it: int):
+    def _maybe_warn(self, done: int):
         self.warned = True
-        per_it = (time.perf_counter() - self.t0) / it
+        per_it = (time.perf_counter() - self.t0) / max(done, 1)
         eta = per_it * self.total * 1.1  # the quantization search and QAT cost a little more
         if eta > SLOW_SECONDS:
             click.echo(f"note: this encode will take about {eta / 60:.0f} min here; a GPU "

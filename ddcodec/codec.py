@@ -15,11 +15,12 @@ import numpy as np
 import torch
 
 from . import bitstream, entropy
+from .degrade import Degradation
 from .errors import ConfigError, ImageError
 from .fit import FitConfig, mse_per_image, optimise
 from .images import check_image, png_bytes, read_image, write_atomic
 from .metrics import bpp as bits_per_pixel, psnr
-from .nets import Architecture, DeepDecoder, param_count, seeded_input, tensor_shapes
+from .nets import Architecture, build, param_count, seeded_input, tensor_shapes
 from .quant import QuantConfig, dequantize, quantize, search_steps, steps_tensor, straight_through
 
 
@@ -57,48 +58,73 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def encode(image, channels: int = 64, layers: int = 6, fit: FitConfig = FitConfig(),
-           quant: QuantConfig = QuantConfig(), device: str = "auto", progress=None) -> EncodeResult:
-    """Encode one image (uint8 array, PIL image or path) into .ddc bytes."""
-    return encode_bank([image], channels, layers, fit, quant, device, progress)[0]
+           quant: QuantConfig = QuantConfig(), device: str = "auto", progress=None,
+           arch: str = "deep-decoder", degradation: Degradation = None) -> EncodeResult:
+    """Encode one image (uint8 array, PIL image or path) into .ddc bytes.
+
+    With a degradation (a mask, a super-resolution scale) the fit sees the image through it,
+    and the file decodes to the restored image (DIP): see ddcodec.degrade and restore()."""
+    return encode_bank([image], channels, layers, fit, quant, device, progress, arch, degradation)[0]
 
 
 def encode_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitConfig(),
-                quant: QuantConfig = QuantConfig(), device: str = "auto", progress=None) -> list:
+                quant: QuantConfig = QuantConfig(), device: str = "auto", progress=None,
+                arch: str = "deep-decoder", degradation: Degradation = None) -> list:
     """Encode B images of one size and channel count as one bank: one fit, B files."""
     t0 = time.perf_counter()
+    deg = degradation or Degradation()
     originals = [_as_array(im) for im in images]
     imgs, flags = _orient(originals)
+    if deg.mask is not None and (len(imgs) > 1 or flags[0]):
+        raise ConfigError("a mask applies to a single image")
     h, w = imgs[0].shape[:2]
-    arch = Architecture("deep-decoder", channels, layers, 1 if imgs[0].ndim == 2 else 3)
-    if channels * h * w > bitstream.MAX_WORK:  # never write a file the reader would refuse
-        raise ImageError(f"{w}x{h} at k={channels} exceeds the decoder's limit of k*pixels <= "
-                         f"{bitstream.MAX_WORK}; use a smaller -k or image")
+    net = Architecture(arch, channels, layers, 1 if imgs[0].ndim == 2 else 3)
+    H, W = deg.output_size(h, w)
+    if net.kind == "deep-decoder" and channels * H * W > bitstream.MAX_WORK:
+        raise ImageError(f"{W}x{H} at k={channels} exceeds the decoder's limit of k*pixels <= "
+                         f"{bitstream.MAX_WORK}; use a smaller -k or image")  # never write what the reader refuses
     dev = resolve_device(device)
     target = torch.from_numpy(np.stack([_chw(im) for im in imgs])).to(dev).float() / 255
+    weight = deg.weight((h, w), dev)
     seeds = [fit.seed] * len(imgs)
-    model = DeepDecoder(arch, seeds).to(dev)
-    z = torch.stack([seeded_input(arch, h, w, s) for s in seeds]).to(dev)
-    loss_fn = lambda out: mse_per_image(out[..., :h, :w], target)  # noqa: E731
+    model = build(net, seeds).to(dev)
+    z = torch.stack([seeded_input(net, H, W, s) for s in seeds]).to(dev)
+    loss_fn = lambda out: mse_per_image(deg.apply(out[..., :H, :W]), target, weight)  # noqa: E731
     stage = (lambda name: partial(progress, name)) if progress else (lambda name: None)
     optimise(model, z, loss_fn, fit.iters, fit.lr, fit.lr_floor, input_noise=fit.input_noise,
              progress=stage("fit"), noise_seed=fit.seed)
     with torch.no_grad():
-        float_out = _to_uint8(model(z)[..., :h, :w])
+        float_out = _to_uint8(model(z)[..., :H, :W])
     codes = search_steps(model, z, loss_fn, quant)  # [T, B]
     steps = steps_tensor(codes, dev)
     optimise(model, z, loss_fn, quant.qat_iters, quant.qat_lr,
              transform=lambda p: straight_through(p, steps), progress=stage("qat"))
     results = []
     for b, img in enumerate(originals):
-        data = _write_member(model, b, codes[:, b], arch, img.shape[1], img.shape[0], seeds[b], flags[b])
+        data = _write_member(model, b, codes[:, b], net, seeds[b], flags[b], H, W)
         decoded = decode(data, device=str(dev))
+        fidelity = fidelity_psnr(decoded, img, deg)
         results.append(EncodeResult(
-            data, img.shape[1], img.shape[0], psnr(decoded, img), psnr(_unorient(float_out[b], flags[b]), img),
-            bits_per_pixel(len(data), w, h), 0.0, str(dev), param_count(arch), arch))
+            data, decoded.shape[1], decoded.shape[0], fidelity,
+            fidelity_psnr(_unorient(float_out[b], flags[b]), img, deg),
+            bits_per_pixel(len(data), decoded.shape[1], decoded.shape[0]), 0.0, str(dev),
+            param_count(net), net))
     seconds = time.perf_counter() - t0
     for r in results:
         r.seconds = seconds / len(results)
     return results
+
+
+def fidelity_psnr(decoded: np.ndarray, observed: np.ndarray, deg: Degradation) -> float:
+    """PSNR of the decoded image against what the encoder saw: the image itself for plain
+    compression; through the Lanczos downsampler for super-resolution; known pixels only
+    for inpainting. Restoration quality against a ground truth is the benchmark's job."""
+    if deg.scale > 1:
+        x = torch.from_numpy(_chw(decoded).astype(np.float32))[None]
+        decoded = _to_uint8(deg.apply(x / 255))[0]
+    if deg.mask is not None:
+        return psnr(decoded[deg.mask], observed[deg.mask])
+    return psnr(decoded, observed)
 
 
 def _orient(imgs):
@@ -120,12 +146,15 @@ def _unorient(img: np.ndarray, flags: int) -> np.ndarray:
     return np.ascontiguousarray(img.swapaxes(0, 1)) if flags & bitstream.FLAG_TRANSPOSED else img
 
 
-def _write_member(model, b, codes, arch, width, height, seed, flags) -> bytes:
+def _write_member(model, b, codes, arch, seed, flags, h, w) -> bytes:
+    """One bank member's .ddc bytes; h x w is the network output in the bank's orientation."""
     steps = steps_tensor(codes[:, None], torch.device("cpu"))
     ints = [quantize(t.detach()[b:b + 1].cpu(), s)[0].numpy().astype(np.int64)
             for (_, t), s in zip(model.named_tensors(), steps)]
     models = [entropy.fit_model(q) for q in ints]
-    header = bitstream.Header(width, height, arch, seed, tuple(int(c) for c in codes), tuple(models), flags)
+    if flags & bitstream.FLAG_TRANSPOSED:
+        h, w = w, h
+    header = bitstream.Header(w, h, arch, seed, tuple(int(c) for c in codes), tuple(models), flags)
     return bitstream.pack(header, entropy.encode(ints, models))
 
 
@@ -150,7 +179,7 @@ def load_model(data: bytes, max_work: int = bitstream.MAX_WORK):
     shapes = [s for _, s in tensor_shapes(header.arch)]
     ints = entropy.decode(payload, header.models, [int(np.prod(s)) for s in shapes])
     steps = steps_tensor(np.asarray(header.step_codes)[:, None], torch.device("cpu"))
-    model = DeepDecoder(header.arch, (header.seed,))
+    model = build(header.arch, (header.seed,))
     with torch.no_grad():
         for (_, t), q, s, shape in zip(model.named_tensors(), ints, steps, shapes):
             t.copy_(dequantize(torch.from_numpy(q.astype(np.float32)).view(1, *shape), s))

@@ -45,7 +45,11 @@ class Architecture:
 
 
 def input_shape(arch: Architecture, height: int, width: int) -> tuple:
-    """Shape of z for an output of at least height x width (the output is then cropped)."""
+    """Shape of z for an output of at least height x width (the output is then cropped).
+    The Deep Decoder starts small and upsamples; the skip net takes a full-size input."""
+    if arch.kind == "skip":
+        f = 2**arch.layers
+        return (32, f * math.ceil(height / f), f * math.ceil(width / f))
     f = 2**arch.upsamplings
     return (arch.channels, math.ceil(height / f), math.ceil(width / f))
 
@@ -55,13 +59,26 @@ def seeded_input(arch: Architecture, height: int, width: int, seed: int) -> torc
 
 
 def param_count(arch: Architecture) -> int:
-    """N = d*k^2 + 2*d*k + c*k (design.md)."""
+    """N = d*k^2 + 2*d*k + c*k for the Deep Decoder (design.md); counted for the skip net."""
+    if arch.kind == "skip":
+        return sum(math.prod(s) for _, s in tensor_shapes(arch))
     k, d, c = arch.channels, arch.layers, arch.out_channels
     return d * k * k + 2 * d * k + c * k
 
 
+def build(arch: Architecture, seeds=(0,)) -> nn.Module:
+    """The network of an architecture, a bank of len(seeds) members."""
+    if arch.kind == "skip":
+        from .skip import SkipNet
+        return SkipNet(arch, seeds)
+    return DeepDecoder(arch, seeds)
+
+
 def tensor_shapes(arch: Architecture) -> list:
     """(name, shape) of each coded tensor in file order, without the bank dimension."""
+    if arch.kind == "skip":
+        from .skip import skip_shapes
+        return skip_shapes(arch)
     k, c = arch.channels, arch.out_channels
     out = []
     for i in range(arch.layers):

@@ -95,14 +95,21 @@ def search_steps(model, z, loss_fn, cfg: QuantConfig) -> np.ndarray:
     allowed = base * (10 ** (cfg.max_loss_db / 10) - 1)
     c_pred = (12 * allowed / n.sum()).clamp_min(1e-30).sqrt()
     lo, hi = torch.log2(c_pred) - 6, torch.log2(c_pred) + 6
-    best = _codes(shape, 2.0**lo)
+    floor = _min_codes(params)
+    best = np.maximum(_codes(shape, 2.0**lo), floor)
     for _ in range(cfg.search_rounds):
         mid = (lo + hi) / 2
-        codes = _codes(shape, 2.0**mid)
+        codes = np.maximum(_codes(shape, 2.0**mid), floor)
         ok = loss_fn(model(z, rounded(params, codes))).double() <= base + allowed
         best = np.where(ok.cpu().numpy()[None, :], codes, best)
         lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
     return best
+
+
+def _min_codes(params) -> np.ndarray:
+    """[T, B] smallest codes whose integers span under the entropy coder's alphabet limit."""
+    amax = torch.stack([p.detach().flatten(1).abs().amax(1) for p in params]).cpu().double().numpy()
+    return np.ceil(8 * np.log2(np.maximum(amax, 1e-30) / 30000)).astype(np.int64) + 1
 
 
 def _codes(shape: torch.Tensor, c: torch.Tensor) -> np.ndarray:

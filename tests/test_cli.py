@@ -91,9 +91,53 @@ def test_info_shows_the_header(tmp_path, ddc_bytes):
 def test_version_and_help():
     assert run("--version").output.strip() == f"ddc, version {ddcodec.__version__}"
     res = run("encode", "--help")
-    assert res.exit_code == 0 and "[default: 64]" in res.output
+    assert res.exit_code == 0 and "--channels" in res.output and "else 64]" in res.output
 
 
 def test_bad_option_value_is_one_line_error(tmp_path):
     Image.fromarray(small(16, 16)).save(tmp_path / "a.png")
     _one_line_error(run("encode", tmp_path / "a.png", "-k", "0", "-q"))
+
+
+def test_several_images_encode_in_banks_and_a_bad_file_is_skipped(tmp_path):
+    for name, (w, h) in {"a": (40, 24), "b": (24, 40), "c": (32, 32)}.items():
+        Image.fromarray(small(w, h)).save(tmp_path / f"{name}.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    res = run("encode", tmp_path, "-o", tmp_path / "out", *FAST, "--json")
+    assert res.exit_code == 1  # one failure is reported in the exit code...
+    assert "skipped" in res.output and "bad.png" in res.output
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == ["a.ddc", "b.ddc", "c.ddc"]  # ...but the others are all written
+    for n in "abc":
+        img = ddcodec.decode((tmp_path / "out" / f"{n}.ddc").read_bytes())
+        assert img.shape == np.asarray(Image.open(tmp_path / f"{n}.png")).shape
+
+
+def test_restoration_commands_write_restored_images(tmp_path):
+    img = small(32, 24)
+    Image.fromarray(img).save(tmp_path / "x.png")
+    mask = np.full(img.shape[:2], 255, np.uint8)
+    mask[8:16, 8:16] = 0
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    Image.fromarray(small(8, 6)).save(tmp_path / "s.png")
+    opts = ["-k", "8", "--iters", "20", "-q"]
+    assert run("denoise", tmp_path / "x.png", *opts).exit_code == 0
+    assert run("inpaint", tmp_path / "x.png", "--mask", tmp_path / "m.png", *opts,
+               "--ddc", tmp_path / "i.ddc").exit_code == 0
+    assert run("superres", tmp_path / "s.png", "--scale", "4", *opts).exit_code == 0
+    assert np.asarray(Image.open(tmp_path / "x.denoised.png")).shape == img.shape
+    inpainted = np.asarray(Image.open(tmp_path / "x.inpainted.png"))
+    assert np.array_equal(ddcodec.decode((tmp_path / "i.ddc").read_bytes()), inpainted)
+    assert np.asarray(Image.open(tmp_path / "s.superres.png")).shape == (24, 32, 3)
+
+
+def test_encode_with_scale_decodes_at_the_higher_resolution(tmp_path):
+    Image.fromarray(small(12, 8)).save(tmp_path / "s.png")
+    assert run("encode", tmp_path / "s.png", "--scale", "2", *FAST).exit_code == 0
+    assert ddcodec.decode((tmp_path / "s.ddc").read_bytes()).shape == (16, 24, 3)
+
+
+def test_mask_of_another_size_is_one_line_error(tmp_path):
+    Image.fromarray(small(32, 24)).save(tmp_path / "x.png")
+    Image.fromarray(np.full((10, 10), 255, np.uint8)).save(tmp_path / "m.png")
+    _one_line_error(run("inpaint", tmp_path / "x.png", "--mask", tmp_path / "m.png", "-k", "4", "-q"))

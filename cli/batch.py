@@ -1,0 +1,116 @@
+"""`ddc encode` for one image or many: expand files, folders and globs, check outputs before
+any fit, group images of one size (up to transposition) into banks, fit each bank once with
+one progress bar overall, and report a bad file without losing the others."""
+import glob
+import json
+from pathlib import Path
+
+import click
+
+import ddcodec
+from ddcodec import FitConfig, QuantConfig
+from ddcodec.degrade import Degradation, denoise_iterations, estimate_sigma, mask_from_image
+from ddcodec.errors import DDCError, OutputExistsError
+from ddcodec.images import read_image, write_atomic
+
+from .progress import FitProgress
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"}
+
+
+def expand(args) -> list:
+    """Files as given; folders -> their image files; patterns -> their matches (sorted)."""
+    out = []
+    for a in args:
+        p = Path(a)
+        if p.is_dir():
+            out += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+        elif not p.exists() and glob.has_magic(a):
+            out += sorted(Path(m) for m in glob.glob(a))
+        else:
+            out.append(p)
+    if not out:
+        raise click.ClickException("no input images found")
+    return out
+
+
+def _outputs(paths, output, many: bool) -> list:
+    if not many:
+        return [output or paths[0].with_suffix(".ddc")]
+    if output is None:
+        return [p.with_suffix(".ddc") for p in paths]
+    if output.exists() and not output.is_dir():
+        raise click.ClickException(f"{output} is a file; several inputs need an output folder")
+    output.mkdir(parents=True, exist_ok=True)
+    return [output / (p.stem + ".ddc") for p in paths]
+
+
+def _defaults(arch, restoring, channels, layers):
+    k = channels if channels is not None else (128 if arch == "skip" or restoring else 64)
+    return k, layers if layers is not None else (5 if arch == "skip" else 6)
+
+
+def encode_command(images, output, channels, layers, arch, iters, lr, seed, device, quiet,
+                   max_loss, qat_iters, denoise, mask, scale, bank, max_pixels, force, as_json):
+    paths = expand(images)
+    many = len(paths) > 1 or any(Path(a).is_dir() or glob.has_magic(a) for a in images)
+    outs = _outputs(paths, output, many)
+    if mask is not None and many:
+        raise click.ClickException("--mask applies to a single image")
+    deg = Degradation(scale=scale, mask=mask_from_image(read_image(mask)) if mask else None)
+    k, d = _defaults(arch, denoise or mask is not None or scale > 1, channels, layers)
+    jobs, failed = [], 0
+    for p, o in zip(paths, outs):
+        try:  # check outputs and read inputs before any fit: a bad file costs nothing
+            if o.exists() and not force:
+                raise OutputExistsError(f"{o} exists (use --force to replace it)")
+            jobs.append((p, o, read_image(p, max_pixels)))
+        except DDCError as e:
+            if not many:
+                raise
+            click.echo(f"ddc: skipped {p}: {e}", err=True)
+            failed += 1
+    banks = _banks(jobs, 1 if (denoise or mask is not None) else bank)
+    fit = FitConfig(iters=iters or FitConfig.iters, lr=lr, seed=seed)
+    quant = QuantConfig(max_loss_db=max_loss, qat_iters=qat_iters)
+    with FitProgress(fit, quant, quiet or as_json, len(banks)) as bar:
+        for group in banks:
+            failed += _encode_bank(group, k, d, arch, fit, quant, deg, denoise and not iters,
+                                   device, bar, force, as_json, many)
+            bar.next_bank()
+    if failed:
+        raise click.ClickException(f"{failed} of {len(paths)} images failed")
+
+
+def _banks(jobs, size) -> list:
+    groups = {}
+    for job in jobs:
+        shape = job[2].shape
+        groups.setdefault((tuple(sorted(shape[:2])),) + shape[2:], []).append(job)
+    return [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]
+
+
+def _encode_bank(group, k, d, arch, fit, quant, deg, auto_iters, device, bar, force, as_json, many) -> int:
+    if auto_iters:  # the denoising stopping rule, from this image's estimated noise
+        fit = FitConfig(iters=denoise_iterations(estimate_sigma(group[0][2])), lr=fit.lr, seed=fit.seed)
+    try:
+        results = ddcodec.encode_bank([img for _, _, img in group], k, d, fit, quant, device,
+                                      bar.update, arch, deg)
+        for (src, out, _), res in zip(group, results):
+            write_atomic(out, res.data, force, inputs=[src])
+            _report(src, out, res, as_json)
+        return 0
+    except DDCError as e:
+        if not many:
+            raise
+        for src, _, _ in group:
+            click.echo(f"ddc: failed {src}: {e}", err=True)
+        return len(group)
+
+
+def _report(src, out, res, as_json):
+    if as_json:
+        click.echo(json.dumps({"input": str(src), "output": str(out), **res.summary()}))
+    else:
+        click.echo(f"{out}: {res.bytes} bytes, {res.bpp:.4f} bpp, PSNR {res.psnr:.2f} dB "
+                   f"({res.width}x{res.height}, {res.params} params, {res.seconds:.1f} s on {res.device})")

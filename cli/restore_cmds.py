@@ -1,0 +1,66 @@
+"""`ddc denoise`, `ddc inpaint`, `ddc superres`: restoration as a fit (DIP), each writing the
+restored image and, with --ddc, the .ddc file that decodes to it."""
+from pathlib import Path
+
+import click
+
+from ddcodec import restore
+from ddcodec.fit import FitConfig
+from ddcodec.images import read_image, write_atomic
+
+from .progress import FitProgress
+
+
+def output_options(f):
+    f = click.option("--force", is_flag=True, help="Replace existing outputs.")(f)
+    f = click.option("--ddc", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Also write the fitted network as a .ddc file.")(f)
+    return click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+                        help="Restored image [default: IMAGE.<task>.png].")(f)
+
+
+def run(task, image, output, ddc, force, quiet, fn, **kw):
+    from .main import _image_bytes  # one place that turns an array into a file's bytes
+    output = output or image.with_name(f"{image.stem}.{task}.png")
+    for o in (output, ddc):
+        if o is not None and o.exists() and not force:
+            raise click.ClickException(f"{o} exists (use --force to replace it)")
+    img = read_image(image)
+    iters = kw.get("iters") or FitConfig.iters
+    with FitProgress(FitConfig(iters=iters), restore.RESTORE_QUANT, quiet) as bar:
+        r = fn(img, progress=bar.update, **kw)
+    write_atomic(output, _image_bytes(r.image, output), force, inputs=[image])
+    if ddc is not None:
+        write_atomic(ddc, r.result.data, force, inputs=[image])
+    note = f", estimated noise sigma {r.sigma:.1f}" if r.sigma is not None else ""
+    click.echo(f"{output}: {r.image.shape[1]}x{r.image.shape[0]}, {r.iters} iterations{note}, "
+               f"{r.result.seconds:.1f} s on {r.result.device}")
+
+
+def register(cli, fit_options):
+    @cli.command()
+    @click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
+    @output_options
+    @fit_options(channels=None, layers=None, iters=None)
+    def denoise(image, output, ddc, force, quiet, **kw):
+        """Denoise IMAGE: fit and stop early (iterations from the estimated noise level)."""
+        run("denoised", image, output, ddc, force, quiet, restore.denoise, **kw)
+
+    @cli.command()
+    @click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
+    @click.option("--mask", type=click.Path(dir_okay=False, path_type=Path), required=True,
+                  help="Mask image of the same size: white (>= 128) = known, black = fill in.")
+    @output_options
+    @fit_options(channels=None, layers=None, iters=None)
+    def inpaint(image, mask, output, ddc, force, quiet, **kw):
+        """Fill in the pixels of IMAGE that the mask marks black."""
+        run("inpainted", image, output, ddc, force, quiet, restore.inpaint, mask=read_image(mask), **kw)
+
+    @cli.command()
+    @click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
+    @click.option("--scale", type=int, default=4, show_default=True, help="Upscaling factor.")
+    @output_options
+    @fit_options(channels=None, layers=None, iters=None)
+    def superres(image, scale, output, ddc, force, quiet, **kw):
+        """Super-resolve IMAGE by --scale."""
+        run("superres", image, output, ddc, force, quiet, restore.superres, scale=scale, **kw)

@@ -1,0 +1,97 @@
+"""Degradation operators A for restoration (Ulyanov et al., "Deep Image Prior", sec. 4):
+
+    theta* = argmin_theta || (A(f_theta(z)) - x0) * m ||^2
+
+identity for denoising (with a stopping rule: the net fits the image before the noise), a
+mask m for inpainting, and a fixed Lanczos-3 downsampler for super-resolution (DIP compares a
+Lanczos-downsampled output with the low-resolution input). The .ddc file stores the fitted
+network, so it decodes to the restored image, at the higher resolution for super-resolution.
+"""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError, ImageError
+
+LANCZOS_A = 3
+
+
+@dataclass(frozen=True)
+class Degradation:
+    scale: int = 1  # super-resolution factor: the output is scale x the input size
+    mask: np.ndarray = None  # bool [H, W]: True where the input pixel is known
+
+    def __post_init__(self):
+        if not 1 <= self.scale <= 16:
+            raise ConfigError(f"scale must be in 1..16, got {self.scale}")
+
+    def output_size(self, h: int, w: int) -> tuple:
+        return h * self.scale, w * self.scale
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        return lanczos_downsample(x, self.scale) if self.scale > 1 else x
+
+    def weight(self, shape, device) -> torch.Tensor:
+        if self.mask is None:
+            return None
+        if self.mask.shape != tuple(shape):
+            raise ImageError(f"mask is {self.mask.shape[1]}x{self.mask.shape[0]}, "
+                             f"the image {shape[1]}x{shape[0]}")
+        return torch.from_numpy(self.mask.astype(np.float32))[None, None].to(device)
+
+
+def lanczos_kernel(factor: int, a: int = LANCZOS_A) -> np.ndarray:
+    """2*a*factor taps of a Lanczos-a low-pass for downsampling by factor, summing to 1."""
+    d = (np.arange(2 * a * factor) - a * factor + 0.5) / factor
+    k = np.sinc(d) * np.sinc(d / a)
+    return (k / k.sum()).astype(np.float32)
+
+
+def lanczos_downsample(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """[N, C, H, W] -> [N, C, H/factor, W/factor], separable, output pixel centres aligned."""
+    k = torch.from_numpy(lanczos_kernel(factor)).to(x)
+    pad = LANCZOS_A * factor - factor // 2
+    n, c, h, w = x.shape
+    mode = "reflect" if min(h, w) > pad else "replicate"
+    y = F.pad(x, (pad, pad, pad, pad), mode=mode)
+    y = F.conv2d(y.reshape(n * c, 1, *y.shape[2:]), k.view(1, 1, 1, -1), stride=(1, factor))
+    y = F.conv2d(y, k.view(1, 1, -1, 1), stride=(factor, 1))
+    return y.reshape(n, c, *y.shape[2:])[..., :h // factor, :w // factor]
+
+
+def mask_from_image(mask_img: np.ndarray) -> np.ndarray:
+    """Any mask image -> bool [H, W]; white (>= 128 in grayscale) means known."""
+    m = mask_img if mask_img.ndim == 2 else mask_img.mean(axis=2)
+    known = m >= 128
+    if not known.any():
+        raise ImageError("the mask marks no pixel as known (white = known)")
+    return known
+
+
+def estimate_sigma(img: np.ndarray) -> float:
+    """Gaussian noise std on the 0-255 scale, from the median absolute finest diagonal Haar
+    coefficient (Donoho's MAD estimator): image content barely reaches that band."""
+    x = img.astype(np.float64)
+    x = x[..., None] if x.ndim == 2 else x
+    h, w = (x.shape[0] // 2) * 2, (x.shape[1] // 2) * 2
+    if h < 2 or w < 2:
+        return 0.0
+    x = x[:h, :w]
+    hh = (x[0::2, 0::2] - x[0::2, 1::2] - x[1::2, 0::2] + x[1::2, 1::2]) / 2
+    return float(np.median(np.abs(hh)) / 0.6745)
+
+
+def denoise_iterations(sigma: float, base: int = 3000) -> int:
+    """The stopping rule: the iteration budget for noise of std sigma (0-255 scale). The net
+    fits structure first and noise later, and later the weaker the noise is; the constants
+    were tuned on kodim01 and checked on other images (benchmarks/NOTES.md)."""
+    if sigma <= 1:
+        return base
+    return int(min(base, max(200, 60000 / sigma)))
+
+
+__all__ = ["Degradation", "lanczos_downsample", "mask_from_image", "estimate_sigma",
+           "denoise_iterations", "math"]
