@@ -29,8 +29,9 @@ POINTS = {"kodak": [(16, 0.3), (24, 0.3), (32, 0.3), (48, 0.3), (64, 0.3), (96, 
 TARGETS = (0.25, 0.5, 1.0)
 
 
-def load_images(folder: Path, downscale: int, limit: int = 0) -> dict:
-    paths = sorted(folder.glob("*.png"))[: limit or None]
+def load_images(folder: Path, downscale: int, limit: int = 0, names=None) -> dict:
+    paths = sorted(folder.glob("*.png"))
+    paths = [p for p in paths if p.stem in names] if names else paths[: limit or None]
     out = {}
     for p in paths:
         img = ddcodec.images.read_image(p)

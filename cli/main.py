@@ -136,6 +136,30 @@ def demo(output, iters, device):
     click.echo(f"files in {out}")
 
 
+@cli.group()
+def bench():
+    """Benchmarks (run from a source checkout: they live in benchmarks/)."""
+
+
+def _bench_module(name):
+    try:
+        import importlib
+        return importlib.import_module(f"benchmarks.{name}")
+    except ImportError as e:
+        raise click.ClickException(f"the benchmarks need a source checkout and the bench extra "
+                                   f"(pip install -e '.[bench]'): {e}") from None
+
+
+for _name, _doc in (("rd", "Rate-distortion against JPEG, WebP, JPEG 2000 and AVIF."),
+                    ("restore", "Restoration against untrained baselines."),
+                    ("speed", "Fitting speed and the floor.")):
+    @bench.command(_name, help=_doc, context_settings={"ignore_unknown_options": True,
+                                                      "help_option_names": []})
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def _run(args, _name=_name):
+        _bench_module(_name).main(list(args))
+
+
 from .restore_cmds import register  # noqa: E402
 
 register(cli, fit_options)

@@ -92,7 +92,7 @@ def encode_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = Fi
     loss_fn = lambda out: mse_per_image(deg.apply(out[..., :H, :W]), target, weight)  # noqa: E731
     stage = (lambda name: partial(progress, name)) if progress else (lambda name: None)
     optimise(model, z, loss_fn, fit.iters, fit.lr, fit.lr_floor, input_noise=fit.input_noise,
-             progress=stage("fit"), noise_seed=fit.seed)
+             progress=stage("fit"), noise_seed=fit.seed, mode=fit.precision)
     with torch.no_grad():
         float_out = _to_uint8(model(z)[..., :H, :W])
     codes = search_steps(model, z, loss_fn, quant)  # [T, B]

@@ -5,6 +5,7 @@ independent: the same result as B separate runs, at one launch per op instead of
 The loop keeps each member's best iterate (the loss can spike late with lr 0.01), and the
 same loop serves quantization-aware fine-tuning, with rounding applied through a transform.
 """
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -20,6 +21,7 @@ class FitConfig:
     lr: float = 0.01  # Adam, as in the reference
     lr_floor: float = 0.05  # cosine decay to lr*lr_floor: late steps polish instead of jump
     input_noise: float = 0.0  # std of noise added to z each step (DIP's regulariser), decays
+    precision: str = "fp32"  # "tf32" or "bf16" (autocast) trade exactness for GPU speed
     seed: int = 0  # seeds the initial weights and the input z
 
     def __post_init__(self):
@@ -29,6 +31,8 @@ class FitConfig:
             raise ConfigError(f"lr must be in (0, 1], got {self.lr}")
         if not 0 <= self.seed < 2**64:
             raise ConfigError("seed must be in [0, 2**64)")
+        if self.precision not in ("fp32", "tf32", "bf16"):
+            raise ConfigError(f"precision must be fp32, tf32 or bf16, got {self.precision!r}")
 
 
 REPORT_EVERY = 10
@@ -47,9 +51,24 @@ def psnr_from_mse(mse: torch.Tensor) -> torch.Tensor:
     return -10 * torch.log10(mse.clamp_min(1e-12))
 
 
+@contextlib.contextmanager
+def precision(mode: str, device: torch.device):
+    """TF32 matmuls or bf16 autocast for the fit on a GPU; the CPU always runs fp32."""
+    if device.type != "cuda" or mode == "fp32":
+        yield
+        return
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=mode == "bf16"):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
 def optimise(model, z, loss_fn, iters: int, lr: float, lr_floor: float = 1.0,
              transform=None, input_noise: float = 0.0, progress: Optional[Progress] = None,
-             noise_seed: int = 0):
+             noise_seed: int = 0, mode: str = "fp32"):
     """Run Adam on ``model`` for ``iters`` steps and load each member's best iterate.
 
     loss_fn(output) -> per-member losses [B]; transform(params) -> params used in the forward
@@ -69,7 +88,8 @@ def optimise(model, z, loss_fn, iters: int, lr: float, lr_floor: float = 1.0,
             std = input_noise * (1 - it / iters)
             zin = z + std * torch.randn(z.shape, generator=gen, device=z.device)
         p = transform(params) if transform else params
-        losses = loss_fn(model(zin, p))
+        with precision(mode, z.device):
+            losses = loss_fn(model(zin, p).float())
         _keep_best(params, best, losses.detach(), best_loss)
         opt.zero_grad(set_to_none=True)
         losses.sum().backward()

@@ -1,0 +1,171 @@
+"""Fitting speed: ms per image-iteration, images per second, PSNR, peak GPU memory, and how
+far each configuration sits from the card's floor (FLOPs and bytes per iteration against the
+measured matrix rate and copy bandwidth).
+
+    python -m benchmarks.speed --data ../shared/data/kodak            # GPU if there is one
+    python -m benchmarks.speed --data ../shared/data/kodak --dataset  # + all images, one rate point
+
+On a CPU it measures the small case the issue asks for (192x128, k=16). Results go to
+benchmarks/results/speed_<device>.json and a markdown table.
+"""
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import ddcodec
+from ddcodec.fit import FitConfig, mse_per_image, optimise, psnr_from_mse
+from ddcodec.nets import Architecture, build, seeded_input
+
+from .rd import load_images
+
+GPU_CONFIGS = [  # (name, bank, precision, downscale, k)
+    ("fp32 B=1", 1, "fp32", 1, 64), ("tf32 B=1", 1, "tf32", 1, 64),
+    ("fp32 B=24", 24, "fp32", 1, 64), ("tf32 B=24", 24, "tf32", 1, 64), ("bf16 B=24", 24, "bf16", 1, 64)]
+CPU_CONFIGS = [("cpu fp32 B=1 192x128 k=16", 1, "fp32", 4, 16), ("cpu fp32 B=4 192x128 k=16", 4, "fp32", 4, 16)]
+
+
+def floor(k: int, layers: int, h: int, w: int, elem_bytes: int) -> tuple:
+    """(FLOPs, bytes) per image-iteration of an ideal fused fit. FLOPs: the 1x1 convs, 2k^2 per
+    pixel forward and twice that backward. Bytes: each block's activation is written once and
+    read twice forward (conv out, then the fused upsample-ReLU-norm with its statistics pass),
+    and about twice that backward: ~9 passes over k x pixels per block."""
+    flops = bytes_ = 0
+    for i in range(layers):
+        n = (h // 2 ** (layers - 1 - i)) * (w // 2 ** (layers - 1 - i))
+        flops += 3 * 2 * k * k * n
+        bytes_ += 9 * k * n * elem_bytes
+    return flops + 3 * 2 * 3 * k * h * w, bytes_
+
+
+def peaks(dev: torch.device) -> dict:
+    """Measured matrix rate (fp32 and the TF32/bf16 paths on a GPU) and copy bandwidth."""
+    def timed(fn, reps):
+        fn()
+        _sync(dev)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        _sync(dev)
+        return (time.perf_counter() - t0) / reps
+
+    n = 4096 if dev.type == "cuda" else 1024
+    a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
+    out = {"fp32_tflops": 2 * n**3 / timed(lambda: a @ b, 10) / 1e12}
+    x = torch.empty(64 * 2**20 if dev.type == "cuda" else 8 * 2**20, device=dev)
+    out["copy_gbs"] = 2 * x.numel() * 4 / timed(lambda: x.clone(), 10) / 1e9
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        out["tf32_tflops"] = 2 * n**3 / timed(lambda: a @ b, 10) / 1e12
+        torch.backends.cuda.matmul.allow_tf32 = False
+        ah, bh = a.bfloat16(), b.bfloat16()
+        out["bf16_tflops"] = 2 * n**3 / timed(lambda: ah @ bh, 10) / 1e12
+    return out
+
+
+def _sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(imgs, k, precision, dev, iters, warmup, quality_iters) -> dict:
+    arch = Architecture("deep-decoder", k, 6, 3)
+    h, w = imgs[0].shape[:2]
+    target = torch.from_numpy(np.stack([im.transpose(2, 0, 1) for im in imgs])).to(dev).float() / 255
+    seeds = [0] * len(imgs)
+    z = torch.stack([seeded_input(arch, h, w, s) for s in seeds]).to(dev)
+    loss = lambda out: mse_per_image(out[..., :h, :w], target)  # noqa: E731
+    model = build(arch, seeds).to(dev)
+    optimise(model, z, loss, warmup, 0.01, mode=precision)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    _sync(dev)
+    t0 = time.perf_counter()
+    optimise(model, z, loss, iters, 0.01, mode=precision)
+    _sync(dev)
+    ms = (time.perf_counter() - t0) / iters / len(imgs) * 1000
+    mem = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None
+    model = build(arch, seeds).to(dev)  # quality: a fresh fit with the codec's schedule
+    best = optimise(model, z, loss, quality_iters, 0.01, FitConfig.lr_floor, mode=precision)
+    return {"ms_per_image_iter": ms, "peak_gib": mem, "psnr": float(psnr_from_mse(best).mean())}
+
+
+def dataset_run(images, dev, bank) -> dict:
+    """All images at one rate point with the default recipe, files written: wall clock."""
+    t0 = time.perf_counter()
+    names, total = list(images), 0
+    with tempfile.TemporaryDirectory() as d:
+        for i in range(0, len(names), bank):
+            group = names[i:i + bank]
+            for n, r in zip(group, ddcodec.encode_bank([images[n] for n in group], device=str(dev))):
+                (Path(d) / f"{n}.ddc").write_bytes(r.data)
+                total += r.bytes
+    return {"images": len(names), "seconds": time.perf_counter() - t0, "bytes": total}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="fitting speed")
+    ap.add_argument("--data", type=Path, default=Path("../shared/data/kodak"))
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--iters", type=int, default=0, help="timed iterations (default: 200 GPU, 30 CPU)")
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--quality-iters", type=int, default=0, help="PSNR after this many (default: 3000 GPU, 300 CPU)")
+    ap.add_argument("--dataset", action="store_true", help="also encode every image at the default rate point")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    a = ap.parse_args(argv)
+    dev = ddcodec.codec.resolve_device(a.device)
+    gpu = dev.type == "cuda"
+    iters, qiters = a.iters or (200 if gpu else 30), a.quality_iters or (3000 if gpu else 300)
+    pk = peaks(dev)
+    rows = []
+    for name, bank, prec, down, k in GPU_CONFIGS if gpu else CPU_CONFIGS:
+        imgs = load_images(a.data, down)
+        land = [im for im in imgs.values() if im.shape[0] < im.shape[1]][:bank]
+        r = measure(land, k, prec, dev, iters, a.warmup, qiters)
+        h, w = land[0].shape[:2]
+        flops, bytes_ = floor(k, 6, h, w, 2 if prec == "bf16" else 4)
+        rate = pk.get(f"{prec}_tflops", pk["fp32_tflops"]) * 1e12
+        floor_ms = max(flops / rate, bytes_ / (pk["copy_gbs"] * 1e9)) * 1000
+        per_image_s = r["ms_per_image_iter"] * (FitConfig.iters + ddcodec.QuantConfig.qat_iters) / 1000
+        rows.append(dict(config=name, size=f"{w}x{h}", k=k, bank=bank, **r, images_per_s=1 / per_image_s,
+                         it_per_s=1000 / (r["ms_per_image_iter"] * bank), gflop_per_iter=flops / 1e9,
+                         mb_per_iter=bytes_ / 1e6, floor_ms=floor_ms, x_floor=r["ms_per_image_iter"] / floor_ms))
+        print(_line(rows[-1]), flush=True)
+    result = {"device": torch.cuda.get_device_name() if gpu else platform.processor() or "cpu",
+              "threads": torch.get_num_threads(), "torch": torch.__version__, "peaks": pk,
+              "timed_iters": iters, "quality_iters": qiters, "rows": rows}
+    if a.dataset:
+        result["dataset"] = dataset_run(load_images(a.data, 1 if gpu else 4), dev, 24 if gpu else 8)
+        print(result["dataset"])
+    a.out.mkdir(parents=True, exist_ok=True)
+    tag = "gpu" if gpu else "cpu"
+    (a.out / f"speed_{tag}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (a.out / f"speed_{tag}.md").write_text(table(result) + "\n")
+    print(table(result))
+
+
+def _line(r) -> str:
+    return (f"{r['config']}: {r['ms_per_image_iter']:.2f} ms/image-iter, {r['it_per_s']:.1f} it/s, "
+            f"PSNR {r['psnr']:.2f} dB, floor {r['floor_ms']:.3f} ms ({r['x_floor']:.0f}x)")
+
+
+def table(result) -> str:
+    mem = lambda v: "–" if v is None else f"{v:.1f} GiB"  # noqa: E731
+    lines = [f"Device: {result['device']}; measured peaks: {result['peaks']['fp32_tflops']:.2f} fp32 TFLOP/s, "
+             f"{result['peaks']['copy_gbs']:.0f} GB/s copy.", "",
+             "| configuration | size | ms per image-iteration | iterations/s | images/s (default recipe) | PSNR | peak GPU memory | GFLOP / MB per image-iter | floor | x floor |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['config']} | {r['size']} | {r['ms_per_image_iter']:.2f} | {r['it_per_s']:.1f} | "
+                     f"{r['images_per_s']:.3f} | {r['psnr']:.2f} dB | {mem(r['peak_gib'])} | "
+                     f"{r['gflop_per_iter']:.2f} / {r['mb_per_iter']:.0f} | {r['floor_ms']:.3f} ms | {r['x_floor']:.0f}x |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
