@@ -142,8 +142,11 @@ def bench():
 
 
 def _bench_module(name):
+    import importlib
+    import os
+    if os.path.isdir("benchmarks") and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # the console script does not put the checkout on the path
     try:
-        import importlib
         return importlib.import_module(f"benchmarks.{name}")
     except ImportError as e:
         raise click.ClickException(f"the benchmarks need a source checkout and the bench extra "

@@ -4,6 +4,7 @@
     result = ddcodec.encode(image, channels=32)      # image: uint8 array, PIL image or path
     image = ddcodec.decode(result.data)
 """
+from . import restore
 from .codec import EncodeResult, decode, encode, encode_bank, info
 from .errors import DDCError
 from .fit import FitConfig
@@ -12,4 +13,4 @@ from .quant import QuantConfig
 
 __version__ = "0.1.0"
 __all__ = ["encode", "encode_bank", "decode", "info", "EncodeResult", "FitConfig",
-           "QuantConfig", "Architecture", "DDCError", "__version__"]
+           "QuantConfig", "Architecture", "DDCError", "restore", "__version__"]
