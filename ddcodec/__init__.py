@@ -5,12 +5,12 @@
     image = ddcodec.decode(result.data)
 """
 from . import restore
-from .codec import EncodeResult, decode, encode, encode_bank, info
+from .codec import EncodeResult, decode, decode_file, encode, encode_bank, encode_file, info
 from .errors import DDCError
 from .fit import FitConfig
 from .nets import Architecture
 from .quant import QuantConfig
 
 __version__ = "0.1.0"
-__all__ = ["encode", "encode_bank", "decode", "info", "EncodeResult", "FitConfig",
+__all__ = ["encode", "encode_bank", "decode", "encode_file", "decode_file", "info", "EncodeResult", "FitConfig",
            "QuantConfig", "Architecture", "DDCError", "restore", "__version__"]

@@ -16,7 +16,7 @@ import torch
 
 from . import bitstream, entropy
 from .degrade import Degradation
-from .errors import ConfigError, ImageError
+from .errors import ConfigError, ImageError, OutputExistsError
 from .fit import FitConfig, mse_per_image, optimise
 from .images import check_image, png_bytes, read_image, write_atomic
 from .metrics import bpp as bits_per_pixel, psnr
@@ -213,3 +213,28 @@ def info(data: bytes) -> dict:
             "params": param_count(h.arch), "bytes": len(data), "payload_bytes": len(payload),
             "header_bytes": len(data) - len(payload) - 4, "bpp": bits_per_pixel(len(data), h.width, h.height),
             "step_codes": list(h.step_codes)}
+
+
+def encode_file(src, dst=None, force: bool = False, **kwargs) -> EncodeResult:
+    """Encode the image at src into dst (default: src with .ddc), written atomically; an
+    existing dst needs force, and the input is never overwritten. kwargs go to encode()."""
+    src = Path(src)
+    dst = Path(dst) if dst is not None else src.with_suffix(".ddc")
+    if dst.exists() and not force:  # before the fit, not after it
+        raise OutputExistsError(f"{dst} exists (use force=True to replace it)")
+    result = encode(read_image(src), **kwargs)
+    write_atomic(dst, result.data, force, inputs=[src])
+    return result
+
+
+def decode_file(src, dst=None, force: bool = False, device: str = "cpu") -> np.ndarray:
+    """Decode the .ddc file at src into a PNG at dst (default: src with .png)."""
+    src = Path(src)
+    dst = Path(dst) if dst is not None else src.with_suffix(".png")
+    try:
+        data = src.read_bytes()
+    except OSError as e:
+        raise ImageError(f"{src}: {e.strerror}") from None
+    img = decode(data, device=device)
+    write_atomic(dst, png_bytes(img), force, inputs=[src])
+    return img

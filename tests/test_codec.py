@@ -77,3 +77,19 @@ def test_portrait_and_landscape_share_a_bank_and_decode_upright():
 def test_mixed_sizes_cannot_share_a_bank():
     with pytest.raises(ImageError):
         ddcodec.encode_bank([small(40, 24), small(30, 24)], channels=4, device="cpu")
+
+
+def test_file_helpers_round_trip_and_refuse_to_overwrite(tmp_path):
+    from PIL import Image
+    from ddcodec.errors import OutputExistsError
+    img = small(24, 16)
+    Image.fromarray(img).save(tmp_path / "a.png")
+    kw = dict(channels=4, layers=3, fit=FitConfig(iters=20), quant=QuantConfig(qat_iters=2), device="cpu")
+    r = ddcodec.encode_file(tmp_path / "a.png", **kw)
+    assert (tmp_path / "a.ddc").read_bytes() == r.data
+    with pytest.raises(OutputExistsError):
+        ddcodec.encode_file(tmp_path / "a.png", **kw)
+    out = ddcodec.decode_file(tmp_path / "a.ddc", tmp_path / "b.png")
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "b.png")), out)
+    with pytest.raises(OutputExistsError):
+        ddcodec.decode_file(tmp_path / "a.ddc", tmp_path / "a.png")
