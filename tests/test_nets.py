@@ -48,3 +48,19 @@ def test_bank_of_three_equals_three_separate_fits():
     bank = run([0, 1, 2])
     for i in range(3):
         assert torch.allclose(bank[i], run([i])[0], atol=1e-4)
+
+
+def test_skip_net_has_about_2_2_million_parameters_and_its_listed_shapes():
+    from ddcodec.nets import build, tensor_shapes
+    arch = Architecture("skip", 128, 5, 3)
+    net = build(arch)
+    assert [tuple(t.shape[1:]) for _, t in net.named_tensors()] == [s for _, s in tensor_shapes(arch)]
+    assert 2.1e6 < param_count(arch) < 2.3e6
+
+
+def test_skip_net_output_covers_odd_sizes():
+    from ddcodec.nets import build
+    arch = Architecture("skip", 8, 3, 1)
+    z = seeded_input(arch, 13, 21, 0)[None]
+    assert z.shape[1] == 32 and z.shape[2] % 8 == 0
+    assert build(arch)(z).shape[-2:] == z.shape[-2:]

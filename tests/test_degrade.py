@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ddcodec.degrade import (Degradation, denoise_iterations, estimate_sigma, lanczos_downsample,
+                             lanczos_kernel, mask_from_image)
+from ddcodec.errors import ConfigError, ImageError
+from ddcodec.metrics import psnr
+
+from .conftest import small
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_lanczos_downsampler_matches_pillows_lanczos(factor):
+    img = small(96, 64)
+    x = torch.from_numpy(img.transpose(2, 0, 1)[None].astype(np.float32))
+    ours = lanczos_downsample(x, factor)[0].permute(1, 2, 0).round().clamp(0, 255).byte().numpy()
+    ref = np.asarray(Image.fromarray(img).resize((96 // factor, 64 // factor), Image.LANCZOS))
+    assert ours.shape == ref.shape and psnr(ours, ref) > 40
+
+
+def test_lanczos_kernel_sums_to_one_and_is_symmetric():
+    k = lanczos_kernel(4)
+    assert len(k) == 24 and abs(k.sum() - 1) < 1e-6 and np.allclose(k, k[::-1])
+
+
+@pytest.mark.parametrize("sigma", [10, 25, 50])
+def test_noise_estimate_is_within_15_percent(sigma):
+    img = small(192, 128)
+    rng = np.random.default_rng(1)
+    noisy = np.clip(img + rng.normal(0, sigma, img.shape), 0, 255).round().astype(np.uint8)
+    assert abs(estimate_sigma(noisy) - sigma) < 0.15 * sigma
+
+
+def test_stopping_rule_stops_earlier_for_stronger_noise():
+    assert denoise_iterations(50) < denoise_iterations(25) < denoise_iterations(10) <= 3000
+    assert denoise_iterations(0.5) == 3000 and denoise_iterations(1e6) == 200
+
+
+def test_mask_white_means_known_and_an_all_black_mask_is_refused():
+    m = np.zeros((4, 4, 3), np.uint8)
+    m[0, 0] = 255
+    assert mask_from_image(m).sum() == 1 and mask_from_image(m)[0, 0]
+    with pytest.raises(ImageError):
+        mask_from_image(np.zeros((4, 4), np.uint8))
+
+
+def test_mask_of_the_wrong_size_and_bad_scale_are_refused():
+    with pytest.raises(ImageError):
+        Degradation(mask=np.ones((3, 3), bool)).weight((4, 4), "cpu")
+    with pytest.raises(ConfigError):
+        Degradation(scale=0)
