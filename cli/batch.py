@@ -10,7 +10,7 @@ import click
 import ddcodec
 from ddcodec import FitConfig, QuantConfig
 from ddcodec.degrade import Degradation, denoise_iterations, estimate_sigma, mask_from_image
-from ddcodec.errors import DDCError, OutputExistsError
+from ddcodec.errors import ConfigError, DDCError, ImageError, OutputExistsError
 from ddcodec.images import read_image, write_atomic
 
 from .progress import FitProgress
@@ -30,7 +30,7 @@ def expand(args) -> list:
         else:
             out.append(p)
     if not out:
-        raise click.ClickException("no input images found")
+        raise ImageError("no input images found")
     return out
 
 
@@ -40,7 +40,7 @@ def _outputs(paths, output, many: bool) -> list:
     if output is None:
         return [p.with_suffix(".ddc") for p in paths]
     if output.exists() and not output.is_dir():
-        raise click.ClickException(f"{output} is a file; several inputs need an output folder")
+        raise ConfigError(f"{output} is a file; several inputs need an output folder")
     output.mkdir(parents=True, exist_ok=True)
     return [output / (p.stem + ".ddc") for p in paths]
 
@@ -56,7 +56,7 @@ def encode_command(images, output, channels, layers, arch, iters, lr, seed, devi
     many = len(paths) > 1 or any(Path(a).is_dir() or glob.has_magic(a) for a in images)
     outs = _outputs(paths, output, many)
     if mask is not None and many:
-        raise click.ClickException("--mask applies to a single image")
+        raise ConfigError("--mask applies to a single image")
     deg = Degradation(scale=scale, mask=mask_from_image(read_image(mask)) if mask else None)
     k, d = _defaults(arch, denoise or mask is not None or scale > 1, channels, layers)
     jobs, failed = [], 0
@@ -79,7 +79,7 @@ def encode_command(images, output, channels, layers, arch, iters, lr, seed, devi
                                    device, bar, force, as_json, many)
             bar.next_bank()
     if failed:
-        raise click.ClickException(f"{failed} of {len(paths)} images failed")
+        raise DDCError(f"{failed} of {len(paths)} images failed")
 
 
 def _banks(jobs, size) -> list:

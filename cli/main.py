@@ -9,7 +9,7 @@ import click
 
 import ddcodec
 from ddcodec import FitConfig, QuantConfig
-from ddcodec.errors import DDCError
+from ddcodec.errors import ConfigError, DDCError
 from ddcodec.images import MAX_INPUT_PIXELS, png_bytes, read_image, write_atomic
 
 from .progress import FitProgress
@@ -21,6 +21,14 @@ class DDCGroup(click.Group):
             return super().invoke(ctx)
         except DDCError as e:
             click.echo(f"ddc: error: {e}", err=True)
+            ctx.exit(1)
+        except MemoryError:
+            click.echo("ddc: error: out of memory (try a smaller -k, --bank or image)", err=True)
+            ctx.exit(1)
+        except RuntimeError as e:  # torch reports a full GPU as a RuntimeError subclass
+            if "out of memory" not in str(e):
+                raise
+            click.echo("ddc: error: out of GPU memory (try a smaller -k, --bank or image)", err=True)
             ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("ddc: interrupted; no partial output was left", err=True)
@@ -149,8 +157,8 @@ def _bench_module(name):
     try:
         return importlib.import_module(f"benchmarks.{name}")
     except ImportError as e:
-        raise click.ClickException(f"the benchmarks need a source checkout and the bench extra "
-                                   f"(pip install -e '.[bench]'): {e}") from None
+        raise ConfigError(f"the benchmarks need a source checkout and the bench extra "
+                          f"(pip install -e '.[bench]'): {e}") from None
 
 
 for _name, _doc in (("rd", "Rate-distortion against JPEG, WebP, JPEG 2000 and AVIF."),

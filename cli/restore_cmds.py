@@ -5,6 +5,7 @@ from pathlib import Path
 import click
 
 from ddcodec import restore
+from ddcodec.errors import OutputExistsError
 from ddcodec.fit import FitConfig
 from ddcodec.images import read_image, write_atomic
 
@@ -24,7 +25,7 @@ def run(task, image, output, ddc, force, quiet, fn, **kw):
     output = output or image.with_name(f"{image.stem}.{task}.png")
     for o in (output, ddc):
         if o is not None and o.exists() and not force:
-            raise click.ClickException(f"{o} exists (use --force to replace it)")
+            raise OutputExistsError(f"{o} exists (use --force to replace it)")
     img = read_image(image)
     iters = kw.get("iters") or FitConfig.iters
     with FitProgress(FitConfig(iters=iters), restore.RESTORE_QUANT, quiet) as bar:

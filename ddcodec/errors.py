@@ -38,5 +38,9 @@ class OutputExistsError(DDCError):
     """The output exists and --force was not given, or it would overwrite an input."""
 
 
+class OutputError(DDCError):
+    """An output that cannot be written (permissions, a full disk, a missing folder)."""
+
+
 class ConfigError(DDCError):
     """An option out of its valid range."""

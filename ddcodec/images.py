@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import ImageError, OutputExistsError
+from .errors import ImageError, OutputError, OutputExistsError
 
 MAX_INPUT_PIXELS = 1 << 26  # the encoder's own limit; Pillow's bomb guard stays on as well
 
@@ -91,16 +91,21 @@ def write_atomic(path, data: bytes, force: bool = False, inputs=()) -> None:
         raise OutputExistsError(f"{path} exists (use --force to replace it)")
     if path.is_dir():
         raise OutputExistsError(f"{path} is a directory")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError):
+            raise OutputError(f"cannot write {path}: {e.strerror}") from None
         raise

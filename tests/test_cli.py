@@ -141,3 +141,15 @@ def test_mask_of_another_size_is_one_line_error(tmp_path):
     Image.fromarray(small(32, 24)).save(tmp_path / "x.png")
     Image.fromarray(np.full((10, 10), 255, np.uint8)).save(tmp_path / "m.png")
     _one_line_error(run("inpaint", tmp_path / "x.png", "--mask", tmp_path / "m.png", "-k", "4", "-q"))
+
+
+def test_unwritable_output_is_one_line_error(tmp_path, ddc_bytes):
+    f = tmp_path / "x.ddc"
+    f.write_bytes(ddc_bytes)
+    _one_line_error(run("decode", f, "-o", tmp_path / "no" / "such" / "dir" / "x.png"))
+
+
+def test_existing_output_is_a_one_line_error(tmp_path):
+    Image.fromarray(small(16, 16)).save(tmp_path / "a.png")
+    (tmp_path / "a.ddc").write_bytes(b"x")
+    _one_line_error(run("encode", tmp_path / "a.png", *FAST))
