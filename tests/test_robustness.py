@@ -40,9 +40,12 @@ def _wait_until_fitting(proc, seconds=10.0):
 
 def test_ctrl_c_exits_130_with_one_line_and_no_output(tmp_path):
     proc = _start_encode(tmp_path)
-    _wait_until_fitting(proc)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    try:
+        _wait_until_fitting(proc)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()  # never leave a million-iteration fit behind a failed test
     assert proc.returncode == 130
     assert len(err.strip().splitlines()) == 1 and "interrupted" in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
@@ -50,8 +53,10 @@ def test_ctrl_c_exits_130_with_one_line_and_no_output(tmp_path):
 
 def test_sigkill_leaves_nothing_half_written(tmp_path):
     proc = _start_encode(tmp_path)
-    _wait_until_fitting(proc)
-    proc.kill()
+    try:
+        _wait_until_fitting(proc)
+    finally:
+        proc.kill()
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
