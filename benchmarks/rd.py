@@ -158,6 +158,7 @@ def main(argv=None):
     ap.add_argument("--device", default="auto")
     ap.add_argument("--codecs", default="ddcodec," + ",".join(baselines.CODECS))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--summary-only", action="store_true", help="summarise the rows already made")
     a = ap.parse_args(argv)
     images = load_images(a.data, PROFILES[a.profile], a.images)
     out_dir = a.out / a.profile
@@ -165,7 +166,7 @@ def main(argv=None):
     rows_file = out_dir / "rows.jsonl"
     have = {(r["codec"], r["image"], r.get("quality") if r["codec"] == "ddcodec" else None)
             for r in _done(rows_file) if r["codec"] == "ddcodec" or r.get("done")}
-    codecs = a.codecs.split(",")
+    codecs = [] if a.summary_only else a.codecs.split(",")
     run_baselines(images, [c for c in codecs if c != "ddcodec"], rows_file, have)
     if "ddcodec" in codecs:
         run_ddcodec(images, POINTS[a.profile], a, rows_file, have)

@@ -115,6 +115,7 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=0, help="override the per-task iteration defaults")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--summary-only", action="store_true", help="summarise the rows already made")
     a = ap.parse_args(argv)
     down = PROFILES[a.profile]
     images = {n: im for n, im in load_images(a.data, down).items() if n != TUNING_IMAGE}
@@ -124,7 +125,7 @@ def main(argv=None):
     rows_file = out_dir / "restore_rows.jsonl"
     done = {(r["task"], r["image"], r["method"]) for r in _rows(rows_file)}
     tv = {s: tune_tv(a.data, down, s) for s in (25, 50)}
-    for task in a.tasks.split(","):
+    for task in ([] if a.summary_only else a.tasks.split(",")):
         for i, (name, img) in enumerate(images.items()):
             degraded, known = degrade(task, img, seed=i)
             methods = ("deep-decoder",) + (("skip",) if i < a.skip_images else ()) + BASELINES[task]
