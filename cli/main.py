@@ -98,8 +98,7 @@ def encode(images, output, **opts):
 def decode(file, output, device, force):
     """Decode a .ddc file to an image (PNG unless -o names another format)."""
     output = output or file.with_suffix(".png")
-    img = ddcodec.decode(_read_bytes(file), device=device)
-    write_atomic(output, _image_bytes(img, output), force, inputs=[file])
+    img = ddcodec.decode_file(file, output, force, device=device)
     click.echo(f"{output}: {img.shape[1]}x{img.shape[0]}")
 
 
@@ -181,18 +180,6 @@ def _read_bytes(path: Path) -> bytes:
         return path.read_bytes()
     except OSError as e:
         raise ddcodec.errors.ImageError(f"{path}: {e.strerror}") from None
-
-
-def _image_bytes(img, output: Path) -> bytes:
-    import io
-
-    from PIL import Image
-    fmt = Image.registered_extensions().get(output.suffix.lower(), "PNG" if not output.suffix else None)
-    if fmt is None:
-        raise ddcodec.errors.ImageError(f"{output}: unknown image format {output.suffix!r}")
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format=fmt)
-    return buf.getvalue()
 
 
 def main():

@@ -7,7 +7,7 @@ import click
 from ddcodec import restore
 from ddcodec.errors import OutputExistsError
 from ddcodec.fit import FitConfig
-from ddcodec.images import read_image, write_atomic
+from ddcodec.images import image_bytes, read_image, write_atomic
 
 from .progress import FitProgress
 
@@ -21,7 +21,6 @@ def output_options(f):
 
 
 def run(task, image, output, ddc, force, quiet, fn, **kw):
-    from .main import _image_bytes  # one place that turns an array into a file's bytes
     output = output or image.with_name(f"{image.stem}.{task}.png")
     for o in (output, ddc):
         if o is not None and o.exists() and not force:
@@ -30,7 +29,7 @@ def run(task, image, output, ddc, force, quiet, fn, **kw):
     iters = kw.get("iters") or FitConfig.iters
     with FitProgress(FitConfig(iters=iters), restore.RESTORE_QUANT, quiet) as bar:
         r = fn(img, progress=bar.update, **kw)
-    write_atomic(output, _image_bytes(r.image, output), force, inputs=[image])
+    write_atomic(output, image_bytes(r.image, output), force, inputs=[image])
     if ddc is not None:
         write_atomic(ddc, r.result.data, force, inputs=[image])
     note = f", estimated noise sigma {r.sigma:.1f}" if r.sigma is not None else ""

@@ -18,7 +18,7 @@ from . import bitstream, entropy
 from .degrade import Degradation
 from .errors import ConfigError, ImageError, OutputExistsError
 from .fit import FitConfig, mse_per_image, optimise
-from .images import check_image, png_bytes, read_image, write_atomic
+from .images import check_image, image_bytes, read_image, write_atomic
 from .metrics import bpp as bits_per_pixel, psnr
 from .nets import Architecture, build, param_count, seeded_input, tensor_shapes
 from .quant import QuantConfig, dequantize, quantize, search_steps, steps_tensor, straight_through
@@ -228,7 +228,8 @@ def encode_file(src, dst=None, force: bool = False, **kwargs) -> EncodeResult:
 
 
 def decode_file(src, dst=None, force: bool = False, device: str = "cpu") -> np.ndarray:
-    """Decode the .ddc file at src into a PNG at dst (default: src with .png)."""
+    """Decode the .ddc file at src into an image file at dst (default: src with .png; the
+    suffix picks the format), written atomically; the input is never overwritten."""
     src = Path(src)
     dst = Path(dst) if dst is not None else src.with_suffix(".png")
     try:
@@ -236,5 +237,5 @@ def decode_file(src, dst=None, force: bool = False, device: str = "cpu") -> np.n
     except OSError as e:
         raise ImageError(f"{src}: {e.strerror}") from None
     img = decode(data, device=device)
-    write_atomic(dst, png_bytes(img), force, inputs=[src])
+    write_atomic(dst, image_bytes(img, dst), force, inputs=[src])
     return img

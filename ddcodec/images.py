@@ -71,10 +71,19 @@ def check_image(img: np.ndarray) -> np.ndarray:
 
 
 def png_bytes(img: np.ndarray) -> bytes:
+    return image_bytes(img, Path("x.png"))
+
+
+def image_bytes(img: np.ndarray, path) -> bytes:
+    """The bytes of img in the format path's suffix names (PNG when it has none)."""
     import io
 
+    suffix = Path(path).suffix.lower()
+    fmt = Image.registered_extensions().get(suffix, None if suffix else "PNG")
+    if fmt is None:
+        raise ImageError(f"{path}: unknown image format {suffix!r}")
     buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG")
+    Image.fromarray(img).save(buf, format=fmt)
     return buf.getvalue()
 
 
