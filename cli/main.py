@@ -92,12 +92,12 @@ def encode(images, output, **opts):
 
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output image [default: FILE with .png].")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output image [default: FILE.decoded.png, so the original photo.png is never in the way].")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
 @click.option("--force", is_flag=True, help="Replace an existing output.")
 def decode(file, output, device, force):
     """Decode a .ddc file to an image (PNG unless -o names another format)."""
-    output = output or file.with_suffix(".png")
+    output = output or file.with_name(file.stem + ".decoded.png")
     img = ddcodec.decode_file(file, output, force, device=device)
     click.echo(f"{output}: {img.shape[1]}x{img.shape[0]}")
 

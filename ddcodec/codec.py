@@ -228,10 +228,10 @@ def encode_file(src, dst=None, force: bool = False, **kwargs) -> EncodeResult:
 
 
 def decode_file(src, dst=None, force: bool = False, device: str = "cpu") -> np.ndarray:
-    """Decode the .ddc file at src into an image file at dst (default: src with .png; the
+    """Decode the .ddc file at src into an image file at dst (default: <stem>.decoded.png; the
     suffix picks the format), written atomically; the input is never overwritten."""
     src = Path(src)
-    dst = Path(dst) if dst is not None else src.with_suffix(".png")
+    dst = Path(dst) if dst is not None else src.with_name(src.stem + ".decoded.png")
     try:
         data = src.read_bytes()
     except OSError as e:

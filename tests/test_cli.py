@@ -153,3 +153,13 @@ def test_existing_output_is_a_one_line_error(tmp_path):
     Image.fromarray(small(16, 16)).save(tmp_path / "a.png")
     (tmp_path / "a.ddc").write_bytes(b"x")
     _one_line_error(run("encode", tmp_path / "a.png", *FAST))
+
+
+def test_decode_default_name_does_not_collide_with_the_original(tmp_path):
+    Image.fromarray(small(16, 16)).save(tmp_path / "a.png")
+    original = (tmp_path / "a.png").read_bytes()
+    assert run("encode", tmp_path / "a.png", *FAST).exit_code == 0
+    res = run("decode", tmp_path / "a.ddc")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "a.png").read_bytes() == original
+    assert (tmp_path / "a.decoded.png").exists()
