@@ -7,7 +7,6 @@ mask m for inpainting, and a fixed Lanczos-3 downsampler for super-resolution (D
 Lanczos-downsampled output with the low-resolution input). The .ddc file stores the fitted
 network, so it decodes to the restored image, at the higher resolution for super-resolution.
 """
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,4 +93,4 @@ def denoise_iterations(sigma: float, base: int = 3000) -> int:
 
 
 __all__ = ["Degradation", "lanczos_downsample", "mask_from_image", "estimate_sigma",
-           "denoise_iterations", "math"]
+           "denoise_iterations"]

@@ -6,7 +6,7 @@ Defaults follow the papers: the Deep Decoder with k=128 for restoration (its den
 setting); the DIP skip net with 128 channels, 5 scales, lr 0.01 and input-noise
 regularisation of std 1/30 (denoising) or 0.03 (inpainting, super-resolution).
 """
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -73,4 +73,4 @@ def superres(image, scale=4, arch="deep-decoder", channels=None, layers=None, it
                 lr, device, progress)
 
 
-__all__ = ["Restored", "denoise", "inpaint", "superres", "replace"]
+__all__ = ["Restored", "denoise", "inpaint", "superres"]

@@ -1,7 +1,6 @@
 """Interruption, determinism, the golden file of each format version, awkward images."""
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
