@@ -69,7 +69,7 @@ def run_method(method, task, degraded, known, img, args, tv_weight):
             return restore.denoise(degraded, **kw).image
         if task == "sr4":
             return restore.superres(degraded, 4, **kw).image
-        return restore.inpaint(degraded, (known * 255).astype(np.uint8), **kw).image
+        return restore.inpaint(degraded, (known * 255).astype(np.uint8), **kw)
     if method == "tv":
         return _u8(denoise_tv_chambolle(degraded / 255.0, weight=tv_weight, channel_axis=-1))
     if method == "bm3d":
@@ -134,13 +134,17 @@ def main(argv=None):
                     continue
                 t0 = time.perf_counter()
                 out = run_method(method, task, degraded, known, img, a, tv.get(int(task[5:]) if task.startswith("noise") else 0))
-                row = dict(task=task, image=name, method=method, psnr=psnr(out, img), ssim=ssim(out, img),
-                           seconds=time.perf_counter() - t0)
-                with rows_file.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
-                print(f"{task} {name} {method}: {row['psnr']:.2f} dB", flush=True)
-                if i == 0:
-                    Image.fromarray(out).save(out_dir / f"restore_{task}_{method}.png")
+                outs = {method: out}
+                if isinstance(out, restore.Restored):  # inpainting: the kept-known image and the network's own
+                    outs = {method: out.image, f"{method} (network only)": restore.decode(out.result.data)}
+                for m, o in outs.items():
+                    row = dict(task=task, image=name, method=m, psnr=psnr(o, img), ssim=ssim(o, img),
+                               seconds=time.perf_counter() - t0)
+                    with rows_file.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
+                    print(f"{task} {name} {m}: {row['psnr']:.2f} dB", flush=True)
+                    if i == 0:
+                        Image.fromarray(o).save(out_dir / f"restore_{task}_{m}.png")
             if i == 0:
                 Image.fromarray(degraded).save(out_dir / f"restore_{task}_input.png")
                 Image.fromarray(img).save(out_dir / f"restore_{task}_truth.png")

@@ -50,11 +50,15 @@ def register(cli, fit_options):
     @click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
     @click.option("--mask", type=click.Path(dir_okay=False, path_type=Path), required=True,
                   help="Mask image of the same size: white (>= 128) = known, black = fill in.")
+    @click.option("--network-only", is_flag=True,
+                  help="Write the network's whole output (what --ddc decodes to) instead of "
+                       "keeping the known pixels.")
     @output_options
     @fit_options(channels=None, layers=None, iters=None)
-    def inpaint(image, mask, output, ddc, force, quiet, **kw):
-        """Fill in the pixels of IMAGE that the mask marks black."""
-        run("inpainted", image, output, ddc, force, quiet, restore.inpaint, mask=read_image(mask), **kw)
+    def inpaint(image, mask, network_only, output, ddc, force, quiet, **kw):
+        """Fill in the pixels of IMAGE that the mask marks black; known pixels are kept."""
+        run("inpainted", image, output, ddc, force, quiet, restore.inpaint, mask=read_image(mask),
+            keep_known=not network_only, **kw)
 
     @cli.command()
     @click.argument("image", type=click.Path(dir_okay=False, path_type=Path))

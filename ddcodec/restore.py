@@ -57,12 +57,18 @@ def denoise(image, arch="deep-decoder", channels=None, layers=None, iters=None, 
 
 
 def inpaint(image, mask, arch="deep-decoder", channels=None, layers=None, iters=None, seed=0,
-            lr=0.01, device="auto", progress=None) -> Restored:
-    """Fit to the known pixels only; mask: any image of the same size, white = known."""
+            lr=0.01, device="auto", progress=None, keep_known: bool = True) -> Restored:
+    """Fit to the known pixels only; mask: any image of the same size, white = known.
+
+    keep_known: the restored image keeps every known pixel as it was and takes only the
+    missing ones from the network (the .ddc, which holds only the network, decodes to the
+    network's whole output: decode(result.data))."""
     img = _as_array(image)
     m = mask_from_image(_as_array(mask))
-    deg = Degradation(mask=m)
-    return _run(img, "inpaint", deg, arch, channels, layers, iters, seed, lr, device, progress)
+    r = _run(img, "inpaint", Degradation(mask=m), arch, channels, layers, iters, seed, lr, device, progress)
+    if keep_known:
+        r.image = np.where(m[..., None] if img.ndim == 3 else m, img, r.image)
+    return r
 
 
 def superres(image, scale=4, arch="deep-decoder", channels=None, layers=None, iters=None, seed=0,
