@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 import ddcodec
+from ddcodec.codec import bank_key
 from ddcodec.metrics import ms_ssim, psnr
 
 from . import baselines
@@ -76,7 +77,7 @@ def _banks(names, images, size):
     """Group images of one size (up to transposition) into banks of at most `size`."""
     groups = {}
     for n in names:
-        groups.setdefault(tuple(sorted(images[n].shape[:2])) + images[n].shape[2:], []).append(n)
+        groups.setdefault(bank_key(images[n].shape), []).append(n)
     for g in groups.values():
         for i in range(0, len(g), size):
             yield g[i:i + size]

@@ -9,6 +9,7 @@ import click
 
 import ddcodec
 from ddcodec import FitConfig, QuantConfig
+from ddcodec.codec import bank_key
 from ddcodec.degrade import Degradation, denoise_iterations, estimate_sigma, mask_from_image
 from ddcodec.errors import ConfigError, DDCError, ImageError, OutputExistsError
 from ddcodec.images import read_image, write_atomic
@@ -85,8 +86,7 @@ def encode_command(images, output, channels, layers, arch, iters, lr, seed, devi
 def _banks(jobs, size) -> list:
     groups = {}
     for job in jobs:
-        shape = job[2].shape
-        groups.setdefault((tuple(sorted(shape[:2])),) + shape[2:], []).append(job)
+        groups.setdefault(bank_key(job[2].shape), []).append(job)
     return [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]
 
 

@@ -127,6 +127,11 @@ def fidelity_psnr(decoded: np.ndarray, observed: np.ndarray, deg: Degradation) -
     return psnr(decoded, observed)
 
 
+def bank_key(shape) -> tuple:
+    """Images with equal keys can share a bank: same size up to transposition, same channels."""
+    return (tuple(sorted(shape[:2])),) + tuple(shape[2:])
+
+
 def _orient(imgs):
     """Transpose images whose shape is the first one's transposed, so portrait and landscape
     photos of one size share a bank; the file's flag tells the decoder to transpose back."""
