@@ -1,7 +1,7 @@
 """Rate-distortion benchmark: ddcodec against JPEG, WebP, JPEG 2000 and AVIF (Pillow).
 
     python -m benchmarks.rd --profile kodak-mini --data ../shared/data/kodak [--images 6]
-    ddc bench rd --profile kodak-mini --data ../shared/data/kodak
+    ddc bench rd --profile kodak-mini --data ../shared/data/kodak [--ray [ADDRESS]]
 
 Every point is a real file: bpp from its size, PSNR-RGB and MS-SSIM on the decoded 8-bit image.
 Rows go to benchmarks/results/<profile>/rows.jsonl as they are made, so a re-run resumes.
@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 import ddcodec
-from ddcodec.codec import bank_key
+import ddcodec.images
 from ddcodec.metrics import ms_ssim, psnr
 
 from . import baselines
@@ -54,33 +54,56 @@ def _append(rows_file: Path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
-def run_ddcodec(images: dict, points, args, rows_file: Path, have: set) -> None:
-    fit = ddcodec.FitConfig(iters=args.iters)
+def run_ddcodec(images: dict, points, args, out_dir: Path, rows_file: Path, have: set) -> None:
+    """Encode every rate point through ddcodec.collection: banks of one size, fitted serially or
+    on a Ray cluster (--ray), each .ddc written as its bank finishes and scored as it lands."""
+    from ddcodec.collection import Settings, encode_many, serial_runner
+    sources = _image_files(images, args, out_dir)
+    tasks, labels = [], {}
     for k, max_loss in points:
         label = f"k{k}-l{max_loss}"
-        todo = [n for n in images if ("ddcodec", n, label) not in have]
-        for group in _banks(todo, images, args.bank):
-            quant = ddcodec.QuantConfig(max_loss_db=max_loss)
-            results = ddcodec.encode_bank([images[n] for n in group], k, 6, fit, quant, args.device)
-            for name, r in zip(group, results):
-                t0 = time.perf_counter()
-                out = ddcodec.decode(r.data, device=args.device)
-                dt = time.perf_counter() - t0
-                img = images[name]
-                _append(rows_file, dict(codec="ddcodec", image=name, quality=label, bytes=r.bytes,
-                                        bpp=r.bpp, psnr=psnr(out, img), ms_ssim=ms_ssim(out, img),
-                                        encoding_time=r.seconds, decoding_time=dt, device=r.device))
-            print(f"ddcodec {label}: {', '.join(group)} done", flush=True)
+        settings = Settings(k, 6, fit=ddcodec.FitConfig(iters=args.iters),
+                            quant=ddcodec.QuantConfig(max_loss_db=max_loss), device=args.device)
+        pairs = [(sources[n], out_dir / "ddc" / label / f"{n}.ddc") for n in images
+                 if ("ddcodec", n, label) not in have]
+        tasks.append((pairs, settings))
+        labels.update({str(o): (Path(o).stem, label) for _, o in pairs})
+
+    def score(outcomes):
+        for o in outcomes:
+            name, label = labels[o.output]
+            if o.status == "failed":
+                print(f"ddcodec {label} {name}: failed: {o.error}", flush=True)
+                continue
+            data = Path(o.output).read_bytes()
+            t0 = time.perf_counter()
+            out = ddcodec.decode(data, device=args.device)
+            dt = time.perf_counter() - t0
+            img = images[name]
+            h, w = out.shape[:2]
+            _append(rows_file, dict(codec="ddcodec", image=name, quality=label, bytes=len(data),
+                                    bpp=8 * len(data) / (h * w), psnr=psnr(out, img), ms_ssim=ms_ssim(out, img),
+                                    encoding_time=o.summary.get("seconds"), decoding_time=dt,
+                                    device=o.summary.get("device")))
+            print(f"ddcodec {label} {name}: {o.status}", flush=True)
+
+    runner = serial_runner
+    if args.ray is not None:
+        from ddcodec.cluster import ray_runner
+        runner = ray_runner(None if args.ray == "local" else args.ray)
+    encode_many(tasks, args.bank, False, runner, score)
 
 
-def _banks(names, images, size):
-    """Group images of one size (up to transposition) into banks of at most `size`."""
-    groups = {}
-    for n in names:
-        groups.setdefault(bank_key(images[n].shape), []).append(n)
-    for g in groups.values():
-        for i in range(0, len(g), size):
-            yield g[i:i + size]
+def _image_files(images: dict, args, out_dir: Path) -> dict:
+    """Workers read files: the profile's images as lossless PNGs (the originals at full size)."""
+    if PROFILES[args.profile] == 1:
+        return {n: args.data / f"{n}.png" for n in images}
+    folder = out_dir / "images"
+    folder.mkdir(exist_ok=True)
+    for n, img in images.items():
+        if not (folder / f"{n}.png").exists():
+            ddcodec.images.write_atomic(folder / f"{n}.png", ddcodec.images.png_bytes(img))
+    return {n: folder / f"{n}.png" for n in images}
 
 
 def run_baselines(images: dict, codecs, rows_file: Path, have: set) -> None:
@@ -157,6 +180,8 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=ddcodec.FitConfig.iters)
     ap.add_argument("--bank", type=int, default=8, help="images fitted at once")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                    help="fit the banks on Ray: a local instance, or the cluster at ADDRESS")
     ap.add_argument("--codecs", default="ddcodec," + ",".join(baselines.CODECS))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--summary-only", action="store_true", help="summarise the rows already made")
@@ -170,7 +195,7 @@ def main(argv=None):
     codecs = [] if a.summary_only else a.codecs.split(",")
     run_baselines(images, [c for c in codecs if c != "ddcodec"], rows_file, have)
     if "ddcodec" in codecs:
-        run_ddcodec(images, POINTS[a.profile], a, rows_file, have)
+        run_ddcodec(images, POINTS[a.profile], a, out_dir, rows_file, have)
     summary = summarise(_done(rows_file), out_dir, images)
     print(table(summary))
     (out_dir / "table.md").write_text(table(summary) + "\n")

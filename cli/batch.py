@@ -10,13 +10,13 @@ import click
 import ddcodec
 from ddcodec import FitConfig, QuantConfig
 from ddcodec.codec import bank_key
+from ddcodec.collection import IMAGE_SUFFIXES
 from ddcodec.degrade import Degradation, denoise_iterations, estimate_sigma, mask_from_image
 from ddcodec.errors import ConfigError, DDCError, ImageError, OutputExistsError
 from ddcodec.images import read_image, write_atomic
 
 from .progress import FitProgress
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"}
 
 
 def expand(args) -> list:

@@ -171,8 +171,10 @@ for _name, _doc in (("rd", "Rate-distortion against JPEG, WebP, JPEG 2000 and AV
 
 
 from .restore_cmds import register  # noqa: E402
+from .scale_cmds import register as register_scale  # noqa: E402
 
 register(cli, fit_options)
+register_scale(cli, fit_options)
 
 
 def _read_bytes(path: Path) -> bytes:

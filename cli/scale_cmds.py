@@ -1,0 +1,63 @@
+"""`ddc encode-dir`: encode every image under a folder into a mirrored folder of .ddc files,
+serially or spread over a Ray cluster (--ray). A re-run skips outputs that exist and verify."""
+import json
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from ddcodec import FitConfig, QuantConfig
+from ddcodec.collection import Settings, encode_collection, folder_pairs
+from ddcodec.errors import DDCError
+from ddcodec.images import MAX_INPUT_PIXELS
+
+
+def register(cli, fit_options):
+    @cli.command("encode-dir")
+    @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+    @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
+                  help="Output folder; it mirrors the sub-folders of FOLDER.")
+    @fit_options(layers=6)
+    @click.option("--max-loss", default=QuantConfig.max_loss_db, show_default=True,
+                  help="PSNR (dB) quantization may cost before fine-tuning.")
+    @click.option("--qat-iters", default=QuantConfig.qat_iters, show_default=True,
+                  help="Quantization-aware fine-tuning steps.")
+    @click.option("--bank", type=int, default=8, show_default=True, help="Images fitted at once per worker.")
+    @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
+                  metavar="[ADDRESS]", help="Run on Ray: alone, a local instance; with an address "
+                  "(auto, ray://host:10001), that cluster.")
+    @click.option("--workers", type=int, default=0, help="Ray workers [default: one per GPU, else one per CPU].")
+    @click.option("--max-pixels", default=MAX_INPUT_PIXELS, show_default=True,
+                  help="Refuse input images with more pixels than this.")
+    @click.option("--force", is_flag=True, help="Re-encode and replace existing outputs.")
+    @click.option("--json", "as_json", is_flag=True, help="Print one JSON line per image.")
+    def encode_dir(folder, output, channels, layers, arch, iters, lr, seed, device, quiet, max_loss,
+                   qat_iters, bank, ray_address, workers, max_pixels, force, as_json):
+        """Encode every image under FOLDER (recursively) into OUTPUT, in banks.
+
+        Files are written as each bank finishes; a re-run skips every output that exists and
+        verifies, so an interrupted run picks up where it stopped."""
+        pairs = folder_pairs(folder, output)
+        settings = Settings(channels, layers, arch, FitConfig(iters=iters, lr=lr, seed=seed),
+                            QuantConfig(max_loss_db=max_loss, qat_iters=qat_iters), device, max_pixels)
+        runner = None
+        if ray_address is not None:
+            from ddcodec.cluster import ray_runner
+            runner = ray_runner(None if ray_address == "local" else ray_address, workers)
+        counts = {"written": 0, "skipped": 0, "failed": 0}
+        with tqdm(total=len(pairs), unit="img", disable=quiet or as_json or None) as bar:
+            def report(outcomes):
+                for o in outcomes:
+                    counts[o.status] += 1
+                    if as_json:
+                        click.echo(json.dumps({"input": o.source, "output": o.output,
+                                               "status": o.status, "error": o.error, **o.summary}))
+                    elif o.status == "failed":
+                        bar.write(f"ddc: failed {o.source}: {o.error}", file=click.get_text_stream("stderr"))
+                bar.update(len(outcomes))
+            encode_collection(pairs, settings, bank, force, runner, report)
+        if not as_json:
+            click.echo(f"{output}: {counts['written']} encoded, {counts['skipped']} already done, "
+                       f"{counts['failed']} failed")
+        if counts["failed"]:
+            raise DDCError(f"{counts['failed']} of {len(pairs)} images failed")

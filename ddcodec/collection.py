@@ -1,0 +1,199 @@
+"""Encoding an image collection: plan banks, skip what is done, encode, write as banks finish.
+
+The plan is a pure function of the inputs, so a serial run and a distributed one (ddcodec.cluster)
+fit the same banks and write the same bytes. Work is split into BankJobs that carry paths, not
+pixels: a worker reads its own images, and only the small .ddc bytes travel back. The driver
+alone writes outputs (atomically, as each bank finishes), so a worker that dies leaves nothing
+behind, and a re-run skips every output that exists and verifies.
+"""
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+from PIL import Image
+
+from . import bitstream
+from .codec import bank_key, encode_bank
+from .errors import ConfigError, DDCError, FormatError
+from .fit import FitConfig
+from .images import MAX_INPUT_PIXELS, read_image, write_atomic
+from .quant import QuantConfig
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"}
+_SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a worker needs besides the paths: the same for every bank of a run."""
+    channels: int = 64
+    layers: int = 6
+    arch: str = "deep-decoder"
+    fit: FitConfig = FitConfig()
+    quant: QuantConfig = QuantConfig()
+    device: str = "auto"
+    max_pixels: int = MAX_INPUT_PIXELS
+
+
+@dataclass(frozen=True)
+class BankJob:
+    index: int  # position in the plan
+    sources: tuple  # input paths (str)
+    outputs: tuple  # output paths (str), one per source
+    settings: Settings = Settings()
+
+
+@dataclass
+class Outcome:
+    """What became of one input: written, skipped (done before), or failed with a reason."""
+    source: str
+    output: str
+    status: str  # "written", "skipped" or "failed"
+    error: str = ""
+    summary: dict = field(default_factory=dict)
+
+
+def find_images(folder) -> list:
+    """Image files under folder, recursively, in a stable (sorted) order."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"{folder} is not a folder")
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def output_path(source: Path, root: Path, out_dir: Path) -> Path:
+    """out_dir mirrors the folders under root; photo.jpg -> photo.ddc."""
+    return out_dir / source.relative_to(root).with_suffix(".ddc")
+
+
+def probe(path) -> tuple:
+    """The bank key of an image from its header alone (no pixels decoded): (size, channels).
+    A probe that disagrees with the full read is harmless: workers regroup what they read."""
+    with Image.open(path) as im:
+        w, h = im.size
+        if im.getexif().get(0x0112) in _SWAPS_AXES:
+            w, h = h, w
+        gray = im.mode in ("1", "L", "LA", "I", "I;16", "F")
+    return bank_key((h, w) if gray else (h, w, 3))
+
+
+def verified(output: Path, source_key: Optional[tuple]) -> bool:
+    """An existing output counts as done if it parses (CRC included) and has the source's size."""
+    try:
+        header, _ = bitstream.unpack(output.read_bytes())
+    except (OSError, FormatError):
+        return False
+    key = bank_key((header.height, header.width) + (() if header.arch.out_channels == 1 else (3,)))
+    return source_key is None or key == source_key
+
+
+def plan(pairs: Iterable, bank: int = 8, force: bool = False, settings: Settings = Settings(), first: int = 0):
+    """(source, output) pairs -> (BankJobs, Outcomes already settled: skipped or unreadable).
+
+    Images with one bank key go into banks of up to `bank`, in input order, so the plan (and
+    with it every output byte) does not depend on how many workers run it."""
+    if bank < 1:
+        raise ConfigError(f"--bank must be at least 1, got {bank}")
+    groups, settled, seen = {}, [], set()
+    for src, out in pairs:
+        src, out = Path(src), Path(out)
+        if out in seen:
+            settled.append(Outcome(str(src), str(out), "failed", f"another input also maps to {out}"))
+            continue
+        seen.add(out)
+        try:
+            key = probe(src)
+        except Exception as e:  # noqa: BLE001 - any unreadable header is this file's failure
+            settled.append(Outcome(str(src), str(out), "failed", f"cannot read image ({e})"))
+            continue
+        if out.exists() and not force:
+            if verified(out, key):
+                settled.append(Outcome(str(src), str(out), "skipped"))
+            else:
+                settled.append(Outcome(str(src), str(out), "failed",
+                                       f"{out} exists but is not a valid .ddc of this image (use --force to replace it)"))
+            continue
+        groups.setdefault(key, []).append((str(src), str(out)))
+    jobs = []
+    for members in groups.values():
+        for i in range(0, len(members), bank):
+            chunk = members[i:i + bank]
+            jobs.append(BankJob(first + len(jobs), tuple(s for s, _ in chunk), tuple(o for _, o in chunk), settings))
+    return jobs, settled
+
+
+def run_bank(job: BankJob, progress=None) -> list:
+    """Encode one bank: -> [(source, output, data bytes or None, error, summary)]. Runs on a
+    worker; never raises for a bad image, it reports it and encodes the rest."""
+    settings = job.settings
+    results, readable = [], {}
+    for src, out in zip(job.sources, job.outputs):
+        try:
+            img = read_image(src, settings.max_pixels)
+            readable.setdefault(bank_key(img.shape), []).append((src, out, img))
+        except DDCError as e:
+            results.append((src, out, None, str(e), {}))
+    for members in readable.values():  # normally one group: the probe predicted the keys
+        try:
+            encoded = encode_bank([img for _, _, img in members], settings.channels, settings.layers,
+                                  settings.fit, settings.quant, settings.device, progress, settings.arch)
+            results += [(s, o, r.data, "", r.summary()) for (s, o, _), r in zip(members, encoded)]
+        except DDCError as e:
+            results += [(s, o, None, str(e), {}) for s, o, _ in members]
+    return results
+
+
+def write_results(results, force: bool = False) -> list:
+    """The driver's half: write each encoded file atomically -> Outcomes."""
+    outcomes = []
+    for src, out, data, error, summary in results:
+        if data is None:
+            outcomes.append(Outcome(src, out, "failed", error))
+            continue
+        try:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(out, data, force, inputs=[src])
+            outcomes.append(Outcome(src, out, "written", summary=summary))
+        except (DDCError, OSError) as e:
+            outcomes.append(Outcome(src, out, "failed", str(e)))
+    return outcomes
+
+
+def encode_collection(pairs, settings: Settings = Settings(), bank: int = 8, force: bool = False,
+                      runner: Optional[Callable] = None, on_outcomes: Optional[Callable] = None) -> list:
+    """Encode (source, output) pairs in banks -> Outcomes, one per input.
+
+    runner(jobs) yields (job, results) as banks finish, in any order: serial_runner by default,
+    ddcodec.cluster.ray_runner to spread banks over a Ray cluster. on_outcomes is called with
+    each bank's outcomes once they are on disk (progress, logs)."""
+    return encode_many([(pairs, settings)], bank, force, runner, on_outcomes)
+
+
+def encode_many(tasks, bank: int = 8, force: bool = False, runner: Optional[Callable] = None,
+                on_outcomes: Optional[Callable] = None) -> list:
+    """Like encode_collection for several (pairs, Settings) tasks at once (e.g. the rate points
+    of a benchmark): one runner, so a cluster works on all of them together."""
+    jobs, outcomes = [], []
+    for pairs, settings in tasks:
+        j, o = plan(pairs, bank, force, settings, first=len(jobs))
+        jobs += j
+        outcomes += o
+    if on_outcomes and outcomes:
+        on_outcomes(outcomes)
+    for _, results in (runner or serial_runner)(jobs):
+        done = write_results(results, force)
+        outcomes += done
+        if on_outcomes:
+            on_outcomes(done)
+    return outcomes
+
+
+def serial_runner(jobs):
+    for job in jobs:
+        yield job, run_bank(job)
+
+
+def folder_pairs(folder, out_dir) -> list:
+    """(source, output) pairs for every image under folder, mirrored into out_dir."""
+    root = Path(folder)
+    return [(p, output_path(p, root, Path(out_dir))) for p in find_images(root)]

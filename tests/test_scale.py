@@ -1,0 +1,87 @@
+"""Encoding a collection: the plan, re-runs that skip what is done, bad files, the CLI, and
+the one-line hint when --ray is asked for without Ray (test_scale_ray.py runs Ray itself)."""
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from ddcodec import FitConfig, QuantConfig
+from ddcodec.collection import Settings, encode_collection, folder_pairs, plan
+from ddcodec_cli.main import cli
+
+from .conftest import small
+
+SETTINGS = Settings(channels=4, layers=3, fit=FitConfig(iters=40), quant=QuantConfig(qat_iters=5), device="cpu")
+CLI_FIT = ["-k", "4", "--layers", "3", "--iters", "40", "--qat-iters", "5", "--bank", "2", "-q"]
+
+
+def make_folder(root: Path, n: int = 5) -> Path:
+    """n small images, one portrait (shares a bank with the landscapes), one in a sub-folder."""
+    src = root / "in"
+    (src / "sub").mkdir(parents=True)
+    for i in range(n):
+        im = Image.fromarray(small(32 + 2 * i, 24, "RGB")[:, i:i + 32] if i else small(32, 24))
+        if i == 2:
+            im = im.transpose(Image.TRANSPOSE)
+        im.save(src / ("sub" if i == n - 1 else "") / f"im{i}.png")
+    return src
+
+
+def tree(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.ddc"))}
+
+
+@pytest.fixture(scope="module")
+def serial(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serial")
+    src = make_folder(root)
+    outcomes = encode_collection(folder_pairs(src, root / "out"), SETTINGS, bank=2)
+    assert [o.status for o in outcomes] == ["written"] * 5
+    return src, tree(root / "out")
+
+
+def test_plan_groups_by_size_up_to_transposition_and_keeps_input_order(tmp_path):
+    src = make_folder(tmp_path)
+    Image.fromarray(small(40, 40)).save(src / "square.png")
+    jobs, settled = plan(folder_pairs(src, tmp_path / "out"), bank=2)
+    assert settled == []
+    assert [[Path(s).name for s in j.sources] for j in jobs] == [
+        ["im0.png", "im1.png"], ["im2.png", "im3.png"], ["im4.png"], ["square.png"]]
+
+
+def test_rerun_skips_outputs_that_verify_and_reports_broken_ones(tmp_path, serial):
+    src, _ = serial
+    out = tmp_path / "out"
+    encode_collection(folder_pairs(src, out), SETTINGS, bank=2)
+    (out / "im1.ddc").write_bytes((out / "im1.ddc").read_bytes()[:-3])  # truncated: not done
+    statuses = {Path(o.source).name: o.status for o in encode_collection(folder_pairs(src, out), SETTINGS, bank=2)}
+    assert statuses == {"im0.png": "skipped", "im1.png": "failed", "im2.png": "skipped",
+                        "im3.png": "skipped", "im4.png": "skipped"}
+    forced = encode_collection(folder_pairs(src, out), SETTINGS, bank=2, force=True)
+    assert [o.status for o in forced] == ["written"] * 5
+
+
+def test_a_bad_file_is_reported_and_the_rest_encoded(tmp_path, serial):
+    src = make_folder(tmp_path)
+    (src / "broken.png").write_bytes(b"\x89PNG not really")
+    outcomes = {Path(o.source).name: o for o in encode_collection(folder_pairs(src, tmp_path / "out"), SETTINGS, bank=2)}
+    assert outcomes["broken.png"].status == "failed" and "cannot read" in outcomes["broken.png"].error
+    assert tree(tmp_path / "out") == serial[1]
+
+
+def test_encode_dir_cli_writes_the_serial_files_and_fails_nonzero_on_a_bad_one(tmp_path, serial):
+    src = make_folder(tmp_path)
+    (src / "bad.png").write_bytes(b"nope")
+    r = CliRunner().invoke(cli, ["encode-dir", str(src), "-o", str(tmp_path / "out"), *CLI_FIT])
+    assert r.exit_code == 1 and "failed" in r.output and "Traceback" not in r.output
+    assert tree(tmp_path / "out") == serial[1]
+
+
+def test_ray_flag_without_ray_gives_a_one_line_hint(tmp_path, monkeypatch):
+    src = make_folder(tmp_path)
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    r = CliRunner().invoke(cli, ["encode-dir", str(src), "-o", str(tmp_path / "out"), "--ray", *CLI_FIT])
+    assert r.exit_code == 1
+    assert r.output.strip().splitlines() == ["ddc: error: --ray needs Ray: pip install 'ddcodec[ray]'"]
