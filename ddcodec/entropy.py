@@ -15,7 +15,8 @@ from .errors import CorruptError
 MAX_ALPHABET = 1 << 16  # symbols a tensor may span; bounds the table the decoder allocates
 DECAY_ONE = 1 << 16
 # candidate r: logit-spaced from 0.001 (almost every value at mu) to 0.9999 (nearly flat)
-_DECAYS = np.unique(np.round(DECAY_ONE / (1 + np.exp(-np.linspace(-7, 9.2, 160)))).astype(np.int64))
+# The grid is part of the format (version 2 stores an index into it): these exact integers.
+DECAYS = np.unique(np.round(DECAY_ONE / (1 + np.exp(-np.linspace(-7, 9.2, 160)))).astype(np.int64))
 
 
 @dataclass(frozen=True)
@@ -46,11 +47,11 @@ def fit_model(q: np.ndarray) -> TensorModel:
     lo, hi = int(q.min()), int(q.max())
     mu = int(np.median(q).round())
     if lo == hi:
-        return TensorModel(lo, hi, mu, 1)
+        return TensorModel(lo, hi, mu, int(DECAYS[0]))  # the decay is unused; any grid value
     if hi - lo >= MAX_ALPHABET:
         raise CorruptError(f"tensor spans {hi - lo + 1} symbols, more than {MAX_ALPHABET}")
     best, best_bits = None, np.inf
-    for decay in _DECAYS:
+    for decay in DECAYS:
         model = TensorModel(lo, hi, mu, int(decay))
         p = model.probabilities()
         with np.errstate(divide="ignore"):  # p underflows to 0: that decay costs inf bits
@@ -58,6 +59,16 @@ def fit_model(q: np.ndarray) -> TensorModel:
         if bits < best_bits:
             best, best_bits = model, bits
     return best
+
+
+def decay_index(model: TensorModel) -> int:
+    """The model's decay as an index into DECAYS (what version 2 stores)."""
+    i = int(np.searchsorted(DECAYS, model.decay))
+    if i < len(DECAYS) and DECAYS[i] == model.decay:
+        return i
+    if model.lo == model.hi:  # a constant tensor's decay is unused (version 1 wrote 1)
+        return 0
+    raise CorruptError(f"decay {model.decay} is not on the grid")
 
 
 def _categorical(model: TensorModel):

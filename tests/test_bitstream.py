@@ -1,4 +1,5 @@
 import dataclasses
+from pathlib import Path
 import struct
 import zlib
 
@@ -7,11 +8,13 @@ from hypothesis import given, settings, strategies as st
 
 import ddcodec
 from ddcodec import bitstream
-from ddcodec.entropy import TensorModel
+from ddcodec.entropy import DECAYS, TensorModel
 from ddcodec.errors import (CorruptError, FormatError, LimitError, NotDDCError, TruncatedError,
                             UnsupportedVersionError)
 from ddcodec.nets import Architecture, tensor_shapes
 from ddcodec.quant import STEP_CODE_MAX, STEP_CODE_MIN
+
+DATA = Path(__file__).parent / "data"
 
 
 @st.composite
@@ -22,7 +25,7 @@ def headers(draw):
     for _ in tensor_shapes(arch):
         lo = draw(st.integers(-40000, 40000))
         hi = lo + draw(st.integers(0, 60000))
-        models.append(TensorModel(lo, hi, draw(st.integers(lo, hi)), draw(st.integers(1, 65535))))
+        models.append(TensorModel(lo, hi, draw(st.integers(lo, hi)), int(draw(st.sampled_from(DECAYS)))))
         codes.append(draw(st.integers(STEP_CODE_MIN, STEP_CODE_MAX)))
     return bitstream.Header(draw(st.integers(1, 4000)), draw(st.integers(1, 4000)), arch,
                             draw(st.integers(0, 2**64 - 1)), tuple(codes), tuple(models),
@@ -79,23 +82,39 @@ def test_absurd_dimensions_are_refused_before_decoding(ddc_bytes):
         ddcodec.decode(bitstream.pack(huge, payload))
 
 
-def test_a_billion_symbols_is_refused(ddc_bytes):
+def test_an_architecture_with_too_many_weights_is_refused_before_decoding(ddc_bytes):
     h, payload = bitstream.unpack(ddc_bytes)
-
-    class Lying(bitstream.Header):
-        @property
-        def symbols(self):
-            return 10**9
-
-    with pytest.raises(CorruptError):
-        ddcodec.decode(bitstream.pack(Lying(*(getattr(h, f.name) for f in dataclasses.fields(h))), payload))
+    arch = Architecture("skip", 1024, 5, 3)  # ~140 M weights: more than MAX_SYMBOLS
+    n = len(tensor_shapes(arch))
+    big = dataclasses.replace(h, width=64, height=64, arch=arch, step_codes=(0,) * n,
+                              models=(h.models[0],) * n)
+    with pytest.raises(LimitError):
+        bitstream.unpack(bitstream.pack(big, payload))
 
 
 def test_step_code_out_of_range_is_corruption(ddc_bytes):
     h, payload = bitstream.unpack(ddc_bytes)
-    bad = dataclasses.replace(h, step_codes=(10_000,) + h.step_codes[1:])
+    bad = dataclasses.replace(h, step_codes=(STEP_CODE_MAX + 10,) + h.step_codes[1:])
     with pytest.raises(CorruptError):
         ddcodec.decode(bitstream.pack(bad, payload))
+
+
+def test_decay_index_off_the_grid_is_corruption(ddc_bytes):
+    h, payload = bitstream.unpack(ddc_bytes)
+    data = bytearray(bitstream.pack(h, payload))
+    first_entry = len(bitstream.pack(h, b"")) - 4 - sum(len(bitstream._tensor_entry(c, m)) for c, m in zip(h.step_codes, h.models))
+    data[first_entry + 1] = 255  # the first tensor's decay index
+    with pytest.raises(CorruptError):
+        bitstream.unpack(_with_crc(bytes(data[:-4])))
+
+
+def test_version_2_headers_are_smaller_than_version_1(ddc_bytes):
+    """The reason for version 2: the same weights in fewer header bytes."""
+    old = (DATA / "golden-v1.ddc").read_bytes()
+    h, payload = bitstream.unpack(old)
+    new = bitstream.pack(h, payload)
+    assert new[4] == 2 and bitstream.unpack(new) == (h, payload)
+    assert len(old) - len(new) >= 2 * len(h.models)
 
 
 def test_empty_and_short_inputs_are_truncated():

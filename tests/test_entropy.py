@@ -47,3 +47,11 @@ def test_laplace_tensor_codes_within_3_percent_of_its_empirical_entropy(scale):
 def test_invalid_models_raise_before_constriction_is_called(model):
     with pytest.raises(CorruptError):
         entropy.decode(b"\0\0\0\0", [model], [3])
+
+
+def test_the_decay_grid_is_pinned():
+    """Version 2 files store an index into DECAYS: the grid is part of the format."""
+    import hashlib
+    assert len(entropy.DECAYS) == 159
+    assert hashlib.sha256(entropy.DECAYS.astype("<i8").tobytes()).hexdigest() == \
+        "bda550cecde4374af9e361e0b2d3d7bf2f1b4a007757d424b125438b4511a957"

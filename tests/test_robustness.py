@@ -61,16 +61,18 @@ def test_sigkill_leaves_nothing_half_written(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
 
 
-def test_golden_v1_file_still_decodes_to_its_stored_hashes():
-    data = (DATA / "golden-v1.ddc").read_bytes()
-    expect = json.loads((DATA / "golden-v1.json").read_text())
+@pytest.mark.parametrize("version", [1, 2])
+def test_golden_file_of_each_version_still_decodes_to_its_stored_hashes(version):
+    data = (DATA / f"golden-v{version}.ddc").read_bytes()
+    expect = json.loads((DATA / f"golden-v{version}.json").read_text())
+    assert data[4] == version == expect["version"]
     _, model = load_model(data)
     weights = b"".join(t.detach().numpy().astype("<f4").tobytes() for _, t in model.named_tensors())
     assert hashlib.sha256(weights).hexdigest() == expect["weights_sha256"]  # exact everywhere
     img = ddcodec.decode(data)
     if hashlib.sha256(img.tobytes()).hexdigest() != expect["pixels_sha256"]:
         # another CPU may round a float32 differently: at most 1 level in a few pixels
-        ref = np.asarray(Image.open(DATA / "golden-v1.png"))
+        ref = np.asarray(Image.open(DATA / f"golden-v{version}.png"))
         assert np.abs(img.astype(int) - ref).max() <= 1
 
 
