@@ -36,12 +36,22 @@ class FitProgress:
         self.offset += self.per_bank
 
     def update(self, stage: str, it: int, total: int, loss: float, psnr: float):
-        done = self.offset + it + (self.fit_iters if stage == "qat" else 0)
+        if stage == "fit" and total != self.fit_iters and self.offset == 0:
+            self._resize(total)  # e.g. the denoising stopping rule chose the iterations
+        done = self.offset + it + (self.fit_iters if stage != "fit" else 0)
         if stage == "fit" and not self.quiet and not self.warned:
             self._maybe_warn(done)
         if self.bar is not None:
             self.bar.update(done - self.bar.n)
             self.bar.set_postfix_str(f"{stage} loss {loss:.2e} PSNR {psnr:.2f} dB", refresh=False)
+
+    def _resize(self, fit_iters: int):
+        self.per_bank += fit_iters - self.fit_iters
+        self.total = self.per_bank
+        self.fit_iters = fit_iters
+        if self.bar is not None:
+            self.bar.total = self.total
+            self.bar.refresh()
 
     def _maybe_warn(self, done: int):
         self.warned = True

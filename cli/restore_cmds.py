@@ -7,6 +7,7 @@ import click
 from ddcodec import restore
 from ddcodec.errors import OutputExistsError
 from ddcodec.fit import FitConfig
+from ddcodec.quant import QuantConfig
 from ddcodec.images import image_bytes, read_image, write_atomic
 
 from .progress import FitProgress
@@ -27,7 +28,8 @@ def run(task, image, output, ddc, force, quiet, fn, **kw):
             raise OutputExistsError(f"{o} exists (use --force to replace it)")
     img = read_image(image)
     iters = kw.get("iters") or FitConfig.iters
-    with FitProgress(FitConfig(iters=iters), restore.RESTORE_QUANT, quiet) as bar:
+    after = QuantConfig(qat_iters=restore.DISTILL_ITERS if task == "denoise" else 0)  # distillation
+    with FitProgress(FitConfig(iters=iters), after, quiet) as bar:
         r = fn(img, progress=bar.update, **kw)
     write_atomic(output, image_bytes(r.image, output), force, inputs=[image])
     if ddc is not None:

@@ -10,6 +10,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -72,6 +73,34 @@ def encode_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = Fi
                 arch: str = "deep-decoder", degradation: Degradation = None) -> list:
     """Encode B images of one size and channel count as one bank: one fit, B files."""
     t0 = time.perf_counter()
+    bank = fit_bank(images, channels, layers, fit, device, progress, arch, degradation)
+    results = quantize_bank(bank, quant, progress)
+    seconds = time.perf_counter() - t0
+    for r in results:
+        r.seconds = seconds / len(results)
+    return results
+
+
+@dataclass
+class FittedBank:
+    """A fitted bank before quantization: what quantize_bank needs to write its files."""
+    model: torch.nn.Module
+    z: torch.Tensor
+    loss_fn: object  # output -> per-member losses [B]
+    originals: list  # the images as given
+    flags: list  # per member: FLAG_TRANSPOSED or 0
+    arch: Architecture
+    seed: int
+    size: tuple  # (H, W) of the network output, in the bank's orientation
+    degradation: Degradation
+    float_out: np.ndarray  # the unquantized network's uint8 output
+    average: Optional[torch.Tensor] = None  # [B, c, H, W] in [0, 1]: FitConfig.average's result
+
+
+def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitConfig(),
+             device: str = "auto", progress=None, arch: str = "deep-decoder",
+             degradation: Degradation = None) -> FittedBank:
+    """Fit one network per image, all at once (the first half of encode_bank)."""
     deg = degradation or Degradation()
     originals = [_as_array(im) for im in images]
     imgs, flags = _orient(originals)
@@ -90,29 +119,53 @@ def encode_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = Fi
     model = build(net, seeds).to(dev)
     z = torch.stack([seeded_input(net, H, W, s) for s in seeds]).to(dev)
     loss_fn = lambda out: mse_per_image(deg.apply(out[..., :H, :W]), target, weight)  # noqa: E731
-    stage = (lambda name: partial(progress, name)) if progress else (lambda name: None)
+    ema = _Average(fit.average)
     optimise(model, z, loss_fn, fit.iters, fit.lr, fit.lr_floor, input_noise=fit.input_noise,
-             progress=stage("fit"), noise_seed=fit.seed, mode=fit.precision)
+             progress=_stage(progress, "fit"), noise_seed=fit.seed, mode=fit.precision,
+             observe=ema if fit.average else None)
     with torch.no_grad():
         float_out = _to_uint8(model(z)[..., :H, :W])
+    return FittedBank(model, z, loss_fn, originals, flags, net, fit.seed, (H, W), deg, float_out,
+                      None if ema.value is None else ema.value[..., :H, :W])
+
+
+class _Average:
+    """Exponential average of the outputs over a fit (DIP's exp_weight): the average of many
+    iterates holds less of the noise than any one of them. The decay ramps up as
+    (1 + t) / (10 + t) to its value, so the poor first outputs are forgotten quickly."""
+
+    def __init__(self, decay: float):
+        self.decay, self.value, self.t = decay, None, 0
+
+    def __call__(self, out: torch.Tensor) -> None:
+        out = out.clamp(0, 1)
+        d = min(self.decay, (1 + self.t) / (10 + self.t))
+        self.t += 1
+        self.value = out.clone() if self.value is None else self.value.mul_(d).add_(out, alpha=1 - d)
+
+
+def quantize_bank(bank: FittedBank, quant: QuantConfig = QuantConfig(), progress=None) -> list:
+    """Steps, quantization-aware fine-tuning, entropy coding: a fitted bank -> EncodeResults
+    (the second half of encode_bank; it changes bank.model's weights)."""
+    model, z, loss_fn = bank.model, bank.z, bank.loss_fn
     codes = search_steps(model, z, loss_fn, quant)  # [T, B]
-    steps = steps_tensor(codes, dev)
+    steps = steps_tensor(codes, z.device)
     optimise(model, z, loss_fn, quant.qat_iters, quant.qat_lr,
-             transform=lambda p: straight_through(p, steps), progress=stage("qat"))
+             transform=lambda p: straight_through(p, steps), progress=_stage(progress, "qat"))
     results = []
-    for b, img in enumerate(originals):
-        data = _write_member(model, b, codes[:, b], net, seeds[b], flags[b], H, W)
-        decoded = decode(data, device=str(dev))
-        fidelity = fidelity_psnr(decoded, img, deg)
+    for b, img in enumerate(bank.originals):
+        data = _write_member(model, b, codes[:, b], bank.arch, bank.seed, bank.flags[b], *bank.size)
+        decoded = decode(data, device=str(z.device))
         results.append(EncodeResult(
-            data, decoded.shape[1], decoded.shape[0], fidelity,
-            fidelity_psnr(_unorient(float_out[b], flags[b]), img, deg),
-            bits_per_pixel(len(data), decoded.shape[1], decoded.shape[0]), 0.0, str(dev),
-            param_count(net), net))
-    seconds = time.perf_counter() - t0
-    for r in results:
-        r.seconds = seconds / len(results)
+            data, decoded.shape[1], decoded.shape[0], fidelity_psnr(decoded, img, bank.degradation),
+            fidelity_psnr(_unorient(bank.float_out[b], bank.flags[b]), img, bank.degradation),
+            bits_per_pixel(len(data), decoded.shape[1], decoded.shape[0]), 0.0, str(z.device),
+            param_count(bank.arch), bank.arch))
     return results
+
+
+def _stage(progress, name):
+    return partial(progress, name) if progress else None
 
 
 def fidelity_psnr(decoded: np.ndarray, observed: np.ndarray, deg: Degradation) -> float:

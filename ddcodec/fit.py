@@ -23,6 +23,7 @@ class FitConfig:
     input_noise: float = 0.0  # std of noise added to z each step (DIP's regulariser), decays
     precision: str = "fp32"  # "tf32" or "bf16" (autocast) trade exactness for GPU speed
     seed: int = 0  # seeds the initial weights and the input z
+    average: float = 0.0  # restoration: keep an exponential average of the outputs (DIP: 0.99)
 
     def __post_init__(self):
         if self.iters < 0 or self.iters > 10_000_000:
@@ -31,6 +32,8 @@ class FitConfig:
             raise ConfigError(f"lr must be in (0, 1], got {self.lr}")
         if not 0 <= self.seed < 2**64:
             raise ConfigError("seed must be in [0, 2**64)")
+        if not 0 <= self.average < 1:
+            raise ConfigError(f"average must be in [0, 1), got {self.average}")
         if self.precision not in ("fp32", "tf32", "bf16"):
             raise ConfigError(f"precision must be fp32, tf32 or bf16, got {self.precision!r}")
 
@@ -68,11 +71,12 @@ def precision(mode: str, device: torch.device):
 
 def optimise(model, z, loss_fn, iters: int, lr: float, lr_floor: float = 1.0,
              transform=None, input_noise: float = 0.0, progress: Optional[Progress] = None,
-             noise_seed: int = 0, mode: str = "fp32"):
+             noise_seed: int = 0, mode: str = "fp32", observe=None):
     """Run Adam on ``model`` for ``iters`` steps and load each member's best iterate.
 
     loss_fn(output) -> per-member losses [B]; transform(params) -> params used in the forward
     pass (identity for fitting, straight-through rounding for quantization-aware training).
+    observe(output) sees every iteration's output (detached), e.g. to average them.
     Returns the best per-member losses.
     """
     params = [t for _, t in model.named_tensors()]
@@ -89,7 +93,10 @@ def optimise(model, z, loss_fn, iters: int, lr: float, lr_floor: float = 1.0,
             zin = z + std * torch.randn(z.shape, generator=gen, device=z.device)
         p = transform(params) if transform else params
         with precision(mode, z.device):
-            losses = loss_fn(model(zin, p).float())
+            out = model(zin, p).float()
+            losses = loss_fn(out)
+        if observe:
+            observe(out.detach())
         _keep_best(params, best, losses.detach(), best_loss)
         opt.zero_grad(set_to_none=True)
         losses.sum().backward()

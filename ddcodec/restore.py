@@ -10,10 +10,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .codec import EncodeResult, _as_array, decode, encode
+import time
+
+import torch
+
+from .codec import EncodeResult, _as_array, _to_uint8, decode, fit_bank, quantize_bank
 from .degrade import Degradation, denoise_iterations, estimate_sigma, mask_from_image
 from .errors import ConfigError
-from .fit import FitConfig
+from .fit import FitConfig, mse_per_image, optimise
 from .quant import QuantConfig
 
 DEFAULTS = {  # arch -> (channels, layers, iterations for inpainting / super-resolution)
@@ -22,12 +26,16 @@ DEFAULTS = {  # arch -> (channels, layers, iterations for inpainting / super-res
 }
 SKIP_INPUT_NOISE = {"denoise": 1 / 30, "inpaint": 0.03, "superres": 0.03}
 RESTORE_QUANT = QuantConfig(qat_iters=0)  # the fit's target is degraded: no need to polish it
+# Denoising averages the outputs over the fit (DIP's exp_weight 0.99) at a constant learning
+# rate, then distils the average back into the network so that the .ddc decodes to it.
+DENOISE_AVERAGE = 0.99
+DISTILL_ITERS, DISTILL_LR = 300, 0.002
 
 
 @dataclass
 class Restored:
-    image: np.ndarray  # the restored uint8 image, as decode(result.data) gives it
-    result: EncodeResult  # the .ddc bytes and the encode figures
+    image: np.ndarray  # the restored uint8 image
+    result: EncodeResult  # the .ddc bytes (decoding to image, or to within ~1 level of it)
     iters: int  # fitting iterations used (from the stopping rule for denoising)
     sigma: float = None  # estimated noise std (0-255), denoising only
 
@@ -37,14 +45,35 @@ def _config(task, arch, channels, layers, iters, seed, lr):
         raise ConfigError(f"unknown architecture {arch!r} (deep-decoder or skip)")
     k, d, default_iters = DEFAULTS[arch]
     noise = SKIP_INPUT_NOISE[task] if arch == "skip" else 0.0
-    fit = FitConfig(iters=iters or default_iters, lr=lr, seed=seed, input_noise=noise)
+    extra = dict(average=DENOISE_AVERAGE, lr_floor=1.0) if task == "denoise" else {}
+    fit = FitConfig(iters=iters or default_iters, lr=lr, seed=seed, input_noise=noise, **extra)
     return (k if channels is None else channels), (d if layers is None else layers), fit
 
 
 def _run(img, task, deg, arch, channels, layers, iters, seed, lr, device, progress, sigma=None):
+    t0 = time.perf_counter()
     k, d, fit = _config(task, arch, channels, layers, iters, seed, lr)
-    res = encode(img, k, d, fit, RESTORE_QUANT, device, progress, arch, deg)
-    return Restored(decode(res.data, device=res.device), res, fit.iters, sigma)
+    bank = fit_bank([img], k, d, fit, device, progress, arch, deg)
+    image = None
+    if bank.average is not None:
+        image = _to_uint8(bank.average)[0]
+        distill(bank, bank.average, progress)
+    res = quantize_bank(bank, RESTORE_QUANT, progress)[0]
+    res.seconds = time.perf_counter() - t0
+    if image is None:
+        image = decode(res.data, device=res.device)
+    return Restored(image, res, fit.iters, sigma)
+
+
+def distill(bank, target, progress=None, iters: int = DISTILL_ITERS, lr: float = DISTILL_LR) -> None:
+    """Fit the bank's networks to target (their own averaged output) from where they are, and
+    make that the criterion the quantization keeps: the .ddc then decodes to the average."""
+    H, W = bank.size
+    bank.loss_fn = lambda out: mse_per_image(out[..., :H, :W], target)  # noqa: E731
+    optimise(bank.model, bank.z, bank.loss_fn, iters, lr, 0.05,
+             progress=(lambda *a: progress("distil", *a)) if progress else None)
+    with torch.no_grad():
+        bank.float_out = _to_uint8(bank.model(bank.z)[..., :H, :W])
 
 
 def denoise(image, arch="deep-decoder", channels=None, layers=None, iters=None, seed=0,

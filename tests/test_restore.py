@@ -1,0 +1,32 @@
+"""Restoration API: the denoiser's output average and the .ddc that is distilled to decode to it."""
+import numpy as np
+import torch
+
+import ddcodec
+from ddcodec import restore
+from ddcodec.codec import _Average
+from ddcodec.metrics import psnr
+
+from .conftest import small
+
+
+def test_output_average_is_exponential_clamped_and_forgets_the_start():
+    avg = _Average(0.99)
+    for v in (1.0, 0.0, 2.0):  # 2.0 is clamped to 1; the decay ramps 2/11, 3/12 after the first
+        avg(torch.full((1, 1, 2, 2), v))
+    expect = (1.0 * 2 / 11 + 0.0 * 9 / 11) * 3 / 12 + 1.0 * 9 / 12
+    assert torch.allclose(avg.value, torch.full((1, 1, 2, 2), expect))
+    for _ in range(2000):
+        avg(torch.zeros(1, 1, 2, 2))
+    assert float(avg.value.max()) < 1e-6  # the steady decay is 0.99
+
+
+def test_denoise_returns_the_average_and_its_ddc_decodes_close_to_it():
+    clean = small(96, 64)
+    rng = np.random.default_rng(0)
+    noisy = np.clip(clean + rng.normal(0, 25, clean.shape), 0, 255).round().astype(np.uint8)
+    r = restore.denoise(noisy, channels=32, layers=4, iters=300, device="cpu")
+    decoded = ddcodec.decode(r.result.data)
+    assert r.image.shape == clean.shape
+    assert psnr(decoded, r.image) >= 30  # the distillation brings the network to its average
+    assert psnr(r.image, clean) > psnr(noisy, clean) + 3  # and the average is denoised
