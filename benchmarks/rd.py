@@ -23,10 +23,11 @@ from ddcodec.metrics import ms_ssim, psnr
 from . import baselines
 
 PROFILES = {"kodak": 1, "kodak-mini": 4}  # profile -> downscale factor
-# ddcodec rate points: (k, max_loss_db). Larger max_loss trades PSNR for rate more cheaply than
-# a smaller k does at these rates (benchmarks/NOTES.md).
-POINTS = {"kodak": [(16, 0.3), (24, 0.3), (32, 0.3), (48, 0.3), (64, 0.3), (96, 0.3)],
-          "kodak-mini": [(6, 0.3), (8, 0.3), (12, 0.3), (16, 0.3), (24, 0.3)]}
+# ddcodec rate points: target bpp, with k chosen from the target and the quantization budget
+# searched to fill it (ddcodec.rate). On kodak-mini this beat fixed (k, budget) pairs
+# (benchmarks/NOTES.md).
+POINTS = {"kodak": [0.1, 0.15, 0.25, 0.35, 0.5, 0.75, 1.0],
+          "kodak-mini": [0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0]}
 TARGETS = (0.25, 0.5, 1.0)
 
 
@@ -60,10 +61,10 @@ def run_ddcodec(images: dict, points, args, out_dir: Path, rows_file: Path, have
     from ddcodec.collection import Settings, encode_many, serial_runner
     sources = _image_files(images, args, out_dir)
     tasks, labels = [], {}
-    for k, max_loss in points:
-        label = f"k{k}-l{max_loss}"
-        settings = Settings(k, 6, fit=ddcodec.FitConfig(iters=args.iters),
-                            quant=ddcodec.QuantConfig(max_loss_db=max_loss), device=args.device)
+    for bpp in points:
+        label = f"bpp{bpp}"
+        settings = Settings(None, 6, fit=ddcodec.FitConfig(iters=args.iters),
+                            quant=ddcodec.QuantConfig(target_bpp=bpp), device=args.device)
         pairs = [(sources[n], out_dir / "ddc" / label / f"{n}.ddc") for n in images
                  if ("ddcodec", n, label) not in have]
         tasks.append((pairs, settings))

@@ -14,6 +14,7 @@ from ddcodec.collection import IMAGE_SUFFIXES
 from ddcodec.degrade import Degradation, denoise_iterations, estimate_sigma, mask_from_image
 from ddcodec.errors import ConfigError, DDCError, ImageError, OutputExistsError
 from ddcodec.images import read_image, write_atomic
+from ddcodec.rate import channels_for_bpp
 
 from .progress import FitProgress
 
@@ -46,20 +47,22 @@ def _outputs(paths, output, many: bool) -> list:
     return [output / (p.stem + ".ddc") for p in paths]
 
 
-def _defaults(arch, restoring, channels, layers):
+def _defaults(arch, restoring, channels, layers, bpp=None):
+    if channels is None and bpp is not None and arch == "deep-decoder" and not restoring:
+        return None, layers if layers is not None else 6  # k per bank, from the target and the size
     k = channels if channels is not None else (128 if arch == "skip" or restoring else 64)
     return k, layers if layers is not None else (5 if arch == "skip" else 6)
 
 
 def encode_command(images, output, channels, layers, arch, iters, lr, seed, device, quiet,
-                   max_loss, qat_iters, denoise, mask, scale, bank, max_pixels, force, as_json):
+                   max_loss, qat_iters, bpp, psnr, denoise, mask, scale, bank, max_pixels, force, as_json):
     paths = expand(images)
     many = len(paths) > 1 or any(Path(a).is_dir() or glob.has_magic(a) for a in images)
     outs = _outputs(paths, output, many)
     if mask is not None and many:
         raise ConfigError("--mask applies to a single image")
     deg = Degradation(scale=scale, mask=mask_from_image(read_image(mask)) if mask else None)
-    k, d = _defaults(arch, denoise or mask is not None or scale > 1, channels, layers)
+    k, d = _defaults(arch, denoise or mask is not None or scale > 1, channels, layers, bpp)
     jobs, failed = [], 0
     for p, o in zip(paths, outs):
         try:  # check outputs and read inputs before any fit: a bad file costs nothing
@@ -73,7 +76,7 @@ def encode_command(images, output, channels, layers, arch, iters, lr, seed, devi
             failed += 1
     banks = _banks(jobs, 1 if (denoise or mask is not None) else bank)
     fit = FitConfig(iters=iters or FitConfig.iters, lr=lr, seed=seed)
-    quant = QuantConfig(max_loss_db=max_loss, qat_iters=qat_iters)
+    quant = QuantConfig(max_loss_db=max_loss, qat_iters=qat_iters, target_bpp=bpp, target_psnr=psnr)
     with FitProgress(fit, quant, quiet or as_json, len(banks)) as bar:
         for group in banks:
             failed += _encode_bank(group, k, d, arch, fit, quant, deg, denoise and not iters,
@@ -93,6 +96,9 @@ def _banks(jobs, size) -> list:
 def _encode_bank(group, k, d, arch, fit, quant, deg, auto_iters, device, bar, force, as_json, many) -> int:
     if auto_iters:  # the denoising stopping rule, from this image's estimated noise
         fit = FitConfig(iters=denoise_iterations(estimate_sigma(group[0][2])), lr=fit.lr, seed=fit.seed)
+    if k is None:
+        shape = group[0][2].shape
+        k = channels_for_bpp(quant.target_bpp, shape[0], shape[1], d, 1 if len(shape) == 2 else 3)
     try:
         results = ddcodec.encode_bank([img for _, _, img in group], k, d, fit, quant, device,
                                       bar.update, arch, deg)
@@ -113,4 +119,4 @@ def _report(src, out, res, as_json):
         click.echo(json.dumps({"input": str(src), "output": str(out), **res.summary()}))
     else:
         click.echo(f"{out}: {res.bytes} bytes, {res.bpp:.4f} bpp, PSNR {res.psnr:.2f} dB "
-                   f"({res.width}x{res.height}, {res.params} params, {res.seconds:.1f} s on {res.device})")
+                   f"({res.width}x{res.height}, k={res.arch.channels}, {res.params} params, {res.seconds:.1f} s on {res.device})")

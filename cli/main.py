@@ -74,6 +74,9 @@ def fit_options(channels=64, layers=6, iters=FitConfig.iters):
               help="PSNR (dB) quantization may cost before fine-tuning; larger = smaller file.")
 @click.option("--qat-iters", default=QuantConfig.qat_iters, show_default=True,
               help="Quantization-aware fine-tuning steps.")
+@click.option("--bpp", type=float, help="Rate control: the largest file within this many bits per pixel "
+              "(k from the target unless -k is given; --max-loss is then searched).")
+@click.option("--psnr", type=float, help="Quality control: the smallest file the fit allows at this PSNR (dB).")
 @click.option("--denoise", is_flag=True, help="Fit with the denoising stopping rule (iterations from the noise level).")
 @click.option("--mask", type=click.Path(dir_okay=False, path_type=Path), help="Inpaint: white = known pixels.")
 @click.option("--scale", type=int, default=1, show_default=True, help="Super-resolve: the file decodes at scale x the size.")

@@ -17,11 +17,13 @@ def register(cli, fit_options):
     @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
     @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
                   help="Output folder; it mirrors the sub-folders of FOLDER.")
-    @fit_options(layers=6)
+    @fit_options(channels=None, layers=6)
     @click.option("--max-loss", default=QuantConfig.max_loss_db, show_default=True,
                   help="PSNR (dB) quantization may cost before fine-tuning.")
     @click.option("--qat-iters", default=QuantConfig.qat_iters, show_default=True,
                   help="Quantization-aware fine-tuning steps.")
+    @click.option("--bpp", type=float, help="Rate control: the largest file within this many bits per pixel.")
+    @click.option("--psnr", type=float, help="Quality control: the smallest file at this PSNR (dB).")
     @click.option("--bank", type=int, default=8, show_default=True, help="Images fitted at once per worker.")
     @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
                   metavar="[ADDRESS]", help="Run on Ray: alone, a local instance; with an address "
@@ -32,14 +34,17 @@ def register(cli, fit_options):
     @click.option("--force", is_flag=True, help="Re-encode and replace existing outputs.")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON line per image.")
     def encode_dir(folder, output, channels, layers, arch, iters, lr, seed, device, quiet, max_loss,
-                   qat_iters, bank, ray_address, workers, max_pixels, force, as_json):
+                   qat_iters, bpp, psnr, bank, ray_address, workers, max_pixels, force, as_json):
         """Encode every image under FOLDER (recursively) into OUTPUT, in banks.
 
         Files are written as each bank finishes; a re-run skips every output that exists and
         verifies, so an interrupted run picks up where it stopped."""
         pairs = folder_pairs(folder, output)
+        if channels is None:
+            channels = None if bpp is not None and arch == "deep-decoder" else (128 if arch == "skip" else 64)
         settings = Settings(channels, layers, arch, FitConfig(iters=iters, lr=lr, seed=seed),
-                            QuantConfig(max_loss_db=max_loss, qat_iters=qat_iters), device, max_pixels)
+                            QuantConfig(max_loss_db=max_loss, qat_iters=qat_iters, target_bpp=bpp,
+                                        target_psnr=psnr), device, max_pixels)
         runner = None
         if ray_address is not None:
             from ddcodec.cluster import ray_runner

@@ -22,6 +22,7 @@ from .fit import FitConfig, mse_per_image, optimise
 from .images import check_image, image_bytes, read_image, write_atomic
 from .metrics import bpp as bits_per_pixel, psnr
 from .nets import Architecture, build, param_count, seeded_input, tensor_shapes
+from .rate import budgets_for_psnr, budgets_for_rate
 from .quant import QuantConfig, dequantize, quantize, search_steps, steps_tensor, straight_through
 
 
@@ -148,13 +149,26 @@ def quantize_bank(bank: FittedBank, quant: QuantConfig = QuantConfig(), progress
     """Steps, quantization-aware fine-tuning, entropy coding: a fitted bank -> EncodeResults
     (the second half of encode_bank; it changes bank.model's weights)."""
     model, z, loss_fn = bank.model, bank.z, bank.loss_fn
-    codes = search_steps(model, z, loss_fn, quant)  # [T, B]
+    write = lambda b, codes_b: _write_member(model, b, codes_b, bank.arch, bank.seed,  # noqa: E731
+                                             bank.flags[b], *bank.size)
+    budgets = None
+    if quant.target_bpp is not None:
+        budgets = budgets_for_rate(model, z, loss_fn, quant, bank.size[0] * bank.size[1], write)
+    elif quant.target_psnr is not None:
+        budgets = budgets_for_psnr(model, z, loss_fn, quant.target_psnr)
+    codes = search_steps(model, z, loss_fn, quant, budgets)  # [T, B]
     steps = steps_tensor(codes, z.device)
+    before = [t.detach().clone() for _, t in model.named_tensors()]
     optimise(model, z, loss_fn, quant.qat_iters, quant.qat_lr,
              transform=lambda p: straight_through(p, steps), progress=_stage(progress, "qat"))
     results = []
     for b, img in enumerate(bank.originals):
-        data = _write_member(model, b, codes[:, b], bank.arch, bank.seed, bank.flags[b], *bank.size)
+        data = write(b, codes[:, b])
+        if quant.target_bpp is not None and 8 * len(data) > quant.target_bpp * bank.size[0] * bank.size[1]:
+            with torch.no_grad():  # fine-tuning moved the integers past the budget: undo it
+                for (_, t), old in zip(model.named_tensors(), before):
+                    t[b].copy_(old[b])
+            data = write(b, codes[:, b])
         decoded = decode(data, device=str(z.device))
         results.append(EncodeResult(
             data, decoded.shape[1], decoded.shape[0], fidelity_psnr(decoded, img, bank.degradation),

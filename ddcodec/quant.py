@@ -10,6 +10,7 @@ single scale c is then searched (on real rounded weights) for the largest c whos
 stays within QuantConfig.max_loss_db, the knob that trades distortion for rate.
 """
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -29,10 +30,18 @@ class QuantConfig:
     qat_iters: int = 300  # quantization-aware fine-tuning steps after the step search
     qat_lr: float = 0.002  # lower than the fit's lr: the weights should stay near the grid
     search_rounds: int = 12  # bisection steps on log2(c)
+    target_bpp: Optional[float] = None  # rate control: the PSNR budget is searched to fit this
+    target_psnr: Optional[float] = None  # or: the budget is what the fit has above this PSNR
 
     def __post_init__(self):
         if not 0 <= self.max_loss_db <= 40:
             raise ConfigError(f"max_loss_db must be in [0, 40], got {self.max_loss_db}")
+        if self.target_bpp is not None and not 0 < self.target_bpp <= 64:
+            raise ConfigError(f"target bpp must be in (0, 64], got {self.target_bpp}")
+        if self.target_psnr is not None and not 0 < self.target_psnr <= 100:
+            raise ConfigError(f"target PSNR must be in (0, 100] dB, got {self.target_psnr}")
+        if self.target_bpp is not None and self.target_psnr is not None:
+            raise ConfigError("give a target bpp or a target PSNR, not both")
         if not 0 <= self.qat_iters <= 1_000_000:
             raise ConfigError(f"qat_iters must be in 0..1000000, got {self.qat_iters}")
 
@@ -85,14 +94,16 @@ def sensitivities(model, z, rel: float = 0.02) -> torch.Tensor:
 
 
 @torch.no_grad()
-def search_steps(model, z, loss_fn, cfg: QuantConfig) -> np.ndarray:
-    """Step codes [T, B] for the largest scale c whose PSNR loss is within cfg.max_loss_db."""
+def search_steps(model, z, loss_fn, cfg: QuantConfig, loss_db=None, sens=None) -> np.ndarray:
+    """Step codes [T, B] for the largest scale c whose PSNR loss is within cfg.max_loss_db
+    (or loss_db [B], one budget per bank member). sens: sensitivities(), if already measured."""
     params = [t for _, t in model.named_tensors()]
     n = torch.tensor([p[0].numel() for p in params], dtype=torch.float64, device=z.device)
-    sens = sensitivities(model, z).double()
+    sens = (sensitivities(model, z) if sens is None else sens).double()
     shape = (n[:, None] / sens).sqrt()  # [T, B], step per unit c
     base = loss_fn(model(z)).double()  # [B], mse of the float net
-    allowed = base * (10 ** (cfg.max_loss_db / 10) - 1)
+    db = torch.as_tensor(cfg.max_loss_db if loss_db is None else loss_db, dtype=torch.float64, device=z.device)
+    allowed = base * (10 ** (db / 10) - 1)
     c_pred = (12 * allowed / n.sum()).clamp_min(1e-30).sqrt()
     lo, hi = torch.log2(c_pred) - 6, torch.log2(c_pred) + 6
     floor = _min_codes(params)

@@ -166,3 +166,13 @@ def test_decode_default_name_does_not_collide_with_the_original(tmp_path):
     assert res.exit_code == 0, res.output
     assert (tmp_path / "a.png").read_bytes() == original
     assert (tmp_path / "a.decoded.png").exists()
+
+
+def test_encode_with_a_bpp_target_picks_k_and_stays_within_it(tmp_path):
+    Image.fromarray(small(64, 48)).save(tmp_path / "a.png")
+    res = run("encode", tmp_path / "a.png", "--bpp", "2.0", "--layers", "4", "--iters", "60",
+              "--qat-iters", "5", "-q", "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output.strip().splitlines()[-1])
+    assert out["bpp"] <= 2.0 and out["arch"]["channels"] > 1
+    assert 8 * (tmp_path / "a.ddc").stat().st_size / (64 * 48) == out["bpp"]  # from the real file

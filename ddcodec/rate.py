@@ -1,0 +1,75 @@
+"""Rate control: a bits-per-pixel or PSNR target instead of a PSNR budget.
+
+The quantization budget (QuantConfig.max_loss_db) sets the rate of a fitted network: a larger
+budget gives coarser steps and fewer bytes. For a target bpp, each bank member's budget is
+bisected in log space until its file is the largest that fits; the fit is done once. The
+channel count k sets where that search starts: channels_for_bpp picks it from the target.
+For a target PSNR the budget is simply what the fit reached above it.
+"""
+import math
+
+import numpy as np
+import torch
+
+from .errors import ConfigError
+from .nets import Architecture, param_count
+from .quant import QuantConfig, search_steps, sensitivities
+
+LOSS_RANGE_DB = (0.005, 6.0)  # budgets searched; beyond ~2 dB a smaller k is the better trade (NOTES.md)
+ROUNDS = 9
+# kodak-mini (benchmarks/NOTES.md): at 1-2 dB of budget, where k and the budget trade evenly,
+# a Deep Decoder's file costs about 7 bits per weight; a little under it picks a slightly
+# larger k and a larger budget, which the measured hull favours at low rates
+BITS_PER_PARAM = 6.5
+
+
+def channels_for_bpp(bpp: float, height: int, width: int, layers: int = 6, out_channels: int = 3) -> int:
+    """The largest k whose weights, at BITS_PER_PARAM each, fit bpp * pixels bits."""
+    budget = bpp * height * width / BITS_PER_PARAM
+    k = 1
+    while k < 1024 and param_count(Architecture("deep-decoder", k + 1, layers, out_channels)) <= budget:
+        k += 1
+    return k
+
+
+@torch.no_grad()
+def budgets_for_rate(model, z, loss_fn, quant: QuantConfig, pixels: int, write) -> np.ndarray:
+    """[B] PSNR budgets (dB) whose files are the largest within quant.target_bpp.
+
+    write(b, codes_b) -> the bytes bank member b would get with step codes codes_b."""
+    sens = sensitivities(model, z)
+    limit = quant.target_bpp * pixels / 8
+    B = z.shape[0]
+    lo = np.full(B, math.log(LOSS_RANGE_DB[0]))
+    hi = np.full(B, math.log(LOSS_RANGE_DB[1]))
+    fits_at_hi = _fits(model, z, loss_fn, quant, np.exp(hi), sens, write, limit)
+    if not fits_at_hi.all():
+        raise ConfigError(f"cannot reach {quant.target_bpp} bpp with {param_count_of(model)} weights "
+                          "per image; use a smaller -k")
+    if _fits(model, z, loss_fn, quant, np.exp(lo), sens, write, limit).all():
+        return np.exp(lo)  # even the finest budget fits: the rate is not the limit
+    for _ in range(ROUNDS):
+        mid = (lo + hi) / 2
+        ok = _fits(model, z, loss_fn, quant, np.exp(mid), sens, write, limit)
+        hi = np.where(ok, mid, hi)
+        lo = np.where(ok, lo, mid)
+    return np.exp(hi)
+
+
+def _fits(model, z, loss_fn, quant, loss_db, sens, write, limit) -> np.ndarray:
+    codes = search_steps(model, z, loss_fn, quant, loss_db, sens)
+    return np.array([len(write(b, codes[:, b])) <= limit for b in range(z.shape[0])])
+
+
+def param_count_of(model) -> int:
+    return sum(t[0].numel() for _, t in model.named_tensors())
+
+
+@torch.no_grad()
+def budgets_for_psnr(model, z, loss_fn, target_psnr: float) -> np.ndarray:
+    """[B] budgets: each member's float PSNR minus the target (the fit must reach the target)."""
+    fitted = (-10 * torch.log10(loss_fn(model(z)).double().clamp_min(1e-12))).cpu().numpy()
+    if (fitted < target_psnr).any():
+        raise ConfigError(f"the fit reached {fitted.min():.2f} dB, below the target {target_psnr} dB; "
+                          "use a larger -k or more --iters")
+    return fitted - target_psnr

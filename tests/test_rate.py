@@ -1,0 +1,60 @@
+"""Rate control: --bpp gives the largest file within the target, --psnr the smallest at it."""
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import ddcodec
+from ddcodec import FitConfig, QuantConfig
+from ddcodec.codec import fit_bank, quantize_bank
+from ddcodec.errors import ConfigError
+from ddcodec.metrics import psnr
+from ddcodec.rate import BITS_PER_PARAM, channels_for_bpp
+
+from .conftest import small
+
+IMG = small(64, 48)
+FIT = FitConfig(iters=200)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    return fit_bank([IMG, small(48, 64)], 12, 4, FIT, "cpu")
+
+
+def _quantize(bank, **kw):
+    import copy
+    b = copy.copy(bank)
+    b.model = copy.deepcopy(bank.model)
+    return quantize_bank(b, QuantConfig(qat_iters=20, **kw))
+
+
+@given(st.floats(1.5, 3.5))  # 6 dB of budget reaches ~1.3 bpp here; 0.005 dB ~2.4
+@settings(max_examples=6, deadline=None)
+def test_target_bpp_is_never_exceeded_and_nearly_reached(fitted, bpp):
+    for r in _quantize(fitted, target_bpp=bpp):
+        assert r.bpp <= bpp
+        assert r.bpp >= 0.75 * bpp or r.psnr >= r.psnr_float - 0.05  # close, unless nothing is left to gain
+
+
+def test_target_psnr_is_met_within_rounding(fitted):
+    target = min(r for r in (psnr(fitted.float_out[0], IMG),)) - 1.0
+    r = _quantize(fitted, target_psnr=target)[0]
+    assert r.psnr >= target - 0.1
+    cheaper = _quantize(fitted, max_loss_db=0.05)[0]
+    assert r.bytes < cheaper.bytes  # a 1 dB budget buys a smaller file than 0.05 dB
+
+
+def test_unreachable_targets_are_config_errors(fitted):
+    with pytest.raises(ConfigError):
+        _quantize(fitted, target_bpp=0.01)
+    with pytest.raises(ConfigError):
+        _quantize(fitted, target_psnr=60)
+    with pytest.raises(ConfigError):
+        QuantConfig(target_bpp=1, target_psnr=30)
+
+
+def test_channels_for_bpp_grow_with_the_target_and_fit_the_budget():
+    ks = [channels_for_bpp(b, 512, 768) for b in (0.1, 0.25, 0.5, 1.0, 2.0)]
+    assert ks == sorted(ks) and len(set(ks)) == len(ks)
+    arch = ddcodec.Architecture("deep-decoder", ks[1], 6, 3)
+    from ddcodec.nets import param_count
+    assert param_count(arch) * BITS_PER_PARAM <= 0.25 * 512 * 768
