@@ -11,6 +11,7 @@ summary is restore.json, restore_table.md and one image strip per task.
 """
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -66,7 +67,7 @@ def run_method(method, task, degraded, known, img, args, tv_weight):
         kw = dict(arch=method, device=args.device, iters=args.iters or None,
                   channels=args.channels if method == "deep-decoder" else None)
         if task.startswith("noise"):
-            return restore.denoise(degraded, **kw).image
+            return restore.denoise(degraded, **kw)
         if task == "sr4":
             return restore.superres(degraded, 4, **kw).image
         return restore.inpaint(degraded, (known * 255).astype(np.uint8), **kw)
@@ -98,6 +99,11 @@ def tune_tv(data: Path, downscale: int, sigma: int) -> float:
     scores = {wt: psnr(_u8(denoise_tv_chambolle(noisy / 255.0, weight=wt, channel_axis=-1)), img)
               for wt in TV_WEIGHTS}
     return max(scores, key=scores.get)
+
+
+def _slug(method: str) -> str:
+    """A file-name-safe form of a method name: "deep-decoder (network only)" -> "deep-decoder-network-only"."""
+    return re.sub(r"[^a-z0-9]+", "-", method.lower()).strip("-")
 
 
 def _rows(path: Path) -> list:
@@ -135,8 +141,11 @@ def main(argv=None):
                 t0 = time.perf_counter()
                 out = run_method(method, task, degraded, known, img, a, tv.get(int(task[5:]) if task.startswith("noise") else 0))
                 outs = {method: out}
-                if isinstance(out, restore.Restored):  # inpainting: the kept-known image and the network's own
-                    outs = {method: out.image, f"{method} (network only)": restore.decode(out.result.data)}
+                if isinstance(out, restore.Restored):  # the restored image, and what its .ddc decodes to
+                    # (inpainting keeps the known pixels, the network alone fills all of them;
+                    # denoising returns the averaged output, the .ddc holds it distilled)
+                    label = "network only" if task in ("missing50", "text") else ".ddc"
+                    outs = {method: out.image, f"{method} ({label})": restore.decode(out.result.data)}
                 for m, o in outs.items():
                     row = dict(task=task, image=name, method=m, psnr=psnr(o, img), ssim=ssim(o, img),
                                seconds=time.perf_counter() - t0)
@@ -144,7 +153,7 @@ def main(argv=None):
                         f.write(json.dumps(row) + "\n")
                     print(f"{task} {name} {m}: {row['psnr']:.2f} dB", flush=True)
                     if i == 0:
-                        Image.fromarray(o).save(out_dir / f"restore_{task}_{m}.png")
+                        Image.fromarray(o).save(out_dir / f"restore_{task}_{_slug(m)}.png")
             if i == 0:
                 Image.fromarray(degraded).save(out_dir / f"restore_{task}_input.png")
                 Image.fromarray(img).save(out_dir / f"restore_{task}_truth.png")
@@ -189,7 +198,7 @@ def strips(out_dir: Path, summary, tasks) -> None:
             continue
         best = max((m for m in BASELINES[task] if m in stats), key=lambda m: stats[m]["psnr"], default=None)
         names = ["input", "deep-decoder", best, "truth"]
-        paths = [out_dir / f"restore_{task}_{n}.png" for n in names if n]
+        paths = [out_dir / f"restore_{task}_{_slug(n)}.png" for n in names if n]
         if not all(p.exists() for p in paths):
             continue
         ims = [Image.open(p).convert("RGB") for p in paths]

@@ -8,10 +8,10 @@ from pathlib import Path
 import click
 
 import ddcodec
-from ddcodec import FitConfig, QuantConfig
+from ddcodec import FitConfig, QuantConfig, restore
 from ddcodec.codec import bank_key
 from ddcodec.collection import IMAGE_SUFFIXES
-from ddcodec.degrade import Degradation, denoise_iterations, estimate_sigma, mask_from_image
+from ddcodec.degrade import Degradation, mask_from_image
 from ddcodec.errors import ConfigError, DDCError, ImageError, OutputExistsError
 from ddcodec.images import read_image, write_atomic
 from ddcodec.rate import channels_for_bpp
@@ -79,7 +79,7 @@ def encode_command(images, output, channels, layers, arch, iters, lr, seed, devi
     quant = QuantConfig(max_loss_db=max_loss, qat_iters=qat_iters, target_bpp=bpp, target_psnr=psnr)
     with FitProgress(fit, quant, quiet or as_json, len(banks)) as bar:
         for group in banks:
-            failed += _encode_bank(group, k, d, arch, fit, quant, deg, denoise and not iters,
+            failed += _encode_bank(group, k, d, arch, fit, quant, deg, (iters or 0) if denoise else None,
                                    device, bar, force, as_json, many)
             bar.next_bank()
     if failed:
@@ -93,15 +93,17 @@ def _banks(jobs, size) -> list:
     return [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]
 
 
-def _encode_bank(group, k, d, arch, fit, quant, deg, auto_iters, device, bar, force, as_json, many) -> int:
-    if auto_iters:  # the denoising stopping rule, from this image's estimated noise
-        fit = FitConfig(iters=denoise_iterations(estimate_sigma(group[0][2])), lr=fit.lr, seed=fit.seed)
+def _encode_bank(group, k, d, arch, fit, quant, deg, denoise, device, bar, force, as_json, many) -> int:
     if k is None:
         shape = group[0][2].shape
         k = channels_for_bpp(quant.target_bpp, shape[0], shape[1], d, 1 if len(shape) == 2 else 3)
     try:
-        results = ddcodec.encode_bank([img for _, _, img in group], k, d, fit, quant, device,
-                                      bar.update, arch, deg)
+        if denoise is not None:  # the fit of `ddc denoise`: stopping rule, output average, distillation
+            results = [restore.denoise(group[0][2], arch, k, d, denoise or None, fit.seed, fit.lr,
+                                       device, bar.update, quant).result]
+        else:
+            results = ddcodec.encode_bank([img for _, _, img in group], k, d, fit, quant, device,
+                                          bar.update, arch, deg)
         for (src, out, _), res in zip(group, results):
             write_atomic(out, res.data, force, inputs=[src])
             _report(src, out, res, as_json)

@@ -51,7 +51,8 @@ def fit_options(channels=64, layers=6, iters=FitConfig.iters):
         click.option("--layers", type=int, default=layers, help=per_arch(layers, "Blocks (d); d-1 upsamplings (skip: scales).", "6; skip: 5")),
         click.option("--arch", type=click.Choice(["deep-decoder", "skip"]), default="deep-decoder",
                      show_default=True, help="Network: the Deep Decoder, or DIP's skip net (2.2 M parameters) to compare."),
-        click.option("--iters", type=int, default=iters, show_default=bool(iters), help="Fitting iterations."),
+        click.option("--iters", type=int, default=iters, show_default=bool(iters),
+                     help="Fitting iterations." + ("" if iters else f" [default: {FitConfig.iters}; denoising: from the estimated noise level]")),
         click.option("--lr", default=FitConfig.lr, show_default=True, help="Adam learning rate."),
         click.option("--seed", default=0, show_default=True, help="Seed of the weights and input z (0..2^64-1)."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda."),
@@ -69,7 +70,7 @@ def fit_options(channels=64, layers=6, iters=FitConfig.iters):
 @click.argument("images", nargs=-1, required=True)
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Output .ddc [default: IMAGE with .ddc]; a folder when encoding several images.")
-@fit_options(channels=None, layers=None)
+@fit_options(channels=None, layers=None, iters=None)
 @click.option("--max-loss", default=QuantConfig.max_loss_db, show_default=True,
               help="PSNR (dB) quantization may cost before fine-tuning; larger = smaller file.")
 @click.option("--qat-iters", default=QuantConfig.qat_iters, show_default=True,

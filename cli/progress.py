@@ -17,6 +17,7 @@ class FitProgress:
         self.total = self.per_bank * banks
         self.quiet = quiet
         self.offset = 0  # iterations of the banks already finished
+        self.stage, self.stage_base, self.stage_total = None, 0, 0  # within the current bank
         self.bar = None
         self.t0 = None
         self.warned = False
@@ -34,11 +35,17 @@ class FitProgress:
 
     def next_bank(self):
         self.offset += self.per_bank
+        self.stage, self.stage_base, self.stage_total = None, 0, 0
 
     def update(self, stage: str, it: int, total: int, loss: float, psnr: float):
+        if stage != self.stage:  # stages (fit, distil, qat) follow each other in one bar
+            self.stage_base += self.stage_total
+            self.stage, self.stage_total = stage, total
         if stage == "fit" and total != self.fit_iters and self.offset == 0:
             self._resize(total)  # e.g. the denoising stopping rule chose the iterations
-        done = self.offset + it + (self.fit_iters if stage != "fit" else 0)
+        done = self.offset + self.stage_base + it
+        if self.bar is not None and done > self.bar.total:
+            self.bar.total = done
         if stage == "fit" and not self.quiet and not self.warned:
             self._maybe_warn(done)
         if self.bar is not None:

@@ -50,7 +50,8 @@ def _config(task, arch, channels, layers, iters, seed, lr):
     return (k if channels is None else channels), (d if layers is None else layers), fit
 
 
-def _run(img, task, deg, arch, channels, layers, iters, seed, lr, device, progress, sigma=None):
+def _run(img, task, deg, arch, channels, layers, iters, seed, lr, device, progress, sigma=None,
+         quant: QuantConfig = RESTORE_QUANT):
     t0 = time.perf_counter()
     k, d, fit = _config(task, arch, channels, layers, iters, seed, lr)
     bank = fit_bank([img], k, d, fit, device, progress, arch, deg)
@@ -58,7 +59,7 @@ def _run(img, task, deg, arch, channels, layers, iters, seed, lr, device, progre
     if bank.average is not None:
         image = _to_uint8(bank.average)[0]
         distill(bank, bank.average, progress)
-    res = quantize_bank(bank, RESTORE_QUANT, progress)[0]
+    res = quantize_bank(bank, quant, progress)[0]
     res.seconds = time.perf_counter() - t0
     if image is None:
         image = decode(res.data, device=res.device)
@@ -77,12 +78,13 @@ def distill(bank, target, progress=None, iters: int = DISTILL_ITERS, lr: float =
 
 
 def denoise(image, arch="deep-decoder", channels=None, layers=None, iters=None, seed=0,
-            lr=0.01, device="auto", progress=None) -> Restored:
-    """Fit to the noisy image and stop early: iters from the estimated noise level unless given."""
+            lr=0.01, device="auto", progress=None, quant: QuantConfig = RESTORE_QUANT) -> Restored:
+    """Fit to the noisy image and stop early: iters from the estimated noise level unless given.
+    quant: how the .ddc is quantized (`ddc encode --denoise` passes its rate options)."""
     img = _as_array(image)
     sigma = estimate_sigma(img)
     iters = iters or denoise_iterations(sigma, 3000 if arch == "deep-decoder" else 2400)
-    return _run(img, "denoise", None, arch, channels, layers, iters, seed, lr, device, progress, sigma)
+    return _run(img, "denoise", None, arch, channels, layers, iters, seed, lr, device, progress, sigma, quant)
 
 
 def inpaint(image, mask, arch="deep-decoder", channels=None, layers=None, iters=None, seed=0,

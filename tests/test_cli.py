@@ -176,3 +176,16 @@ def test_encode_with_a_bpp_target_picks_k_and_stays_within_it(tmp_path):
     out = json.loads(res.output.strip().splitlines()[-1])
     assert out["bpp"] <= 2.0 and out["arch"]["channels"] > 1
     assert 8 * (tmp_path / "a.ddc").stat().st_size / (64 * 48) == out["bpp"]  # from the real file
+
+
+def test_encode_denoise_file_decodes_to_what_ddc_denoise_writes(tmp_path):
+    clean = small(96, 64)
+    noisy = np.clip(clean + np.random.default_rng(1).normal(0, 25, clean.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(noisy).save(tmp_path / "n.png")
+    opts = ["-k", "32", "--layers", "4", "--iters", "300", "-q"]
+    assert run("denoise", tmp_path / "n.png", *opts).exit_code == 0
+    assert run("encode", tmp_path / "n.png", "--denoise", "--qat-iters", "20", *opts).exit_code == 0
+    denoised = np.asarray(Image.open(tmp_path / "n.denoised.png"))
+    decoded = ddcodec.decode((tmp_path / "n.ddc").read_bytes())
+    assert psnr(decoded, denoised) >= 30  # the file holds the averaged, distilled result
+    assert psnr(decoded, clean) > psnr(noisy, clean) + 3
