@@ -1,6 +1,7 @@
 """`ddc encode-dir`: encode every image under a folder into a mirrored folder of .ddc files,
 serially or spread over a Ray cluster (--ray). A re-run skips outputs that exist and verify."""
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -58,7 +59,7 @@ def register(cli, fit_options):
                         click.echo(json.dumps({"input": o.source, "output": o.output,
                                                "status": o.status, "error": o.error, **o.summary}))
                     elif o.status == "failed":
-                        bar.write(f"ddc: failed {o.source}: {o.error}", file=click.get_text_stream("stderr"))
+                        bar.write(f"ddc: failed {o.source}: {o.error}", file=sys.stderr)
                 bar.update(len(outcomes))
             encode_collection(pairs, settings, bank, force, runner, report)
         if not as_json:
