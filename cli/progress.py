@@ -8,6 +8,7 @@ import click
 from tqdm import tqdm
 
 SLOW_SECONDS = 60  # above this, say how long and how to go faster
+WARN_AFTER = 40  # iterations timed for the estimate
 
 
 class FitProgress:
@@ -21,6 +22,7 @@ class FitProgress:
         self.bar = None
         self.t0 = None
         self.warned = False
+        self.first = None  # (time, iterations) at the first report
 
     def __enter__(self):
         if not self.quiet and sys.stderr.isatty():
@@ -61,8 +63,16 @@ class FitProgress:
             self.bar.refresh()
 
     def _maybe_warn(self, done: int):
+        # time a stretch after the first report: the first iterations carry one-off start-up
+        # costs (thread pools, allocations) that made early estimates 10x too long
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = (now, done)
+            return
+        if done - self.first[1] < WARN_AFTER:
+            return
         self.warned = True
-        per_it = (time.perf_counter() - self.t0) / max(done, 1)
+        per_it = (now - self.first[0]) / (done - self.first[1])
         eta = per_it * self.total * 1.1  # the quantization search and QAT cost a little more
         if eta > SLOW_SECONDS:
             click.echo(f"note: this encode will take about {eta / 60:.0f} min here; a GPU "
