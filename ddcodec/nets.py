@@ -103,6 +103,15 @@ def upsample2x(x: torch.Tensor) -> torch.Tensor:
     return _upsample_axis(_upsample_axis(x, x.dim() - 2), x.dim() - 1)
 
 
+def channel_norm(x: torch.Tensor, g: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-channel normalisation of [1, C, H, W] over its pixels, then scale g and shift b.
+    One pixel (a 1x1 image, one block) normalises to 0, as the formula's limit says;
+    batch_norm refuses that case with a ValueError."""
+    if x.shape[2] * x.shape[3] == 1:
+        return (x - x.detach()) * g.view(1, -1, 1, 1) + b.view(1, -1, 1, 1)
+    return F.batch_norm(x, None, None, g, b, training=True, eps=BN_EPS)
+
+
 class DeepDecoder(nn.Module):
     """B Deep Decoders of one architecture. forward(z: [B, k, h, w]) -> [B, c, h*2^(d-1), ...]."""
 
@@ -143,7 +152,6 @@ class DeepDecoder(nn.Module):
                 x = upsample2x(x)
             x = F.relu(x)
             shape = x.shape
-            x = F.batch_norm(x.reshape(1, -1, *shape[2:]), None, None, g.reshape(-1),
-                             b.reshape(-1), training=True, eps=BN_EPS).view(shape)
+            x = channel_norm(x.reshape(1, -1, *shape[2:]), g.reshape(-1), b.reshape(-1)).view(shape)
         bsz, k, h, wd = x.shape
         return torch.sigmoid(torch.bmm(p[-1], x.reshape(bsz, k, h * wd)).view(bsz, -1, h, wd))

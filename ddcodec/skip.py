@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .nets import BN_EPS, upsample2x
+from .nets import channel_norm, upsample2x
 
 SKIP_CHANNELS = 4
 INPUT_CHANNELS = 32
@@ -92,4 +92,4 @@ _PER_SCALE = 22
 
 
 def _bn(x, g, s):
-    return F.batch_norm(x, None, None, g, s, training=True, eps=BN_EPS)
+    return channel_norm(x, g, s)

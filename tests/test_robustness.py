@@ -108,3 +108,12 @@ def test_a_1x4000_image_round_trips():
 def test_encoder_refuses_images_the_decoder_would_refuse():
     with pytest.raises(ddcodec.DDCError, match="limit"):
         ddcodec.encode(np.zeros((4096, 4096), np.uint8), channels=64, device="cpu")
+
+
+@pytest.mark.parametrize("arch,layers", [("deep-decoder", 1), ("skip", 1)])
+def test_a_1x1_image_with_one_block_round_trips(arch, layers):
+    """Found by the fuzzer: channel normalisation over a single pixel raised an untyped
+    ValueError (batch_norm refuses one value per channel); it now normalises to 0."""
+    img = np.full((1, 1, 3), 100, np.uint8)
+    r = ddcodec.encode(img, 3, layers, FitConfig(iters=20), QuantConfig(qat_iters=2), "cpu", arch=arch)
+    assert ddcodec.decode(r.data).shape == (1, 1, 3)
