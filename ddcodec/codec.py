@@ -158,13 +158,14 @@ def quantize_bank(bank: FittedBank, quant: QuantConfig = QuantConfig(), progress
         budgets = budgets_for_psnr(model, z, loss_fn, quant.target_psnr)
     codes = search_steps(model, z, loss_fn, quant, budgets)  # [T, B]
     steps = steps_tensor(codes, z.device)
-    before = [t.detach().clone() for _, t in model.named_tensors()]
+    rate_bound = quant.target_bpp is not None
+    before = [t.detach().clone() for _, t in model.named_tensors()] if rate_bound else None
     optimise(model, z, loss_fn, quant.qat_iters, quant.qat_lr,
              transform=lambda p: straight_through(p, steps), progress=_stage(progress, "qat"))
     results = []
     for b, img in enumerate(bank.originals):
         data = write(b, codes[:, b])
-        if quant.target_bpp is not None and 8 * len(data) > quant.target_bpp * bank.size[0] * bank.size[1]:
+        if rate_bound and 8 * len(data) > quant.target_bpp * bank.size[0] * bank.size[1]:
             with torch.no_grad():  # fine-tuning moved the integers past the budget: undo it
                 for (_, t), old in zip(model.named_tensors(), before):
                     t[b].copy_(old[b])

@@ -44,8 +44,9 @@ def budgets_for_rate(model, z, loss_fn, quant: QuantConfig, pixels: int, write) 
     hi = np.full(B, math.log(LOSS_RANGE_DB[1]))
     fits_at_hi = _fits(model, z, loss_fn, quant, np.exp(hi), sens, write, limit)
     if not fits_at_hi.all():
-        raise ConfigError(f"cannot reach {quant.target_bpp} bpp with {param_count_of(model)} weights "
-                          "per image; use a smaller -k")
+        weights = sum(t[0].numel() for _, t in model.named_tensors())
+        raise ConfigError(f"cannot reach {quant.target_bpp} bpp with {weights} weights per image; "
+                          "use a smaller -k")
     if _fits(model, z, loss_fn, quant, np.exp(lo), sens, write, limit).all():
         return np.exp(lo)  # even the finest budget fits: the rate is not the limit
     for _ in range(ROUNDS):
@@ -59,10 +60,6 @@ def budgets_for_rate(model, z, loss_fn, quant: QuantConfig, pixels: int, write) 
 def _fits(model, z, loss_fn, quant, loss_db, sens, write, limit) -> np.ndarray:
     codes = search_steps(model, z, loss_fn, quant, loss_db, sens)
     return np.array([len(write(b, codes[:, b])) <= limit for b in range(z.shape[0])])
-
-
-def param_count_of(model) -> int:
-    return sum(t[0].numel() for _, t in model.named_tensors())
 
 
 @torch.no_grad()
