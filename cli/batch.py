@@ -61,6 +61,8 @@ def encode_command(images, output, channels, layers, arch, iters, lr, seed, devi
     outs = _outputs(paths, output, many)
     if mask is not None and many:
         raise ConfigError("--mask applies to a single image")
+    if denoise and (mask is not None or scale > 1):
+        raise ConfigError("--denoise cannot be combined with --mask or --scale")
     deg = Degradation(scale=scale, mask=mask_from_image(read_image(mask)) if mask else None)
     k, d = _defaults(arch, denoise or mask is not None or scale > 1, channels, layers, bpp)
     jobs, failed = [], 0

@@ -15,19 +15,18 @@ class FitProgress:
     def __init__(self, fit, quant, quiet: bool, banks: int = 1):
         self.per_bank = fit.iters + quant.qat_iters
         self.fit_iters = fit.iters
+        self.banks = banks
         self.total = self.per_bank * banks
         self.quiet = quiet
         self.offset = 0  # iterations of the banks already finished
         self.stage, self.stage_base, self.stage_total = None, 0, 0  # within the current bank
         self.bar = None
-        self.t0 = None
         self.warned = False
         self.first = None  # (time, iterations) at the first report
 
     def __enter__(self):
         if not self.quiet and sys.stderr.isatty():
             self.bar = tqdm(total=self.total, unit="it", dynamic_ncols=True, file=sys.stderr)
-        self.t0 = time.perf_counter()
         return self
 
     def __exit__(self, *exc):
@@ -36,7 +35,8 @@ class FitProgress:
         return False
 
     def next_bank(self):
-        self.offset += self.per_bank
+        ran = self.stage_base + self.stage_total  # what this bank's stages actually counted
+        self.offset += ran or self.per_bank
         self.stage, self.stage_base, self.stage_total = None, 0, 0
 
     def update(self, stage: str, it: int, total: int, loss: float, psnr: float):
@@ -56,7 +56,7 @@ class FitProgress:
 
     def _resize(self, fit_iters: int):
         self.per_bank += fit_iters - self.fit_iters
-        self.total = self.per_bank
+        self.total = self.per_bank * self.banks
         self.fit_iters = fit_iters
         if self.bar is not None:
             self.bar.total = self.total

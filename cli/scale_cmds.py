@@ -18,7 +18,7 @@ def register(cli, fit_options):
     @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
     @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
                   help="Output folder; it mirrors the sub-folders of FOLDER.")
-    @fit_options(channels=None, layers=6)
+    @fit_options(channels=None, layers=None)
     @click.option("--max-loss", default=QuantConfig.max_loss_db, show_default=True,
                   help="PSNR (dB) quantization may cost before fine-tuning.")
     @click.option("--qat-iters", default=QuantConfig.qat_iters, show_default=True,
@@ -41,8 +41,9 @@ def register(cli, fit_options):
         Files are written as each bank finishes; a re-run skips every output that exists and
         verifies, so an interrupted run picks up where it stopped."""
         pairs = folder_pairs(folder, output)
-        if channels is None:
-            channels = None if bpp is not None and arch == "deep-decoder" else (128 if arch == "skip" else 64)
+        if channels is None and (bpp is None or arch != "deep-decoder"):
+            channels = 128 if arch == "skip" else 64  # else None: k per bank from --bpp
+        layers = layers if layers is not None else (5 if arch == "skip" else 6)
         settings = Settings(channels, layers, arch, FitConfig(iters=iters, lr=lr, seed=seed),
                             QuantConfig(max_loss_db=max_loss, qat_iters=qat_iters, target_bpp=bpp,
                                         target_psnr=psnr), device, max_pixels)

@@ -79,7 +79,7 @@ def pack(h: Header, payload: bytes) -> bytes:
 
 
 def _tensor_entry(code: int, m: TensorModel) -> bytes:
-    if not STEP_CODE_MIN <= code <= STEP_CODE_MIN + 255:
+    if not STEP_CODE_MIN <= code <= STEP_CODE_MAX:  # what the reader accepts
         raise ConfigError(f"step code {code} cannot be stored")
     return (bytes([int(code) - STEP_CODE_MIN, decay_index(m)]) + _svarint(m.mu)
             + _uvarint(m.mu - m.lo) + _uvarint(m.hi - m.mu))

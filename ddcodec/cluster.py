@@ -59,8 +59,11 @@ def ray_runner(address=None, workers: int = 0, cpus_per_worker: int = 1, init_op
             return
         started = not ray.is_initialized()
         if started:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.ERROR, **(init_options or {}))
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                         logging_level=logging.ERROR, **(init_options or {}))
+            except (ConnectionError, RuntimeError, ValueError) as e:  # an address that is wrong or down
+                raise ConfigError(f"cannot start or reach Ray at {address or 'a local instance'}: {e}") from None
         try:
             yield from _run(ray, jobs, workers, cpus_per_worker)
         finally:
@@ -92,8 +95,15 @@ def _run(ray, jobs, workers, cpus_per_worker):
         try:
             yield ray.get(ready)
         except ray.exceptions.RayError as e:  # retries exhausted: this bank fails, the job goes on
-            reason = f"worker failed: {type(e).__name__}"
-            yield job, [(s, o, None, reason, {}) for s, o in zip(job.sources, job.outputs)]
-        if queue:
+            yield job, _failed(job, f"worker failed: {type(e).__name__}")
+            if isinstance(e, ray.exceptions.RayActorError):
+                actor = None  # out of restarts: send nothing more to it
+        if actor is not None and queue:
             job = queue.pop()
             running[actor.run.remote(job)] = (actor, job)
+    for job in reversed(queue):  # every actor died for good
+        yield job, _failed(job, "no Ray worker left")
+
+
+def _failed(job, reason: str) -> list:
+    return [(s, o, None, reason, {}) for s, o in zip(job.sources, job.outputs)]

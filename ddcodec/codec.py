@@ -281,7 +281,7 @@ def _as_array(image) -> np.ndarray:
 def info(data: bytes) -> dict:
     """The header of a .ddc file as a dict (validated, payload not decoded)."""
     h, payload = bitstream.unpack(data)
-    return {"version": bitstream.VERSION, "width": h.width, "height": h.height,
+    return {"version": data[4], "width": h.width, "height": h.height,
             "channels": h.arch.out_channels, "arch": asdict(h.arch), "seed": h.seed,
             "params": param_count(h.arch), "bytes": len(data), "payload_bytes": len(payload),
             "header_bytes": len(data) - len(payload) - 4, "bpp": bits_per_pixel(len(data), h.width, h.height),

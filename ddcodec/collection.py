@@ -74,7 +74,7 @@ def probe(path) -> tuple:
         w, h = im.size
         if im.getexif().get(0x0112) in _SWAPS_AXES:
             w, h = h, w
-        gray = im.mode in ("1", "L", "LA", "I", "I;16", "F")
+        gray = im.mode in ("1", "L", "LA", "I", "I;16", "F")  # as images.from_pil converts them
     return bank_key((h, w) if gray else (h, w, 3))
 
 

@@ -10,13 +10,28 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import CorruptError
+from .errors import ConfigError, CorruptError
 
 MAX_ALPHABET = 1 << 16  # symbols a tensor may span; bounds the table the decoder allocates
 DECAY_ONE = 1 << 16
 # candidate r: logit-spaced from 0.001 (almost every value at mu) to 0.9999 (nearly flat)
-# The grid is part of the format (version 2 stores an index into it): these exact integers.
-DECAYS = np.unique(np.round(DECAY_ONE / (1 + np.exp(-np.linspace(-7, 9.2, 160)))).astype(np.int64))
+# The grid is part of the format (version 2 stores an index into it), so it is written out
+# rather than computed with exp() at import: round(65536 / (1 + exp(-x))) for 160 x evenly
+# spaced in [-7, 9.2], duplicates removed (tests/test_entropy.py recomputes it).
+DECAYS = np.array([
+    60, 66, 73, 81, 90, 99, 110, 122, 135, 149, 165, 183, 202, 224, 248, 274, 304, 336, 372,
+    412, 455, 504, 557, 617, 682, 754, 834, 923, 1020, 1127, 1246, 1377, 1521, 1680, 1855,
+    2048, 2260, 2493, 2750, 3031, 3339, 3677, 4047, 4452, 4894, 5376, 5901, 6471, 7090, 7760,
+    8485, 9266, 10107, 11009, 11974, 13003, 14098, 15258, 16483, 17772, 19122, 20530, 21993,
+    23506, 25063, 26658, 28283, 29931, 31594, 33263, 34929, 36584, 38219, 39827, 41401, 42932,
+    44416, 45847, 47222, 48536, 49787, 50973, 52095, 53151, 54142, 55069, 55935, 56740, 57487,
+    58179, 58819, 59409, 59952, 60451, 60909, 61328, 61712, 62063, 62383, 62675, 62941, 63184,
+    63404, 63604, 63787, 63952, 64102, 64238, 64362, 64474, 64575, 64667, 64750, 64825, 64893,
+    64955, 65011, 65061, 65107, 65148, 65186, 65220, 65250, 65278, 65303, 65325, 65345, 65364,
+    65381, 65396, 65409, 65421, 65432, 65442, 65452, 65460, 65467, 65474, 65480, 65485, 65490,
+    65495, 65499, 65502, 65505, 65508, 65511, 65514, 65516, 65518, 65519, 65521, 65522, 65524,
+    65525, 65526, 65527, 65528, 65529,
+], dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -68,7 +83,7 @@ def decay_index(model: TensorModel) -> int:
         return i
     if model.lo == model.hi:  # a constant tensor's decay is unused (version 1 wrote 1)
         return 0
-    raise CorruptError(f"decay {model.decay} is not on the grid")
+    raise ConfigError(f"decay {model.decay} is not on the grid")
 
 
 def _categorical(model: TensorModel):

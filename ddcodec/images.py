@@ -27,6 +27,8 @@ def from_pil(im: Image.Image, max_pixels: int = MAX_INPUT_PIXELS) -> np.ndarray:
         raise ImageError(f"image has {im.width * im.height} pixels, more than the limit {max_pixels}")
     if im.mode == "P":  # a palette holds exact RGB(A) values: expanding it changes nothing
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif im.mode == "PA":  # palette colours with an alpha channel: RGB(A), not grayscale
+        im = im.convert("RGBA")
     if im.mode in ("RGBA", "LA", "PA"):
         if np.asarray(im.getchannel("A")).min() < 255:
             raise ImageError("images with transparency are not supported "

@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 import ddcodec
 from ddcodec import bitstream
 from ddcodec.entropy import DECAYS, TensorModel
-from ddcodec.errors import (CorruptError, FormatError, LimitError, NotDDCError, TruncatedError,
+from ddcodec.errors import (ConfigError, CorruptError, FormatError, LimitError, NotDDCError, TruncatedError,
                             UnsupportedVersionError)
 from ddcodec.nets import Architecture, tensor_shapes
 from ddcodec.quant import STEP_CODE_MAX, STEP_CODE_MIN
@@ -92,20 +92,29 @@ def test_an_architecture_with_too_many_weights_is_refused_before_decoding(ddc_by
         bitstream.unpack(bitstream.pack(big, payload))
 
 
-def test_step_code_out_of_range_is_corruption(ddc_bytes):
+def _with_first_entry_byte(ddc_bytes, offset: int, value: int) -> bytes:
+    """The file with byte `offset` of its first tensor entry set to value, CRC recomputed."""
     h, payload = bitstream.unpack(ddc_bytes)
-    bad = dataclasses.replace(h, step_codes=(STEP_CODE_MAX + 10,) + h.step_codes[1:])
-    with pytest.raises(CorruptError):
-        ddcodec.decode(bitstream.pack(bad, payload))
+    data = bytearray(bitstream.pack(h, payload))
+    entries = sum(len(bitstream._tensor_entry(c, m)) for c, m in zip(h.step_codes, h.models))
+    data[len(bitstream.pack(h, b"")) - 4 - entries + offset] = value
+    return _with_crc(bytes(data[:-4]))
+
+
+def test_step_code_out_of_range_is_corruption(ddc_bytes):
+    with pytest.raises(CorruptError):  # byte 250 = code 50, above STEP_CODE_MAX
+        ddcodec.decode(_with_first_entry_byte(ddc_bytes, 0, STEP_CODE_MAX + 10 - STEP_CODE_MIN))
+
+
+def test_writer_refuses_a_step_code_the_reader_would_refuse(ddc_bytes):
+    h, payload = bitstream.unpack(ddc_bytes)
+    with pytest.raises(ConfigError):
+        bitstream.pack(dataclasses.replace(h, step_codes=(STEP_CODE_MAX + 1,) + h.step_codes[1:]), payload)
 
 
 def test_decay_index_off_the_grid_is_corruption(ddc_bytes):
-    h, payload = bitstream.unpack(ddc_bytes)
-    data = bytearray(bitstream.pack(h, payload))
-    first_entry = len(bitstream.pack(h, b"")) - 4 - sum(len(bitstream._tensor_entry(c, m)) for c, m in zip(h.step_codes, h.models))
-    data[first_entry + 1] = 255  # the first tensor's decay index
     with pytest.raises(CorruptError):
-        bitstream.unpack(_with_crc(bytes(data[:-4])))
+        bitstream.unpack(_with_first_entry_byte(ddc_bytes, 1, 255))
 
 
 def test_version_2_headers_are_smaller_than_version_1(ddc_bytes):
@@ -121,3 +130,8 @@ def test_empty_and_short_inputs_are_truncated():
     for data in (b"", b"\x89", b"\x89DDC", b"\x89DDC\x01"):
         with pytest.raises(TruncatedError):
             bitstream.unpack(data)
+
+
+def test_info_reports_each_files_own_version():
+    assert ddcodec.info((DATA / "golden-v1.ddc").read_bytes())["version"] == 1
+    assert ddcodec.info((DATA / "golden-v2.ddc").read_bytes())["version"] == 2

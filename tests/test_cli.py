@@ -189,3 +189,8 @@ def test_encode_denoise_file_decodes_to_what_ddc_denoise_writes(tmp_path):
     decoded = ddcodec.decode((tmp_path / "n.ddc").read_bytes())
     assert psnr(decoded, denoised) >= 30  # the file holds the averaged, distilled result
     assert psnr(decoded, clean) > psnr(noisy, clean) + 3
+
+
+def test_denoise_with_mask_or_scale_is_refused(tmp_path):
+    Image.fromarray(small(16, 16)).save(tmp_path / "a.png")
+    _one_line_error(run("encode", tmp_path / "a.png", "--denoise", "--scale", "2", "-q"))

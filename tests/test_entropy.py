@@ -53,5 +53,7 @@ def test_the_decay_grid_is_pinned():
     """Version 2 files store an index into DECAYS: the grid is part of the format."""
     import hashlib
     assert len(entropy.DECAYS) == 159
+    computed = np.unique(np.round(65536 / (1 + np.exp(-np.linspace(-7, 9.2, 160)))).astype(np.int64))
+    assert np.array_equal(entropy.DECAYS, computed)
     assert hashlib.sha256(entropy.DECAYS.astype("<i8").tobytes()).hexdigest() == \
         "bda550cecde4374af9e361e0b2d3d7bf2f1b4a007757d424b125438b4511a957"

@@ -90,3 +90,12 @@ def test_path_and_pil_inputs_give_the_same_file(tmp_path):
               quant=ddcodec.QuantConfig(qat_iters=2), device="cpu")
     a = ddcodec.encode(p, **kw).data
     assert a == ddcodec.encode(Image.fromarray(img), **kw).data == ddcodec.encode(img, **kw).data
+
+
+def test_palette_with_alpha_keeps_its_colours():
+    from ddcodec.images import from_pil
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    rgb[:, :2] = (200, 30, 10)
+    pa = Image.fromarray(rgb).convert("P").convert("PA")  # palette colours + an opaque alpha
+    out = from_pil(pa)
+    assert out.shape == (4, 4, 3) and tuple(out[0, 0]) == (200, 30, 10)
