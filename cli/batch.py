@@ -14,7 +14,7 @@ from ddcodec.collection import IMAGE_SUFFIXES
 from ddcodec.degrade import Degradation, mask_from_image
 from ddcodec.errors import ConfigError, DDCError, ImageError, OutputExistsError
 from ddcodec.images import read_image, write_atomic
-from ddcodec.rate import channels_for_bpp
+from ddcodec.rate import channels_for_image
 
 from .progress import FitProgress
 
@@ -97,8 +97,7 @@ def _banks(jobs, size) -> list:
 
 def _encode_bank(group, k, d, arch, fit, quant, deg, denoise, device, bar, force, as_json, many) -> int:
     if k is None:
-        shape = group[0][2].shape
-        k = channels_for_bpp(quant.target_bpp, shape[0], shape[1], d, 1 if len(shape) == 2 else 3)
+        k = channels_for_image(quant.target_bpp, group[0][2].shape, d)
     try:
         if denoise is not None:  # the fit of `ddc denoise`: stopping rule, output average, distillation
             results = [restore.denoise(group[0][2], arch, k, d, denoise or None, fit.seed, fit.lr,

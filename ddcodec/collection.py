@@ -18,7 +18,7 @@ from .errors import ConfigError, DDCError, FormatError
 from .fit import FitConfig
 from .images import MAX_INPUT_PIXELS, read_image, write_atomic
 from .quant import QuantConfig
-from .rate import channels_for_bpp
+from .rate import channels_for_image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"}
 _SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
@@ -27,7 +27,7 @@ _SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
 @dataclass(frozen=True)
 class Settings:
     """Everything a worker needs besides the paths: the same for every bank of a run."""
-    channels: Optional[int] = 64  # None: per bank from quant.target_bpp (rate.channels_for_bpp)
+    channels: Optional[int] = 64  # None: per bank from quant.target_bpp (rate.channels_for_image)
     layers: int = 6
     arch: str = "deep-decoder"
     fit: FitConfig = FitConfig()
@@ -135,13 +135,11 @@ def run_bank(job: BankJob, progress=None) -> list:
         except DDCError as e:
             results.append((src, out, None, str(e), {}))
     for members in readable.values():  # normally one group: the probe predicted the keys
-        shape = members[0][2].shape
         k = settings.channels
         if k is None:
             if settings.quant.target_bpp is None:
                 raise ConfigError("channels=None needs a target bpp to choose k from")
-            k = channels_for_bpp(settings.quant.target_bpp, shape[0], shape[1], settings.layers,
-                                 1 if len(shape) == 2 else 3)
+            k = channels_for_image(settings.quant.target_bpp, members[0][2].shape, settings.layers)
         try:
             encoded = encode_bank([img for _, _, img in members], k, settings.layers,
                                   settings.fit, settings.quant, settings.device, progress, settings.arch)

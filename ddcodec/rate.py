@@ -32,6 +32,11 @@ def channels_for_bpp(bpp: float, height: int, width: int, layers: int = 6, out_c
     return k
 
 
+def channels_for_image(bpp: float, shape, layers: int = 6) -> int:
+    """channels_for_bpp for an image array's shape ([H, W] or [H, W, 3])."""
+    return channels_for_bpp(bpp, shape[0], shape[1], layers, 1 if len(shape) == 2 else 3)
+
+
 @torch.no_grad()
 def budgets_for_rate(model, z, loss_fn, quant: QuantConfig, pixels: int, write) -> np.ndarray:
     """[B] PSNR budgets (dB) whose files are the largest within quant.target_bpp.
