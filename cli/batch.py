@@ -54,7 +54,7 @@ def _defaults(arch, restoring, channels, layers, bpp=None):
     return k, layers if layers is not None else (5 if arch == "skip" else 6)
 
 
-def encode_command(images, output, channels, layers, arch, iters, lr, seed, device, quiet,
+def encode_command(images, output, channels, layers, arch, iters, lr, seed, device, quiet, precision, compile_,
                    max_loss, qat_iters, bpp, psnr, denoise, mask, scale, bank, max_pixels, force, as_json):
     paths = expand(images)
     many = len(paths) > 1 or any(Path(a).is_dir() or glob.has_magic(a) for a in images)
@@ -77,7 +77,7 @@ def encode_command(images, output, channels, layers, arch, iters, lr, seed, devi
             click.echo(f"ddc: skipped {p}: {e}", err=True)
             failed += 1
     banks = _banks(jobs, 1 if (denoise or mask is not None) else bank)
-    fit = FitConfig(iters=iters or FitConfig.iters, lr=lr, seed=seed)
+    fit = FitConfig(iters=iters or FitConfig.iters, lr=lr, seed=seed, precision=precision, compile=compile_)
     quant = QuantConfig(max_loss_db=max_loss, qat_iters=qat_iters, target_bpp=bpp, target_psnr=psnr)
     with FitProgress(fit, quant, quiet or as_json, len(banks)) as bar:
         for group in banks:

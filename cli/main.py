@@ -66,11 +66,20 @@ def fit_options(channels=64, layers=6, iters=FitConfig.iters):
     return wrap
 
 
+def speed_options(f):
+    """GPU speed settings of the fit (the CPU always runs plain fp32)."""
+    f = click.option("--compile", "compile_", is_flag=True,
+                     help="torch.compile the network (fused kernels; the first fit of each size compiles).")(f)
+    return click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16"]), default="fp32",
+                        show_default=True, help="GPU matmul precision of the fit.")(f)
+
+
 @cli.command()
 @click.argument("images", nargs=-1, required=True)
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Output .ddc [default: IMAGE with .ddc]; a folder when encoding several images.")
 @fit_options(channels=None, layers=None, iters=None)
+@speed_options
 @click.option("--max-loss", default=QuantConfig.max_loss_db, show_default=True,
               help="PSNR (dB) quantization may cost before fine-tuning; larger = smaller file.")
 @click.option("--qat-iters", default=QuantConfig.qat_iters, show_default=True,
@@ -178,7 +187,7 @@ from .restore_cmds import register  # noqa: E402
 from .scale_cmds import register as register_scale  # noqa: E402
 
 register(cli, fit_options)
-register_scale(cli, fit_options)
+register_scale(cli, fit_options, speed_options)
 
 
 def _read_bytes(path: Path) -> bytes:

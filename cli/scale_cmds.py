@@ -13,12 +13,13 @@ from ddcodec.errors import DDCError
 from ddcodec.images import MAX_INPUT_PIXELS
 
 
-def register(cli, fit_options):
+def register(cli, fit_options, speed_options):
     @cli.command("encode-dir")
     @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
     @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
                   help="Output folder; it mirrors the sub-folders of FOLDER.")
     @fit_options(channels=None, layers=None)
+    @speed_options
     @click.option("--max-loss", default=QuantConfig.max_loss_db, show_default=True,
                   help="PSNR (dB) quantization may cost before fine-tuning.")
     @click.option("--qat-iters", default=QuantConfig.qat_iters, show_default=True,
@@ -34,8 +35,8 @@ def register(cli, fit_options):
                   help="Refuse input images with more pixels than this.")
     @click.option("--force", is_flag=True, help="Re-encode and replace existing outputs.")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON line per image.")
-    def encode_dir(folder, output, channels, layers, arch, iters, lr, seed, device, quiet, max_loss,
-                   qat_iters, bpp, psnr, bank, ray_address, workers, max_pixels, force, as_json):
+    def encode_dir(folder, output, channels, layers, arch, iters, lr, seed, device, quiet, precision,
+                   compile_, max_loss, qat_iters, bpp, psnr, bank, ray_address, workers, max_pixels, force, as_json):
         """Encode every image under FOLDER (recursively) into OUTPUT, in banks.
 
         Files are written as each bank finishes; a re-run skips every output that exists and
@@ -44,7 +45,8 @@ def register(cli, fit_options):
         if channels is None and (bpp is None or arch != "deep-decoder"):
             channels = 128 if arch == "skip" else 64  # else None: k per bank from --bpp
         layers = layers if layers is not None else (5 if arch == "skip" else 6)
-        settings = Settings(channels, layers, arch, FitConfig(iters=iters, lr=lr, seed=seed),
+        fit = FitConfig(iters=iters, lr=lr, seed=seed, precision=precision, compile=compile_)
+        settings = Settings(channels, layers, arch, fit,
                             QuantConfig(max_loss_db=max_loss, qat_iters=qat_iters, target_bpp=bpp,
                                         target_psnr=psnr), device, max_pixels)
         runner = None

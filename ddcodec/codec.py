@@ -122,7 +122,7 @@ def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitCo
     loss_fn = lambda out: mse_per_image(deg.apply(out[..., :H, :W]), target, weight)  # noqa: E731
     ema = _Average(fit.average)
     optimise(model, z, loss_fn, fit.iters, fit.lr, fit.lr_floor, input_noise=fit.input_noise,
-             progress=_stage(progress, "fit"), noise_seed=fit.seed, mode=fit.precision,
+             progress=_stage(progress, "fit"), noise_seed=fit.seed, mode=fit.precision, compile=fit.compile,
              observe=ema if fit.average else None)
     with torch.no_grad():
         float_out = _to_uint8(model(z)[..., :H, :W])
