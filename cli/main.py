@@ -10,7 +10,7 @@ import click
 import ddcodec
 from ddcodec import FitConfig, QuantConfig
 from ddcodec.errors import ConfigError, DDCError
-from ddcodec.images import MAX_INPUT_PIXELS, png_bytes, read_image, write_atomic
+from ddcodec.images import MAX_INPUT_PIXELS, decoded_name, png_bytes, read_image, write_atomic
 
 from .progress import FitProgress
 
@@ -110,7 +110,7 @@ def encode(images, output, **opts):
 @click.option("--force", is_flag=True, help="Replace an existing output.")
 def decode(file, output, device, force):
     """Decode a .ddc file to an image (PNG unless -o names another format)."""
-    output = output or file.with_name(file.stem + ".decoded.png")
+    output = output or decoded_name(file)
     img = ddcodec.decode_file(file, output, force, device=device)
     click.echo(f"{output}: {img.shape[1]}x{img.shape[0]}")
 

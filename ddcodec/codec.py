@@ -19,7 +19,7 @@ from . import bitstream, entropy
 from .degrade import Degradation
 from .errors import ConfigError, ImageError, OutputExistsError
 from .fit import FitConfig, mse_per_image, optimise
-from .images import check_image, image_bytes, read_image, write_atomic
+from .images import check_image, decoded_name, image_bytes, read_image, write_atomic
 from .metrics import bpp as bits_per_pixel, psnr
 from .nets import Architecture, build, param_count, seeded_input, tensor_shapes
 from .rate import budgets_for_psnr, budgets_for_rate
@@ -304,7 +304,7 @@ def decode_file(src, dst=None, force: bool = False, device: str = "cpu") -> np.n
     """Decode the .ddc file at src into an image file at dst (default: <stem>.decoded.png; the
     suffix picks the format), written atomically; the input is never overwritten."""
     src = Path(src)
-    dst = Path(dst) if dst is not None else src.with_name(src.stem + ".decoded.png")
+    dst = Path(dst) if dst is not None else decoded_name(src)
     try:
         data = src.read_bytes()
     except OSError as e:

@@ -16,7 +16,7 @@ from . import bitstream
 from .codec import bank_key, encode_bank
 from .errors import ConfigError, DDCError, FormatError
 from .fit import FitConfig
-from .images import MAX_INPUT_PIXELS, read_image, write_atomic
+from .images import MAX_INPUT_PIXELS, channels_of_mode, read_image, write_atomic
 from .quant import QuantConfig
 from .rate import channels_for_image
 
@@ -74,8 +74,8 @@ def probe(path) -> tuple:
         w, h = im.size
         if im.getexif().get(0x0112) in _SWAPS_AXES:
             w, h = h, w
-        gray = im.mode in ("1", "L", "LA", "I", "I;16", "F")  # as images.from_pil converts them
-    return bank_key((h, w) if gray else (h, w, 3))
+        channels = channels_of_mode(im.mode)
+    return bank_key((h, w) if channels == 1 else (h, w, 3))
 
 
 def verified(output: Path, source_key: Optional[tuple]) -> bool:

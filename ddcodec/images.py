@@ -16,6 +16,21 @@ from .errors import ImageError, OutputError, OutputExistsError
 MAX_INPUT_PIXELS = 1 << 26  # the encoder's own limit; Pillow's bomb guard stays on as well
 
 
+GRAY_MODES = ("1", "L", "LA")  # the modes from_pil turns into [H, W] arrays; the rest give RGB or are refused
+
+
+def channels_of_mode(mode: str) -> int:
+    """The channels from_pil gives an image of this Pillow mode, known from the header alone."""
+    return 1 if mode in GRAY_MODES else 3
+
+
+def decoded_name(src) -> Path:
+    """Where a decoded .ddc goes by default: beside it as <stem>.decoded.png, so the original
+    photo.png it was made from is never in the way."""
+    src = Path(src)
+    return src.with_name(src.stem + ".decoded.png")
+
+
 def from_pil(im: Image.Image, max_pixels: int = MAX_INPUT_PIXELS) -> np.ndarray:
     try:
         im = ImageOps.exif_transpose(im)

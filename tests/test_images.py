@@ -6,7 +6,7 @@ from PIL import Image
 
 import ddcodec
 from ddcodec.errors import ImageError, OutputExistsError
-from ddcodec.images import read_image, write_atomic
+from ddcodec.images import channels_of_mode, read_image, write_atomic
 
 from .conftest import small
 
@@ -101,3 +101,22 @@ def test_palette_with_alpha_keeps_its_colours():
     expect = pa.convert("RGBA").getpixel((0, 0))[:3]  # the palette's colour (not gray)
     assert out.shape == (4, 4, 3) and tuple(int(v) for v in out[0, 0]) == expect
     assert len(set(expect)) > 1
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "PA", "RGB", "RGBA"])
+def test_the_header_predicts_the_channels_the_read_gives(tmp_path, mode):
+    # collection.probe plans banks from headers; it must agree with the full read
+    from ddcodec.collection import probe
+    from ddcodec.images import from_pil
+    rgba = Image.fromarray(np.random.default_rng(1).integers(0, 256, (9, 7, 4), np.uint8))
+    rgba.putalpha(255)  # opaque: every mode is readable
+    im = rgba.convert(mode) if mode not in ("P", "PA") else rgba.convert("RGB").convert("P")
+    if mode == "PA":
+        im = im.convert("PA")  # no file format writes PA: check the conversion itself
+        assert channels_of_mode("PA") == (1 if from_pil(im).ndim == 2 else 3)
+        return
+    path = tmp_path / "x.png"
+    im.save(path)
+    arr = read_image(path)
+    assert channels_of_mode(im.mode) == (1 if arr.ndim == 2 else 3)
+    assert probe(path) == ddcodec.codec.bank_key(arr.shape)
