@@ -11,6 +11,6 @@ from .fit import FitConfig
 from .nets import Architecture
 from .quant import QuantConfig
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 __all__ = ["encode", "encode_bank", "decode", "encode_file", "decode_file", "info", "EncodeResult", "FitConfig",
            "QuantConfig", "Architecture", "DDCError", "restore", "__version__"]

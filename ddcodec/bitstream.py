@@ -15,9 +15,11 @@ from .nets import Architecture, tensor_shapes
 from .quant import STEP_CODE_MAX, STEP_CODE_MIN
 
 MAGIC = b"\x89DDC"
-VERSION = 2  # the version written; every version in READABLE is read
-READABLE = (1, 2)
-KINDS = ("deep-decoder", "skip")
+VERSION = 3  # the version written; every version in READABLE is read
+READABLE = (1, 2, 3)
+# header kind -> (Architecture.kind, folded); the folded Deep Decoder is new in version 3
+KINDS = (("deep-decoder", False), ("skip", False), ("deep-decoder", True))
+KINDS_IN = {1: 2, 2: 2, 3: 3}  # version -> how many of KINDS it may use
 MAX_PIXELS = 1 << 26  # 67 Mpx, e.g. 8192 x 8192; a header asking more is refused unread
 MAX_SIDE = 1 << 16
 MAX_WORK = 1 << 28  # k * pixels: the largest activation, in floats (1 GiB); e.g. k=64 at 2048^2
@@ -63,13 +65,14 @@ def _svarint(n: int) -> bytes:
 
 
 def pack(h: Header, payload: bytes) -> bytes:
-    """Header + payload -> the bytes of a version-2 .ddc file.
+    """Header + payload -> the bytes of a version-3 .ddc file (version 2's layout, plus the
+    folded Deep Decoder as architecture kind 2).
 
     Version 2 spends ~5 bytes per tensor where version 1 spent ~9 (a one-byte step code and
     decay index, the range as offsets from the centre) and drops fields the architecture or
     the file length already give. At small sizes the header was up to 40 % of the file."""
     out = bytearray(MAGIC) + bytes([VERSION])
-    for v in (h.width, h.height, h.arch.out_channels, h.flags, KINDS.index(h.arch.kind),
+    for v in (h.width, h.height, h.arch.out_channels, h.flags, KINDS.index((h.arch.kind, h.arch.folded)),
               h.arch.channels, h.arch.layers, h.seed):
         out += _uvarint(v)
     for code, m in zip(h.step_codes, h.models):
@@ -151,10 +154,10 @@ def _read_header(r: _Reader, max_work: int, version: int):
     k, layers = r.uvarint("k"), r.uvarint("layers")
     if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE and width * height <= MAX_PIXELS):
         raise LimitError(f"image size {width}x{height} exceeds the reader's limits")
-    if flags & ~_KNOWN_FLAGS or kind >= len(KINDS):
+    if flags & ~_KNOWN_FLAGS or kind >= KINDS_IN[version]:
         raise CorruptError(f"unknown flags {flags} or architecture {kind}")
     try:
-        arch = Architecture(KINDS[kind], k, layers, channels)
+        arch = Architecture(KINDS[kind][0], k, layers, channels, folded=KINDS[kind][1])
     except ConfigError as e:
         raise CorruptError(f"bad architecture in header: {e}") from None
     if k * width * height > max_work:
@@ -162,7 +165,7 @@ def _read_header(r: _Reader, max_work: int, version: int):
     shapes = tensor_shapes(arch)
     if sum(_numel(s) for _, s in shapes) > MAX_SYMBOLS:
         raise LimitError(f"{arch.kind} at k={k} has more weights than the reader's limit {MAX_SYMBOLS}")
-    if version == 2:
+    if version >= 2:  # version 3 differs only in the kinds it allows
         return _read_v2(r, width, height, arch, flags, shapes)
     seed = struct.unpack("<Q", r.fixed(8, "seed"))[0]
     count = r.uvarint("tensor count")

@@ -148,6 +148,11 @@ class _Average:
 def quantize_bank(bank: FittedBank, quant: QuantConfig = QuantConfig(), progress=None) -> list:
     """Steps, quantization-aware fine-tuning, entropy coding: a fitted bank -> EncodeResults
     (the second half of encode_bank; it changes bank.model's weights)."""
+    if bank.arch.kind == "deep-decoder" and not bank.arch.folded:
+        # files hold the folded form (format 3): the same function with k fewer weights per
+        # block and one header entry for all biases instead of 2d for the scales and shifts
+        bank.model = bank.model.fold()
+        bank.arch = bank.model.arch
     model, z, loss_fn = bank.model, bank.z, bank.loss_fn
     write = lambda b, codes_b: _write_member(model, b, codes_b, bank.arch, bank.seed,  # noqa: E731
                                              bank.flags[b], *bank.size)

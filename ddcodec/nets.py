@@ -28,10 +28,15 @@ class Architecture:
     channels: int = 64  # k: width of every block; the paper uses 64 for compression
     layers: int = 6  # d blocks, d-1 upsamplings: the paper's default
     out_channels: int = 3  # 3 for RGB, 1 for grayscale
+    # The Deep Decoder as stored (format 3): each normalisation's scale and shift folded into
+    # the next 1x1 convolution as a weight and a bias. The same function, k fewer weights per block.
+    folded: bool = False
 
     def __post_init__(self):
         if self.kind not in ("deep-decoder", "skip"):
             raise ConfigError(f"unknown architecture {self.kind!r}")
+        if self.folded and self.kind != "deep-decoder":
+            raise ConfigError("only the Deep Decoder has a folded form")
         if not 1 <= self.channels <= 1024:
             raise ConfigError(f"channels must be in 1..1024, got {self.channels}")
         if not 1 <= self.layers <= 12:
@@ -59,10 +64,13 @@ def seeded_input(arch: Architecture, height: int, width: int, seed: int) -> torc
 
 
 def param_count(arch: Architecture) -> int:
-    """N = d*k^2 + 2*d*k + c*k for the Deep Decoder (design.md); counted for the skip net."""
+    """N = d*k^2 + 2*d*k + c*k for the Deep Decoder (design.md); d*k^2 + (d-1)*k + c*k + c
+    folded; counted for the skip net."""
     if arch.kind == "skip":
         return sum(math.prod(s) for _, s in tensor_shapes(arch))
     k, d, c = arch.channels, arch.layers, arch.out_channels
+    if arch.folded:
+        return d * k * k + (d - 1) * k + c * k + c
     return d * k * k + 2 * d * k + c * k
 
 
@@ -71,7 +79,7 @@ def build(arch: Architecture, seeds=(0,)) -> nn.Module:
     if arch.kind == "skip":
         from .skip import SkipNet
         return SkipNet(arch, seeds)
-    return DeepDecoder(arch, seeds)
+    return FoldedDeepDecoder(arch, len(seeds)) if arch.folded else DeepDecoder(arch, seeds)
 
 
 def tensor_shapes(arch: Architecture) -> list:
@@ -80,6 +88,10 @@ def tensor_shapes(arch: Architecture) -> list:
         from .skip import skip_shapes
         return skip_shapes(arch)
     k, c = arch.channels, arch.out_channels
+    if arch.folded:  # the biases of blocks 1..d-1 are one tensor: one header entry, not d-1
+        convs = [(f"block{i}.conv", (k, k)) for i in range(arch.layers)]
+        bias = [("blocks.bias", (arch.layers - 1, k))] if arch.layers > 1 else []
+        return convs + bias + [("out.conv", (c, k)), ("out.bias", (c,))]
     out = []
     for i in range(arch.layers):
         out += [(f"block{i}.conv", (k, k)), (f"block{i}.scale", (k,)), (f"block{i}.shift", (k,))]
@@ -155,3 +167,65 @@ class DeepDecoder(nn.Module):
             x = channel_norm(x.reshape(1, -1, *shape[2:]), g.reshape(-1), b.reshape(-1)).view(shape)
         bsz, k, h, wd = x.shape
         return torch.sigmoid(torch.bmm(p[-1], x.reshape(bsz, k, h * wd)).view(bsz, -1, h, wd))
+
+    @torch.no_grad()
+    def fold(self) -> "FoldedDeepDecoder":
+        """The same network with each normalisation's affine folded into the next conv:
+        W' (g * x + b) = (W' diag g) x + W' b, so block i+1 gets weight W' diag(g_i) and bias
+        W' b_i (a bias before the upsampling is a bias after it: bilinear weights sum to 1)."""
+        arch = Architecture(self.arch.kind, self.arch.channels, self.arch.layers,
+                            self.arch.out_channels, folded=True)
+        f = FoldedDeepDecoder(arch, self.bank).to(self.out.device)
+        d = self.arch.layers
+        nxt = [self.weight[i] for i in range(1, d)] + [self.out]
+        f.weight[0].copy_(self.weight[0])
+        for i in range(d):
+            w = nxt[i] * self.scale[i][:, None, :]
+            bias = torch.bmm(nxt[i], self.shift[i][:, :, None])[..., 0]
+            if i + 1 < d:
+                f.weight[i + 1].copy_(w)
+                f.bias[:, i].copy_(bias)
+            else:
+                f.out.copy_(w)
+                f.out_bias.copy_(bias)
+        return f
+
+
+class FoldedDeepDecoder(nn.Module):
+    """The Deep Decoder in its stored form (Architecture.folded): block i is a 1x1 conv with a
+    bias (none in block 0), upsampling, ReLU and a normalisation without affine; the output
+    conv has a bias. Made by DeepDecoder.fold(), or from a file by the decoder."""
+
+    def __init__(self, arch: Architecture, bank: int = 1):
+        super().__init__()
+        self.arch, self.bank = arch, bank
+        k, d, c = arch.channels, arch.layers, arch.out_channels
+        self.weight = nn.ParameterList([nn.Parameter(torch.zeros(bank, k, k)) for _ in range(d)])
+        self.bias = nn.Parameter(torch.zeros(bank, d - 1, k))
+        self.out = nn.Parameter(torch.zeros(bank, c, k))
+        self.out_bias = nn.Parameter(torch.zeros(bank, c))
+        self.register_buffer("_ones", torch.ones(bank * k), persistent=False)
+
+    def named_tensors(self):
+        tensors = list(self.weight) + ([self.bias] if self.arch.layers > 1 else []) + [self.out, self.out_bias]
+        return [(name, t) for (name, _), t in zip(tensor_shapes(self.arch), tensors)]
+
+    def forward(self, z: torch.Tensor, params=None) -> torch.Tensor:
+        p = params if params is not None else [t for _, t in self.named_tensors()]
+        d = self.arch.layers
+        bias, out_w, out_b = (p[d] if d > 1 else None), p[-2], p[-1]
+        x = z
+        for i in range(d):
+            bsz, k, h, wd = x.shape
+            x = torch.bmm(p[i], x.reshape(bsz, k, h * wd)).view(bsz, -1, h, wd)
+            if i > 0:
+                x = x + bias[:, i - 1, :, None, None]
+            if i < d - 1:
+                x = upsample2x(x)
+            x = F.relu(x)
+            shape = x.shape
+            ones = self._ones[: shape[0] * shape[1]]
+            x = channel_norm(x.reshape(1, -1, *shape[2:]), ones, torch.zeros_like(ones)).view(shape)
+        bsz, k, h, wd = x.shape
+        y = torch.bmm(out_w, x.reshape(bsz, k, h * wd)).view(bsz, -1, h, wd) + out_b[:, :, None, None]
+        return torch.sigmoid(y)

@@ -24,10 +24,10 @@ BITS_PER_PARAM = 8.0
 
 
 def channels_for_bpp(bpp: float, height: int, width: int, layers: int = 6, out_channels: int = 3) -> int:
-    """The largest k whose weights, at BITS_PER_PARAM each, fit bpp * pixels bits."""
+    """The largest k whose stored (folded) weights, at BITS_PER_PARAM each, fit bpp * pixels bits."""
     budget = bpp * height * width / BITS_PER_PARAM
     k = 1
-    while k < 1024 and param_count(Architecture("deep-decoder", k + 1, layers, out_channels)) <= budget:
+    while k < 1024 and param_count(Architecture("deep-decoder", k + 1, layers, out_channels, folded=True)) <= budget:
         k += 1
     return k
 

@@ -20,7 +20,7 @@ DATA = Path(__file__).parent / "data"
 @st.composite
 def headers(draw):
     arch = Architecture("deep-decoder", draw(st.integers(1, 16)), draw(st.integers(1, 6)),
-                        draw(st.sampled_from([1, 3])))
+                        draw(st.sampled_from([1, 3])), folded=draw(st.booleans()))
     models, codes = [], []
     for _ in tensor_shapes(arch):
         lo = draw(st.integers(-40000, 40000))
@@ -122,7 +122,7 @@ def test_version_2_headers_are_smaller_than_version_1(ddc_bytes):
     old = (DATA / "golden-v1.ddc").read_bytes()
     h, payload = bitstream.unpack(old)
     new = bitstream.pack(h, payload)
-    assert new[4] == 2 and bitstream.unpack(new) == (h, payload)
+    assert new[4] == bitstream.VERSION and bitstream.unpack(new) == (h, payload)
     assert len(old) - len(new) >= 2 * len(h.models)
 
 
@@ -135,3 +135,13 @@ def test_empty_and_short_inputs_are_truncated():
 def test_info_reports_each_files_own_version():
     assert ddcodec.info((DATA / "golden-v1.ddc").read_bytes())["version"] == 1
     assert ddcodec.info((DATA / "golden-v2.ddc").read_bytes())["version"] == 2
+
+
+def test_the_folded_kind_is_corruption_before_version_3(ddc_bytes):
+    h, payload = bitstream.unpack(ddc_bytes)
+    assert h.arch.folded  # what the encoder writes
+    as_v2 = bytearray(ddc_bytes[:-4])
+    as_v2[4] = 2
+    as_v2 += struct.pack("<I", zlib.crc32(bytes(as_v2)))
+    with pytest.raises(CorruptError, match="architecture 2"):
+        bitstream.unpack(bytes(as_v2))

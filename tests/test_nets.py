@@ -13,6 +13,23 @@ def test_param_count_is_d_k2_plus_2dk_plus_ck(k, d, c):
     assert n == param_count(arch) == d * k * k + 2 * d * k + c * k
 
 
+@given(st.integers(1, 12), st.integers(1, 7), st.sampled_from([1, 3]), st.integers(1, 40),
+       st.integers(1, 40), st.integers(0, 2**32))
+@settings(deadline=None, max_examples=40)
+def test_folding_the_affine_into_the_next_conv_keeps_the_output(k, d, c, h, w, seed):
+    arch = Architecture(channels=k, layers=d, out_channels=c)
+    net = DeepDecoder(arch, (seed, seed + 1))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # a fitted net's scales and shifts, negative scales included
+        for _, t in net.named_tensors():
+            t.add_(torch.randn(t.shape, generator=gen))
+    z = torch.stack([seeded_input(arch, h, w, s) for s in (seed, seed + 1)])
+    folded = net.fold()
+    stored = sum(t[0].numel() for _, t in folded.named_tensors())
+    assert stored == param_count(folded.arch) == d * k * k + (d - 1) * k + c * k + c
+    assert torch.allclose(folded(z), net(z), atol=1e-4)
+
+
 def test_param_count_of_the_paper_default_is_25536():
     assert param_count(Architecture(channels=64, layers=6, out_channels=3)) == 25536
 

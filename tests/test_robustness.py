@@ -61,7 +61,7 @@ def test_sigkill_leaves_nothing_half_written(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_golden_file_of_each_version_still_decodes_to_its_stored_hashes(version):
     data = (DATA / f"golden-v{version}.ddc").read_bytes()
     expect = json.loads((DATA / f"golden-v{version}.json").read_text())
