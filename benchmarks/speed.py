@@ -98,7 +98,7 @@ def measure(imgs, k, precision, compile_, dev, iters, warmup, quality_iters) -> 
     ms = (time.perf_counter() - t0) / iters / len(imgs) * 1000
     mem = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None
     model = build(arch, seeds).to(dev)  # quality: a fresh fit with the codec's schedule
-    best = optimise(model, z, loss, quality_iters, 0.01, FitConfig.lr_floor, **opts)
+    best = optimise(model, z, loss, quality_iters, FitConfig().lr_for(k), FitConfig.lr_floor, **opts)
     return {"ms_per_image_iter": ms, "peak_gib": mem, "psnr": float(psnr_from_mse(best).mean())}
 
 

@@ -64,7 +64,8 @@ def encode_command(images, output, channels, layers, arch, iters, lr, seed, devi
     if denoise and (mask is not None or scale > 1):
         raise ConfigError("--denoise cannot be combined with --mask or --scale")
     deg = Degradation(scale=scale, mask=mask_from_image(read_image(mask)) if mask else None)
-    k, d = _defaults(arch, denoise or mask is not None or scale > 1, channels, layers, bpp)
+    restoring = denoise or mask is not None or scale > 1
+    k, d = _defaults(arch, restoring, channels, layers, bpp)
     jobs, failed = [], 0
     for p, o in zip(paths, outs):
         try:  # check outputs and read inputs before any fit: a bad file costs nothing
@@ -77,6 +78,7 @@ def encode_command(images, output, channels, layers, arch, iters, lr, seed, devi
             click.echo(f"ddc: skipped {p}: {e}", err=True)
             failed += 1
     banks = _banks(jobs, 1 if (denoise or mask is not None) else bank)
+    lr = lr or (restore.RESTORE_LR if restoring else None)  # None: by k (fit.default_lr)
     fit = FitConfig(iters=iters or FitConfig.iters, lr=lr, seed=seed, precision=precision, compile=compile_)
     quant = QuantConfig(max_loss_db=max_loss, qat_iters=qat_iters, target_bpp=bpp, target_psnr=psnr)
     with FitProgress(fit, quant, quiet or as_json, len(banks)) as bar:

@@ -121,7 +121,7 @@ def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitCo
     z = torch.stack([seeded_input(net, H, W, s) for s in seeds]).to(dev)
     loss_fn = lambda out: mse_per_image(deg.apply(out[..., :H, :W]), target, weight)  # noqa: E731
     ema = _Average(fit.average)
-    optimise(model, z, loss_fn, fit.iters, fit.lr, fit.lr_floor, input_noise=fit.input_noise,
+    optimise(model, z, loss_fn, fit.iters, fit.lr_for(channels), fit.lr_floor, input_noise=fit.input_noise,
              progress=_stage(progress, "fit"), noise_seed=fit.seed, mode=fit.precision, compile=fit.compile,
              observe=ema if fit.average else None)
     with torch.no_grad():

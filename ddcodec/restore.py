@@ -29,6 +29,9 @@ RESTORE_QUANT = QuantConfig(qat_iters=0)  # the fit's target is degraded: no nee
 # Denoising averages the outputs over the fit (DIP's exp_weight 0.99) at a constant learning
 # rate, then distils the average back into the network so that the .ddc decodes to it.
 DENOISE_AVERAGE = 0.99
+# Restoration fits at DIP's learning rate: the stopping rule and the averaging were tuned at it
+# (compression's default, FitConfig.lr, is larger: it converges further in its budget).
+RESTORE_LR = 0.01
 DISTILL_ITERS, DISTILL_LR = 300, 0.002
 
 
@@ -78,7 +81,7 @@ def distill(bank, target, progress=None, iters: int = DISTILL_ITERS, lr: float =
 
 
 def denoise(image, arch="deep-decoder", channels=None, layers=None, iters=None, seed=0,
-            lr=0.01, device="auto", progress=None, quant: QuantConfig = RESTORE_QUANT) -> Restored:
+            lr=RESTORE_LR, device="auto", progress=None, quant: QuantConfig = RESTORE_QUANT) -> Restored:
     """Fit to the noisy image and stop early: iters from the estimated noise level unless given.
     quant: how the .ddc is quantized (`ddc encode --denoise` passes its rate options)."""
     img = _as_array(image)
@@ -88,7 +91,7 @@ def denoise(image, arch="deep-decoder", channels=None, layers=None, iters=None, 
 
 
 def inpaint(image, mask, arch="deep-decoder", channels=None, layers=None, iters=None, seed=0,
-            lr=0.01, device="auto", progress=None, keep_known: bool = True) -> Restored:
+            lr=RESTORE_LR, device="auto", progress=None, keep_known: bool = True) -> Restored:
     """Fit to the known pixels only; mask: any image of the same size, white = known.
 
     keep_known: the restored image keeps every known pixel as it was and takes only the
@@ -103,7 +106,7 @@ def inpaint(image, mask, arch="deep-decoder", channels=None, layers=None, iters=
 
 
 def superres(image, scale=4, arch="deep-decoder", channels=None, layers=None, iters=None, seed=0,
-             lr=0.01, device="auto", progress=None) -> Restored:
+             lr=RESTORE_LR, device="auto", progress=None) -> Restored:
     """Fit a scale-x larger output whose Lanczos downsampling matches the image."""
     img = _as_array(image)
     return _run(img, "superres", Degradation(scale=scale), arch, channels, layers, iters, seed,
