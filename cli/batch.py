@@ -63,6 +63,8 @@ def encode_command(images, output, channels, layers, arch, iters, lr, seed, devi
         raise ConfigError("--mask applies to a single image")
     if denoise and (mask is not None or scale > 1):
         raise ConfigError("--denoise cannot be combined with --mask or --scale")
+    if denoise and (precision != "fp32" or compile_):
+        raise ConfigError("--precision and --compile apply to compression and --mask/--scale fits, not --denoise")
     deg = Degradation(scale=scale, mask=mask_from_image(read_image(mask)) if mask else None)
     restoring = denoise or mask is not None or scale > 1
     k, d = _defaults(arch, restoring, channels, layers, bpp)
@@ -78,7 +80,8 @@ def encode_command(images, output, channels, layers, arch, iters, lr, seed, devi
             click.echo(f"ddc: skipped {p}: {e}", err=True)
             failed += 1
     banks = _banks(jobs, 1 if (denoise or mask is not None) else bank)
-    lr = lr or (restore.RESTORE_LR if restoring else None)  # None: by k (fit.default_lr)
+    if lr is None and restoring:  # else None: by k (fit.default_lr)
+        lr = restore.RESTORE_LR
     fit = FitConfig(iters=iters or FitConfig.iters, lr=lr, seed=seed, precision=precision, compile=compile_)
     quant = QuantConfig(max_loss_db=max_loss, qat_iters=qat_iters, target_bpp=bpp, target_psnr=psnr)
     with FitProgress(fit, quant, quiet or as_json, len(banks)) as bar:

@@ -41,7 +41,7 @@ def cli():
     """ddcodec: compress images into the weights of a Deep Decoder."""
 
 
-def fit_options(channels=64, layers=6, iters=FitConfig.iters, lr=None):
+def fit_options(channels=64, layers=6, iters=FitConfig.iters, lr=None, restoring=True):
     """Options every fitting command shares, with one name each across API, CLI and file."""
     def per_arch(default, what, otherwise):
         return f"{what} [default: {default}]" if default else f"{what} [default: {otherwise}]"
@@ -54,7 +54,8 @@ def fit_options(channels=64, layers=6, iters=FitConfig.iters, lr=None):
         click.option("--iters", type=int, default=iters, show_default=bool(iters),
                      help="Fitting iterations." + ("" if iters else f" [default: {FitConfig.iters}; denoising: from the estimated noise level]")),
         click.option("--lr", type=float, default=lr, show_default=bool(lr),
-                     help="Adam learning rate." + ("" if lr else f" [default: 0.05 for k <= 21, falling to 0.01 at k = 64; restoration: {restore.RESTORE_LR}]")),
+                     help="Adam learning rate." + ("" if lr else " [default: 0.05 for k <= 21, falling to 0.01 at k = 64"
+                                                   + (f"; restoration and skip: {restore.RESTORE_LR}]" if restoring else "; skip: 0.01]"))),
         click.option("--seed", default=0, show_default=True, help="Seed of the weights and input z (0..2^64-1)."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes."),

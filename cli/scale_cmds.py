@@ -18,7 +18,7 @@ def register(cli, fit_options, speed_options):
     @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
     @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
                   help="Output folder; it mirrors the sub-folders of FOLDER.")
-    @fit_options(channels=None, layers=None)
+    @fit_options(channels=None, layers=None, restoring=False)
     @speed_options
     @click.option("--max-loss", default=QuantConfig.max_loss_db, show_default=True,
                   help="PSNR (dB) quantization may cost before fine-tuning.")

@@ -15,7 +15,7 @@ from .nets import Architecture, tensor_shapes
 from .quant import STEP_CODE_MAX, STEP_CODE_MIN
 
 MAGIC = b"\x89DDC"
-VERSION = 3  # the version written; every version in READABLE is read
+VERSION = 3  # the newest version written (files without its features are written as 2)
 READABLE = (1, 2, 3)
 # header kind -> (Architecture.kind, folded); the folded Deep Decoder is new in version 3
 KINDS = (("deep-decoder", False), ("skip", False), ("deep-decoder", True))
@@ -65,13 +65,14 @@ def _svarint(n: int) -> bytes:
 
 
 def pack(h: Header, payload: bytes) -> bytes:
-    """Header + payload -> the bytes of a version-3 .ddc file (version 2's layout, plus the
-    folded Deep Decoder as architecture kind 2).
+    """Header + payload -> the bytes of a .ddc file: version 3 (version 2's layout plus the
+    folded Deep Decoder as architecture kind 2) for a folded network, else version 2.
 
     Version 2 spends ~5 bytes per tensor where version 1 spent ~9 (a one-byte step code and
     decay index, the range as offsets from the centre) and drops fields the architecture or
     the file length already give. At small sizes the header was up to 40 % of the file."""
-    out = bytearray(MAGIC) + bytes([VERSION])
+    # version 3 only where it is needed, so that version-2 readers still open skip-net files
+    out = bytearray(MAGIC) + bytes([VERSION if h.arch.folded else 2])
     for v in (h.width, h.height, h.arch.out_channels, h.flags, KINDS.index((h.arch.kind, h.arch.folded)),
               h.arch.channels, h.arch.layers, h.seed):
         out += _uvarint(v)

@@ -121,7 +121,8 @@ def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitCo
     z = torch.stack([seeded_input(net, H, W, s) for s in seeds]).to(dev)
     loss_fn = lambda out: mse_per_image(deg.apply(out[..., :H, :W]), target, weight)  # noqa: E731
     ema = _Average(fit.average)
-    optimise(model, z, loss_fn, fit.iters, fit.lr_for(channels), fit.lr_floor, input_noise=fit.input_noise,
+    compression = arch == "deep-decoder" and deg.mask is None and deg.scale == 1
+    optimise(model, z, loss_fn, fit.iters, fit.lr_for(channels, compression), fit.lr_floor, input_noise=fit.input_noise,
              progress=_stage(progress, "fit"), noise_seed=fit.seed, mode=fit.precision, compile=fit.compile,
              observe=ema if fit.average else None)
     with torch.no_grad():
@@ -147,7 +148,8 @@ class _Average:
 
 def quantize_bank(bank: FittedBank, quant: QuantConfig = QuantConfig(), progress=None) -> list:
     """Steps, quantization-aware fine-tuning, entropy coding: a fitted bank -> EncodeResults
-    (the second half of encode_bank; it changes bank.model's weights)."""
+    (the second half of encode_bank). It replaces a Deep Decoder's bank.model and bank.arch by
+    their folded form, and changes the weights."""
     if bank.arch.kind == "deep-decoder" and not bank.arch.folded:
         # files hold the folded form (format 3): the same function with k fewer weights per
         # block and one header entry for all biases instead of 2d for the scales and shifts
@@ -251,7 +253,7 @@ def decode(data: bytes, device: str = "cpu", max_work: int = bitstream.MAX_WORK)
 
 
 def load_model(data: bytes, max_work: int = bitstream.MAX_WORK):
-    """.ddc bytes -> (Header, DeepDecoder with the dequantized weights), on the CPU. Parsing
+    """.ddc bytes -> (Header, the network with the dequantized weights), on the CPU. Parsing
     and dequantization are exact: the weights are bit-identical on every machine."""
     header, payload = bitstream.unpack(data, max_work)
     shapes = [s for _, s in tensor_shapes(header.arch)]

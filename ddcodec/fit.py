@@ -40,14 +40,20 @@ class FitConfig:
             raise ConfigError(f"precision must be fp32, tf32 or bf16, got {self.precision!r}")
 
 
-    def lr_for(self, channels: int) -> float:
-        return self.lr if self.lr is not None else default_lr(channels)
+    def lr_for(self, channels: int, compression: bool = True) -> float:
+        """The learning rate to fit at: lr if set, else the width rule for compressing with
+        the Deep Decoder (where it was measured) and the reference's rate for anything else
+        (the skip net, restoration)."""
+        if self.lr is not None:
+            return self.lr
+        return default_lr(channels) if compression else REFERENCE_LR
 
 
 # The learning rate that fits best in 3,000 steps depends on the width (benchmarks/NOTES.md):
 # for k = 8-21, 0.05 beat the reference's 0.01 by 0.4-1.1 dB; at k = 64 it lost 0.6 dB to it.
 # Between k = 21 and 64 the rule interpolates log-linearly (not measured there).
 LR_SMALL, LR_LARGE, K_SMALL, K_LARGE = 0.05, 0.01, 21, 64
+REFERENCE_LR = 0.01  # DIP's and the Deep Decoder paper's rate
 
 
 def default_lr(channels: int) -> float:

@@ -17,7 +17,7 @@ import torch
 from .codec import EncodeResult, _as_array, _to_uint8, decode, fit_bank, quantize_bank
 from .degrade import Degradation, denoise_iterations, estimate_sigma, mask_from_image
 from .errors import ConfigError
-from .fit import FitConfig, mse_per_image, optimise
+from .fit import REFERENCE_LR, FitConfig, mse_per_image, optimise
 from .quant import QuantConfig
 
 DEFAULTS = {  # arch -> (channels, layers, iterations for inpainting / super-resolution)
@@ -31,7 +31,7 @@ RESTORE_QUANT = QuantConfig(qat_iters=0)  # the fit's target is degraded: no nee
 DENOISE_AVERAGE = 0.99
 # Restoration fits at DIP's learning rate: the stopping rule and the averaging were tuned at it
 # (compression's default, FitConfig.lr, is larger: it converges further in its budget).
-RESTORE_LR = 0.01
+RESTORE_LR = REFERENCE_LR
 DISTILL_ITERS, DISTILL_LR = 300, 0.002
 
 

@@ -98,8 +98,10 @@ def test_file_helpers_round_trip_and_refuse_to_overwrite(tmp_path):
 def test_a_compiled_fit_reaches_the_eager_fit_and_its_file_decodes_anywhere(image):
     # torch.compile fuses kernels and rounds differently, so the bytes may differ; the fit
     # must not: same steps, same start, a PSNR within 0.05 dB, and a file the eager decoder reads.
-    kw = dict(channels=8, layers=3, quant=FAST_QUANT, device="cpu")
-    eager = ddcodec.encode(image, fit=FitConfig(iters=60), **kw)
-    fused = ddcodec.encode(image, fit=FitConfig(iters=60, compile=True), **kw)
+    from ddcodec.codec import fit_bank, quantize_bank
+    eager = ddcodec.encode(image, channels=8, layers=3, fit=FitConfig(iters=60), quant=FAST_QUANT, device="cpu")
+    bank = fit_bank([image], 8, 3, FitConfig(iters=60, compile=True), device="cpu")
+    assert callable(getattr(bank.model, "_ddc_compiled", None))  # the fit went through torch.compile
+    fused = quantize_bank(bank, FAST_QUANT)[0]
     assert abs(fused.psnr_float - eager.psnr_float) <= 0.05
     assert abs(psnr(ddcodec.decode(fused.data), image) - fused.psnr) <= 0.05
