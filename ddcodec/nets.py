@@ -115,12 +115,14 @@ def upsample2x(x: torch.Tensor) -> torch.Tensor:
     return _upsample_axis(_upsample_axis(x, x.dim() - 2), x.dim() - 1)
 
 
-def channel_norm(x: torch.Tensor, g: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-channel normalisation of [1, C, H, W] over its pixels, then scale g and shift b.
+def channel_norm(x: torch.Tensor, g=None, b=None) -> torch.Tensor:
+    """Per-channel normalisation of [1, C, H, W] over its pixels, then scale g and shift b
+    (none: the folded net's plain normalisation).
     One pixel (a 1x1 image, one block) normalises to 0, as the formula's limit says;
     batch_norm refuses that case with a ValueError."""
     if x.shape[2] * x.shape[3] == 1:
-        return (x - x.detach()) * g.view(1, -1, 1, 1) + b.view(1, -1, 1, 1)
+        y = x - x.detach()
+        return y if g is None else y * g.view(1, -1, 1, 1) + b.view(1, -1, 1, 1)
     return F.batch_norm(x, None, None, g, b, training=True, eps=BN_EPS)
 
 
@@ -204,7 +206,6 @@ class FoldedDeepDecoder(nn.Module):
         self.bias = nn.Parameter(torch.zeros(bank, d - 1, k))
         self.out = nn.Parameter(torch.zeros(bank, c, k))
         self.out_bias = nn.Parameter(torch.zeros(bank, c))
-        self.register_buffer("_ones", torch.ones(bank * k), persistent=False)
 
     def named_tensors(self):
         tensors = list(self.weight) + ([self.bias] if self.arch.layers > 1 else []) + [self.out, self.out_bias]
@@ -224,8 +225,7 @@ class FoldedDeepDecoder(nn.Module):
                 x = upsample2x(x)
             x = F.relu(x)
             shape = x.shape
-            ones = self._ones[: shape[0] * shape[1]]
-            x = channel_norm(x.reshape(1, -1, *shape[2:]), ones, torch.zeros_like(ones)).view(shape)
+            x = channel_norm(x.reshape(1, -1, *shape[2:])).view(shape)
         bsz, k, h, wd = x.shape
         y = torch.bmm(out_w, x.reshape(bsz, k, h * wd)).view(bsz, -1, h, wd) + out_b[:, :, None, None]
         return torch.sigmoid(y)
