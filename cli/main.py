@@ -76,19 +76,29 @@ def speed_options(f):
                         show_default=True, help="GPU matmul precision of the fit.")(f)
 
 
+def rate_options(f):
+    """How the fitted weights become a file: the quantization budget, or a rate or quality target."""
+    opts = [
+        click.option("--max-loss", default=QuantConfig.max_loss_db, show_default=True,
+                     help="PSNR (dB) quantization may cost before fine-tuning; larger = smaller file."),
+        click.option("--qat-iters", default=QuantConfig.qat_iters, show_default=True,
+                     help="Quantization-aware fine-tuning steps."),
+        click.option("--bpp", type=float, help="Rate control: the largest file within this many bits per "
+                     "pixel (k from the target unless -k is given; --max-loss is then searched)."),
+        click.option("--psnr", type=float, help="Quality control: the smallest file the fit allows at this PSNR (dB)."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
 @cli.command()
 @click.argument("images", nargs=-1, required=True)
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Output .ddc [default: IMAGE with .ddc]; a folder when encoding several images.")
 @fit_options(channels=None, layers=None, iters=None)
 @speed_options
-@click.option("--max-loss", default=QuantConfig.max_loss_db, show_default=True,
-              help="PSNR (dB) quantization may cost before fine-tuning; larger = smaller file.")
-@click.option("--qat-iters", default=QuantConfig.qat_iters, show_default=True,
-              help="Quantization-aware fine-tuning steps.")
-@click.option("--bpp", type=float, help="Rate control: the largest file within this many bits per pixel "
-              "(k from the target unless -k is given; --max-loss is then searched).")
-@click.option("--psnr", type=float, help="Quality control: the smallest file the fit allows at this PSNR (dB).")
+@rate_options
 @click.option("--denoise", is_flag=True, help="Fit with the denoising stopping rule (iterations from the noise level).")
 @click.option("--mask", type=click.Path(dir_okay=False, path_type=Path), help="Inpaint: white = known pixels.")
 @click.option("--scale", type=int, default=1, show_default=True, help="Super-resolve: the file decodes at scale x the size.")
@@ -189,7 +199,7 @@ from .restore_cmds import register  # noqa: E402
 from .scale_cmds import register as register_scale  # noqa: E402
 
 register(cli, fit_options)
-register_scale(cli, fit_options, speed_options)
+register_scale(cli, fit_options, speed_options, rate_options)
 
 
 def _read_bytes(path: Path) -> bytes:

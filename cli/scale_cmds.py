@@ -13,19 +13,14 @@ from ddcodec.errors import DDCError
 from ddcodec.images import MAX_INPUT_PIXELS
 
 
-def register(cli, fit_options, speed_options):
+def register(cli, fit_options, speed_options, rate_options):
     @cli.command("encode-dir")
     @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
     @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
                   help="Output folder; it mirrors the sub-folders of FOLDER.")
     @fit_options(channels=None, layers=None, restoring=False)
     @speed_options
-    @click.option("--max-loss", default=QuantConfig.max_loss_db, show_default=True,
-                  help="PSNR (dB) quantization may cost before fine-tuning.")
-    @click.option("--qat-iters", default=QuantConfig.qat_iters, show_default=True,
-                  help="Quantization-aware fine-tuning steps.")
-    @click.option("--bpp", type=float, help="Rate control: the largest file within this many bits per pixel.")
-    @click.option("--psnr", type=float, help="Quality control: the smallest file at this PSNR (dB).")
+    @rate_options
     @click.option("--bank", type=int, default=8, show_default=True, help="Images fitted at once per worker.")
     @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
                   metavar="[ADDRESS]", help="Run on Ray: alone, a local instance; with an address "

@@ -84,14 +84,28 @@ def estimate_sigma(img: np.ndarray) -> float:
     return float(np.median(np.abs(hh)) / 0.6745)
 
 
-def denoise_iterations(sigma: float, base: int = 3000) -> int:
+MINI_PIXELS = 192 * 128  # the size the rules were tuned at (kodak-mini)
+
+
+def denoise_iterations(sigma: float, base: int = 3000, arch: str = "deep-decoder",
+                       pixels: int = MINI_PIXELS) -> int:
     """The stopping rule: the iteration budget for noise of std sigma (0-255 scale), at most
-    base. The net fits structure first and noise later, and later the weaker the noise is. With
-    the output average (restore.denoise) the best iterate was 2,250 at sigma 25 and 750 at
-    sigma 50 on the tuning image kodim24 (k=128), hence 2250 * (25 / sigma)^log2(3); on the
-    benchmark images it lands within 0.2 dB of their own best (benchmarks/NOTES.md)."""
+    base. The net fits structure first and noise later, and later the weaker the noise is.
+
+    Deep Decoder (k=128, output average): the best iterate on the tuning image kodim24 was
+    2,250 at sigma 25 and 750 at sigma 50, hence 2250 (25 / sigma)^log2(3); on the benchmark
+    images it lands within 0.2 dB of their own best (benchmarks/NOTES.md).
+
+    DIP skip net (2.2 M weights, many more than pixels, so it fits noise far sooner): the best
+    averaged iterate on kodim24 was ~500 at sigma 25 and ~250 at sigma 50, hence 500 (25 /
+    sigma). Its time to fit noise grows with the pixels it must fit; the rule scales it with
+    sqrt(pixels / 192x128), which is an assumption: it gives ~2,000 at 768x512, the order of
+    DIP's own full-size budgets, but only the 192x128 point was measured."""
     if sigma <= 1:
         return base
+    if arch == "skip":
+        n = 500 * (25 / sigma) * math.sqrt(max(pixels, 1) / MINI_PIXELS)
+        return int(min(base, max(100, n)))
     return int(min(base, max(200, 2250 * (25 / sigma) ** math.log2(3))))
 
 

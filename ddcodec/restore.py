@@ -86,7 +86,7 @@ def denoise(image, arch="deep-decoder", channels=None, layers=None, iters=None, 
     quant: how the .ddc is quantized (`ddc encode --denoise` passes its rate options)."""
     img = _as_array(image)
     sigma = estimate_sigma(img)
-    iters = iters or denoise_iterations(sigma, 3000 if arch == "deep-decoder" else 2400)
+    iters = iters or denoise_iterations(sigma, 3000, arch, img.shape[0] * img.shape[1])
     return _run(img, "denoise", None, arch, channels, layers, iters, seed, lr, device, progress, sigma, quant)
 
 

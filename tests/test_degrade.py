@@ -38,6 +38,15 @@ def test_stopping_rule_stops_earlier_for_stronger_noise():
     assert denoise_iterations(0.5) == 3000 and denoise_iterations(1e6) == 200
 
 
+def test_skip_net_stops_far_earlier_and_later_on_larger_images():
+    mini, full = 192 * 128, 768 * 512
+    assert denoise_iterations(25, arch="skip", pixels=mini) == 500
+    assert denoise_iterations(50, arch="skip", pixels=mini) == 250
+    assert denoise_iterations(25, arch="skip", pixels=mini) < denoise_iterations(25) / 4
+    assert denoise_iterations(25, arch="skip", pixels=full) == 2000
+    assert denoise_iterations(25, arch="skip", pixels=100 * mini) == 3000  # capped at base
+
+
 def test_mask_white_means_known_and_an_all_black_mask_is_refused():
     m = np.zeros((4, 4, 3), np.uint8)
     m[0, 0] = 255
