@@ -140,15 +140,16 @@ def main(argv=None):
                     continue
                 t0 = time.perf_counter()
                 out = run_method(method, task, degraded, known, img, a, tv.get(int(task[5:]) if task.startswith("noise") else 0))
-                outs = {method: out}
-                if isinstance(out, restore.Restored):  # the restored image, and what its .ddc decodes to
+                outs, extra = {method: out}, {}
+                if isinstance(out, restore.Restored):
+                    extra = dict(iters=out.iters)  # from the stopping rule, for denoising  # the restored image, and what its .ddc decodes to
                     # (inpainting keeps the known pixels, the network alone fills all of them;
                     # denoising returns the averaged output, the .ddc holds it distilled)
                     label = "network only" if task in ("missing50", "text") else ".ddc"
                     outs = {method: out.image, f"{method} ({label})": restore.decode(out.result.data)}
                 for m, o in outs.items():
                     row = dict(task=task, image=name, method=m, psnr=psnr(o, img), ssim=ssim(o, img),
-                               seconds=time.perf_counter() - t0)
+                               seconds=time.perf_counter() - t0, **extra)
                     with rows_file.open("a") as f:
                         f.write(json.dumps(row) + "\n")
                     print(f"{task} {name} {m}: {row['psnr']:.2f} dB", flush=True)

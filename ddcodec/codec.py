@@ -96,6 +96,7 @@ class FittedBank:
     degradation: Degradation
     float_out: np.ndarray  # the unquantized network's uint8 output
     average: Optional[torch.Tensor] = None  # [B, c, H, W] in [0, 1]: FitConfig.average's result
+    iters: int = 0  # fitting steps run (fewer than FitConfig.iters after an early stop)
 
 
 def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitConfig(),
@@ -121,14 +122,23 @@ def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitCo
     z = torch.stack([seeded_input(net, H, W, s) for s in seeds]).to(dev)
     loss_fn = lambda out: mse_per_image(deg.apply(out[..., :H, :W]), target, weight)  # noqa: E731
     ema = _Average(fit.average)
+    ran = [fit.iters]
+
+    def stop(done, losses):  # FitConfig.stop_mse: judged on the average, when there is one
+        if ema.value is not None:
+            losses = loss_fn(ema.value)
+        reached = bool((losses <= fit.stop_mse).all())
+        ran[0] = done if reached else ran[0]
+        return reached
+
     compression = arch == "deep-decoder" and deg.mask is None and deg.scale == 1
     optimise(model, z, loss_fn, fit.iters, fit.lr_for(channels, compression), fit.lr_floor, input_noise=fit.input_noise,
              progress=_stage(progress, "fit"), noise_seed=fit.seed, mode=fit.precision, compile=fit.compile,
-             observe=ema if fit.average else None)
+             observe=ema if fit.average else None, stop=stop if fit.stop_mse else None)
     with torch.no_grad():
         float_out = _to_uint8(model(z)[..., :H, :W])
     return FittedBank(model, z, loss_fn, originals, flags, net, fit.seed, (H, W), deg, float_out,
-                      None if ema.value is None else ema.value[..., :H, :W])
+                      None if ema.value is None else ema.value[..., :H, :W], ran[0])
 
 
 class _Average:

@@ -26,6 +26,10 @@ class FitConfig:
     seed: int = 0  # seeds the initial weights and the input z
     average: float = 0.0  # restoration: keep an exponential average of the outputs (DIP: 0.99)
     compile: bool = False  # torch.compile the network: fuses the upsample/ReLU/norm chain
+    # Stop once every member's loss (that of the output average, when one is kept) is at most
+    # this MSE (0-1 scale), checked every STOP_EVERY steps; iters is then a cap. Denoising sets
+    # it to the noise variance: the discrepancy principle (restore.denoise).
+    stop_mse: float = 0.0
 
     def __post_init__(self):
         if self.iters < 0 or self.iters > 10_000_000:
@@ -34,6 +38,8 @@ class FitConfig:
             raise ConfigError(f"lr must be in (0, 1], got {self.lr}")
         if not 0 <= self.seed < 2**64:
             raise ConfigError("seed must be in [0, 2**64)")
+        if not 0 <= self.stop_mse < 1:
+            raise ConfigError(f"stop_mse must be in [0, 1), got {self.stop_mse}")
         if not 0 <= self.average < 1:
             raise ConfigError(f"average must be in [0, 1), got {self.average}")
         if self.precision not in ("fp32", "tf32", "bf16"):
@@ -66,6 +72,7 @@ def default_lr(channels: int) -> float:
 
 
 REPORT_EVERY = 10
+STOP_EVERY = 10  # an early-stop test reads a GPU value: not every step
 Progress = Callable[[int, int, float, float], None]  # (iteration, total, loss, psnr)
 
 
@@ -98,7 +105,8 @@ def precision(mode: str, device: torch.device):
 
 def optimise(model, z, loss_fn, iters: int, lr: float, lr_floor: float = 1.0,
              transform=None, input_noise: float = 0.0, progress: Optional[Progress] = None,
-             noise_seed: int = 0, mode: str = "fp32", observe=None, compile: bool = False):
+             noise_seed: int = 0, mode: str = "fp32", observe=None, compile: bool = False,
+             stop=None):
     """Run Adam on ``model`` for ``iters`` steps and load each member's best iterate.
 
     loss_fn(output) -> per-member losses [B]; transform(params) -> params used in the forward
@@ -106,6 +114,7 @@ def optimise(model, z, loss_fn, iters: int, lr: float, lr_floor: float = 1.0,
     observe(output) sees every iteration's output (detached), e.g. to average them.
     compile: run the network through torch.compile (one compilation per shape; the fused
     kernels round differently, so a compiled fit is not bit-identical to an eager one).
+    stop(iterations_done, losses) -> True ends the fit early; asked every STOP_EVERY steps.
     Returns the best per-member losses.
 
     Nothing in the loop reads a GPU value back except the progress report every
@@ -123,7 +132,8 @@ def optimise(model, z, loss_fn, iters: int, lr: float, lr_floor: float = 1.0,
             group["lr"] = lr * (lr_floor + (1 - lr_floor) * 0.5 * (1 + math.cos(math.pi * it / iters)))
         zin = z
         if input_noise:
-            std = input_noise * (1 - it / iters)
+            # decays to 0 over the run; with an early stop the end is unknown, so it stays
+            std = input_noise * (1 if stop else 1 - it / iters)
             zin = z + std * torch.randn(z.shape, generator=gen, device=z.device)
         p = transform(params) if transform else params
         with precision(mode, z.device):
@@ -139,6 +149,8 @@ def optimise(model, z, loss_fn, iters: int, lr: float, lr_floor: float = 1.0,
             # reading the loss syncs a GPU, so report every few steps, not every step
             l = losses.detach()
             progress(it + 1, iters, float(l.mean()), float(psnr_from_mse(l).mean()))
+        if stop and (it + 1) % STOP_EVERY == 0 and stop(it + 1, losses.detach()):
+            break
     with torch.no_grad():  # the final iterate has not been scored yet
         losses = loss_fn(model(z, transform(params) if transform else params))
         _keep_best(params, best, losses, best_loss)

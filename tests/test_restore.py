@@ -30,3 +30,13 @@ def test_denoise_returns_the_average_and_its_ddc_decodes_close_to_it():
     assert r.image.shape == clean.shape
     assert psnr(decoded, r.image) >= 30  # the distillation brings the network to its average
     assert psnr(r.image, clean) > psnr(noisy, clean) + 3  # and the average is denoised
+
+
+def test_skip_net_denoising_stops_by_the_discrepancy_principle_before_its_cap():
+    clean = small(32, 32)
+    rng = np.random.default_rng(1)
+    noisy = np.clip(clean + rng.normal(0, 25, clean.shape), 0, 255).round().astype(np.uint8)
+    r = restore.denoise(noisy, arch="skip", channels=16, layers=3, device="cpu")
+    cap = restore.DISCREPANCY_CAP * restore.denoise_iterations(r.sigma, 3000, "skip", 32 * 32)
+    assert r.iters < cap and r.iters % 10 == 0  # stopped early, at a test point
+    assert psnr(r.image, clean) > psnr(noisy, clean)
