@@ -192,13 +192,14 @@ def table(summary) -> str:
 
 
 def strips(out_dir: Path, summary, tasks) -> None:
-    """One strip per task: degraded input, Deep Decoder, best baseline, truth (first image)."""
+    """One strip per task: degraded input, our better network, best baseline, truth (first image)."""
     for task in tasks:
         stats = summary["tasks"].get(task)
         if not stats:
             continue
         best = max((m for m in BASELINES[task] if m in stats), key=lambda m: stats[m]["psnr"], default=None)
-        names = ["input", "deep-decoder", best, "truth"]
+        ours = max((m for m in ("deep-decoder", "skip") if m in stats), key=lambda m: stats[m]["psnr"])
+        names = ["input", ours, best, "truth"]
         paths = [out_dir / f"restore_{task}_{_slug(n)}.png" for n in names if n]
         if not all(p.exists() for p in paths):
             continue
