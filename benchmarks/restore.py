@@ -141,8 +141,8 @@ def main(argv=None):
                 t0 = time.perf_counter()
                 out = run_method(method, task, degraded, known, img, a, tv.get(int(task[5:]) if task.startswith("noise") else 0))
                 outs, extra = {method: out}, {}
-                if isinstance(out, restore.Restored):
-                    extra = dict(iters=out.iters)  # from the stopping rule, for denoising  # the restored image, and what its .ddc decodes to
+                if isinstance(out, restore.Restored):  # the restored image, and what its .ddc decodes to
+                    extra = dict(iters=out.iters)  # the stopping rule's choice, for denoising
                     # (inpainting keeps the known pixels, the network alone fills all of them;
                     # denoising returns the averaged output, the .ddc holds it distilled)
                     label = "network only" if task in ("missing50", "text") else ".ddc"
@@ -198,7 +198,7 @@ def strips(out_dir: Path, summary, tasks) -> None:
         if not stats:
             continue
         best = max((m for m in BASELINES[task] if m in stats), key=lambda m: stats[m]["psnr"], default=None)
-        ours = max((m for m in ("deep-decoder", "skip") if m in stats), key=lambda m: stats[m]["psnr"])
+        ours = max((m for m in ("deep-decoder", "skip") if m in stats), key=lambda m: stats[m]["psnr"], default=None)
         names = ["input", ours, best, "truth"]
         paths = [out_dir / f"restore_{task}_{_slug(n)}.png" for n in names if n]
         if not all(p.exists() for p in paths):

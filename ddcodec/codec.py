@@ -128,7 +128,8 @@ def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitCo
         if ema.value is not None:
             losses = loss_fn(ema.value)
         reached = bool((losses <= fit.stop_mse).all())
-        ran[0] = done if reached else ran[0]
+        if reached:
+            ran[0] = done
         return reached
 
     compression = arch == "deep-decoder" and deg.mask is None and deg.scale == 1
