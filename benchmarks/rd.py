@@ -55,18 +55,25 @@ def _append(rows_file: Path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
+def ours(iters: int) -> str:
+    """Our curve's name: "ddcodec" at the default recipe, "ddcodec-6000it" at 6,000 iterations."""
+    return "ddcodec" if iters == ddcodec.FitConfig.iters else f"ddcodec-{iters}it"
+
+
 def run_ddcodec(images: dict, points, args, out_dir: Path, rows_file: Path, have: set) -> None:
     """Encode every rate point through ddcodec.collection: banks of one size, fitted serially or
     on a Ray cluster (--ray), each .ddc written as its bank finishes and scored as it lands."""
     from ddcodec.collection import Settings, encode_many, serial_runner
+    name_ = ours(args.iters)
+    files = out_dir / ("ddc" if name_ == "ddcodec" else f"ddc-{args.iters}it")
     sources = _image_files(images, args, out_dir)
     tasks, labels = [], {}
     for bpp in points:
         label = f"bpp{bpp}"
         settings = Settings(None, 6, fit=ddcodec.FitConfig(iters=args.iters),
                             quant=ddcodec.QuantConfig(target_bpp=bpp), device=args.device)
-        pairs = [(sources[n], out_dir / "ddc" / label / f"{n}.ddc") for n in images
-                 if ("ddcodec", n, label) not in have]
+        pairs = [(sources[n], files / label / f"{n}.ddc") for n in images
+                 if (name_, n, label) not in have]
         tasks.append((pairs, settings))
         labels.update({str(o): (Path(o).stem, label) for _, o in pairs})
 
@@ -74,7 +81,7 @@ def run_ddcodec(images: dict, points, args, out_dir: Path, rows_file: Path, have
         for o in outcomes:
             name, label = labels[o.output]
             if o.status == "failed":
-                print(f"ddcodec {label} {name}: failed: {o.error}", flush=True)
+                print(f"{name_} {label} {name}: failed: {o.error}", flush=True)
                 continue
             data = Path(o.output).read_bytes()
             t0 = time.perf_counter()
@@ -82,11 +89,11 @@ def run_ddcodec(images: dict, points, args, out_dir: Path, rows_file: Path, have
             dt = time.perf_counter() - t0
             img = images[name]
             h, w = out.shape[:2]
-            _append(rows_file, dict(codec="ddcodec", image=name, quality=label, bytes=len(data),
+            _append(rows_file, dict(codec=name_, image=name, quality=label, bytes=len(data),
                                     bpp=8 * len(data) / (h * w), psnr=psnr(out, img), ms_ssim=ms_ssim(out, img),
                                     encoding_time=o.summary.get("seconds"), decoding_time=dt,
                                     device=o.summary.get("device")))
-            print(f"ddcodec {label} {name}: {o.status}", flush=True)
+            print(f"{name_} {label} {name}: {o.status}", flush=True)
 
     runner = serial_runner
     if args.ray is not None:
@@ -152,8 +159,8 @@ def _plot(curves, path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=110)
     for codec, (bpp, p, _) in sorted(curves.items()):
         order = np.argsort(bpp)
-        ax.plot(np.array(bpp)[order], np.array(p)[order], "o-" if codec == "ddcodec" else ".-",
-                label=codec, lw=2 if codec == "ddcodec" else 1)
+        ax.plot(np.array(bpp)[order], np.array(p)[order], "o-" if codec.startswith("ddcodec") else ".-",
+                label=codec, lw=2 if codec.startswith("ddcodec") else 1)
     ax.set(xlabel="bpp", ylabel="PSNR-RGB (dB)", title=f"Rate-distortion, {title}", xlim=(0, 1.6))
     ax.grid(alpha=0.3)
     ax.legend()
@@ -178,6 +185,8 @@ def main(argv=None):
     ap.add_argument("--profile", choices=sorted(PROFILES), default="kodak-mini")
     ap.add_argument("--data", type=Path, default=Path("../shared/data/kodak"))
     ap.add_argument("--images", type=int, default=0, help="use the first N images (0: all)")
+    ap.add_argument("--names", default="", help="comma-separated image names, e.g. kodim01,kodim05 "
+                    "(instead of --images): split a profile between processes, one per core")
     ap.add_argument("--iters", type=int, default=ddcodec.FitConfig.iters)
     ap.add_argument("--bank", type=int, default=8, help="images fitted at once")
     ap.add_argument("--device", default="auto")
@@ -187,12 +196,12 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--summary-only", action="store_true", help="summarise the rows already made")
     a = ap.parse_args(argv)
-    images = load_images(a.data, PROFILES[a.profile], a.images)
+    images = load_images(a.data, PROFILES[a.profile], a.images, a.names.split(",") if a.names else None)
     out_dir = a.out / a.profile
     out_dir.mkdir(parents=True, exist_ok=True)
     rows_file = out_dir / "rows.jsonl"
-    have = {(r["codec"], r["image"], r.get("quality") if r["codec"] == "ddcodec" else None)
-            for r in _done(rows_file) if r["codec"] == "ddcodec" or r.get("done")}
+    have = {(r["codec"], r["image"], r.get("quality") if r["codec"].startswith("ddcodec") else None)
+            for r in _done(rows_file) if r["codec"].startswith("ddcodec") or r.get("done")}
     codecs = [] if a.summary_only else a.codecs.split(",")
     run_baselines(images, [c for c in codecs if c != "ddcodec"], rows_file, have)
     if "ddcodec" in codecs:

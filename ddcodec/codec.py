@@ -135,7 +135,8 @@ def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitCo
     compression = arch == "deep-decoder" and deg.mask is None and deg.scale == 1
     optimise(model, z, loss_fn, fit.iters, fit.lr_for(channels, compression), fit.lr_floor, input_noise=fit.input_noise,
              progress=_stage(progress, "fit"), noise_seed=fit.seed, mode=fit.precision, compile=fit.compile,
-             observe=ema if fit.average else None, stop=stop if fit.stop_mse else None)
+             observe=ema if fit.average else None, stop=stop if fit.stop_mse else None,
+             rollback_db=fit.rollback_for(compression))
     with torch.no_grad():
         float_out = _to_uint8(model(z)[..., :H, :W])
     return FittedBank(model, z, loss_fn, originals, flags, net, fit.seed, (H, W), deg, float_out,

@@ -30,6 +30,10 @@ class FitConfig:
     # this MSE (0-1 scale), checked every STOP_EVERY steps; iters is then a cap. Denoising sets
     # it to the noise variance: the discrepancy principle (restore.denoise).
     stop_mse: float = 0.0
+    # A member whose loss climbs this many dB above its best goes back to its best iterate
+    # (optimise's rollback_db); None: ROLLBACK_DB when compressing, off elsewhere (restoration
+    # was tuned without it), 0: off.
+    rollback_db: Optional[float] = None
 
     def __post_init__(self):
         if self.iters < 0 or self.iters > 10_000_000:
@@ -42,6 +46,8 @@ class FitConfig:
             raise ConfigError(f"stop_mse must be in [0, 1), got {self.stop_mse}")
         if not 0 <= self.average < 1:
             raise ConfigError(f"average must be in [0, 1), got {self.average}")
+        if self.rollback_db is not None and not 0 <= self.rollback_db <= 100:
+            raise ConfigError(f"rollback_db must be in [0, 100], got {self.rollback_db}")
         if self.precision not in ("fp32", "tf32", "bf16"):
             raise ConfigError(f"precision must be fp32, tf32 or bf16, got {self.precision!r}")
 
@@ -54,12 +60,20 @@ class FitConfig:
             return self.lr
         return default_lr(channels) if compression else REFERENCE_LR
 
+    def rollback_for(self, compression: bool = True) -> float:
+        if self.rollback_db is not None:
+            return self.rollback_db
+        return ROLLBACK_DB if compression else 0.0
+
 
 # The learning rate that fits best in 3,000 steps depends on the width (benchmarks/NOTES.md):
 # for k = 8-21, 0.05 beat the reference's 0.01 by 0.4-1.1 dB; at k = 64 it lost 0.6 dB to it.
 # Between k = 21 and 64 the rule interpolates log-linearly (not measured there).
 LR_SMALL, LR_LARGE, K_SMALL, K_LARGE = 0.05, 0.01, 21, 64
 REFERENCE_LR = 0.01  # DIP's and the Deep Decoder paper's rate
+# At lr 0.05 a fit can blow up (kodim02 mini, k=15: 27.2 -> 21.4 dB in one check) and never
+# regain its basin; a blow-up is a jump of several dB, ordinary noise a few tenths.
+ROLLBACK_DB = 3.0
 
 
 def default_lr(channels: int) -> float:
@@ -73,6 +87,7 @@ def default_lr(channels: int) -> float:
 
 REPORT_EVERY = 10
 STOP_EVERY = 10  # an early-stop test reads a GPU value: not every step
+ROLLBACK_EVERY = 50  # likewise the blow-up test
 Progress = Callable[[int, int, float, float], None]  # (iteration, total, loss, psnr)
 
 
@@ -106,7 +121,7 @@ def precision(mode: str, device: torch.device):
 def optimise(model, z, loss_fn, iters: int, lr: float, lr_floor: float = 1.0,
              transform=None, input_noise: float = 0.0, progress: Optional[Progress] = None,
              noise_seed: int = 0, mode: str = "fp32", observe=None, compile: bool = False,
-             stop=None):
+             stop=None, rollback_db: float = 0.0):
     """Run Adam on ``model`` for ``iters`` steps and load each member's best iterate.
 
     loss_fn(output) -> per-member losses [B]; transform(params) -> params used in the forward
@@ -115,6 +130,9 @@ def optimise(model, z, loss_fn, iters: int, lr: float, lr_floor: float = 1.0,
     compile: run the network through torch.compile (one compilation per shape; the fused
     kernels round differently, so a compiled fit is not bit-identical to an eager one).
     stop(iterations_done, losses) -> True ends the fit early; asked every STOP_EVERY steps.
+    rollback_db: a member whose loss is that many dB above its best, checked every
+    ROLLBACK_EVERY steps, goes back to its best iterate with its momentum cleared (DIP's
+    backtracking): a blow-up at a high learning rate otherwise costs the rest of the fit.
     Returns the best per-member losses.
 
     Nothing in the loop reads a GPU value back except the progress report every
@@ -149,6 +167,8 @@ def optimise(model, z, loss_fn, iters: int, lr: float, lr_floor: float = 1.0,
             # reading the loss syncs a GPU, so report every few steps, not every step
             l = losses.detach()
             progress(it + 1, iters, float(l.mean()), float(psnr_from_mse(l).mean()))
+        if rollback_db and (it + 1) % ROLLBACK_EVERY == 0:
+            _roll_back(opt, params, best, losses.detach() > best_loss * 10 ** (rollback_db / 10))
         if stop and (it + 1) % STOP_EVERY == 0 and stop(it + 1, losses.detach()):
             break
     with torch.no_grad():  # the final iterate has not been scored yet
@@ -166,6 +186,21 @@ def compiled(model):
         fn = torch.compile(model.forward, dynamic=False)
         model._ddc_compiled = fn
     return fn
+
+
+@torch.no_grad()
+def _roll_back(opt, params, best, bad):
+    """Members flagged in bad [B] return to their best weights. Adam's first moment (the
+    blow-up's momentum) is cleared; the second keeps the large gradients it saw, which damps
+    the next steps, as a short drop of the learning rate would."""
+    if not bool(bad.any()):
+        return
+    for p, b in zip(params, best):
+        m = bad.view(-1, *([1] * (p.dim() - 1)))
+        p.copy_(torch.where(m, b, p))
+        state = opt.state.get(p, {})
+        if "exp_avg" in state:
+            state["exp_avg"].masked_fill_(m, 0.0)
 
 
 @torch.no_grad()

@@ -54,7 +54,8 @@ def _config(task, arch, channels, layers, iters, seed, lr, stop_mse=0.0):
     k, d, default_iters = DEFAULTS[arch]
     noise = SKIP_INPUT_NOISE[task] if arch == "skip" else 0.0
     extra = dict(average=DENOISE_AVERAGE, lr_floor=1.0, stop_mse=stop_mse) if task == "denoise" else {}
-    fit = FitConfig(iters=iters or default_iters, lr=lr, seed=seed, input_noise=noise, **extra)
+    # no rollback: the stopping rules and the figures were measured without it
+    fit = FitConfig(iters=iters or default_iters, lr=lr, seed=seed, input_noise=noise, rollback_db=0.0, **extra)
     return (k if channels is None else channels), (d if layers is None else layers), fit
 
 

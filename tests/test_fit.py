@@ -5,7 +5,8 @@ from hypothesis import given, strategies as st
 
 from ddcodec.codec import fit_bank
 from ddcodec.errors import ConfigError
-from ddcodec.fit import STOP_EVERY, FitConfig, default_lr, mse_per_image
+from ddcodec.fit import ROLLBACK_EVERY, STOP_EVERY, FitConfig, default_lr, mse_per_image, optimise
+from ddcodec.nets import Architecture, build, seeded_input
 
 
 @given(st.integers(1, 1023))
@@ -39,3 +40,51 @@ def test_early_stop_ends_the_fit_once_the_loss_reaches_stop_mse():
 def test_stop_mse_out_of_range_is_a_config_error():
     with pytest.raises(ConfigError):
         FitConfig(stop_mse=1.5)
+
+
+def _bank_fit(rollback_db, blow_up_at=None, iters=2 * ROLLBACK_EVERY):
+    """Two members fitted to two images; at step blow_up_at member 0's weights are thrown far
+    off (what a blow-up at a high learning rate does). Returns (best losses, final weights)."""
+    yy, xx = np.mgrid[0:16, 0:24] / 24.0
+    imgs = [np.stack([np.sin(f * xx + g * yy) for g in (1, 2, 3)], -1) * 0.4 + 0.5 for f in (2, 5)]
+    imgs = [np.round(im * 255).astype(np.uint8) for im in imgs]  # smooth: a fit keeps improving
+    arch = Architecture(channels=4, layers=3)
+    model = build(arch, [0, 1])
+    z = torch.stack([seeded_input(arch, 16, 24, s) for s in (0, 1)])
+    target = torch.from_numpy(np.stack([im.transpose(2, 0, 1) for im in imgs])).float() / 255
+    step = [0]
+
+    def transform(params):
+        step[0] += 1
+        if step[0] == blow_up_at:
+            with torch.no_grad():
+                for p in params:
+                    p[0].mul_(-40.0)
+        return params
+
+    best = optimise(model, z, lambda o: mse_per_image(o, target), iters, 0.05,
+                    transform=transform, rollback_db=rollback_db)
+    return best, [t.detach().clone() for _, t in model.named_tensors()]
+
+
+def test_rollback_returns_a_blown_up_member_to_its_best_and_fits_on_from_there():
+    # blown up 10 steps before the check at ROLLBACK_EVERY: the member with rollback goes on
+    # improving from its best; without it, the best stays the one from before the blow-up
+    with_rb, w_rb = _bank_fit(3.0, blow_up_at=ROLLBACK_EVERY - 10)
+    without, w_no = _bank_fit(0.0, blow_up_at=ROLLBACK_EVERY - 10)
+    assert with_rb[0] < without[0] * 0.99
+    # the other member's fit is untouched by its neighbour's rollback
+    assert with_rb[1] == without[1]
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(w_rb, w_no))
+
+
+def test_rollback_never_fires_in_an_ordinary_fit():
+    with_rb, w_rb = _bank_fit(3.0)
+    without, w_no = _bank_fit(0.0)
+    assert torch.equal(with_rb, without)
+    assert all(torch.equal(a, b) for a, b in zip(w_rb, w_no))
+
+
+def test_rollback_out_of_range_is_a_config_error():
+    with pytest.raises(ConfigError):
+        FitConfig(rollback_db=-1.0)
