@@ -65,7 +65,7 @@ def run_ddcodec(images: dict, points, args, out_dir: Path, rows_file: Path, have
     on a Ray cluster (--ray), each .ddc written as its bank finishes and scored as it lands."""
     from ddcodec.collection import Settings, encode_many, serial_runner
     name_ = ours(args.iters)
-    files = out_dir / ("ddc" if name_ == "ddcodec" else f"ddc-{args.iters}it")
+    files = out_dir / name_.replace("ddcodec", "ddc")  # ddc/ or ddc-6000it/
     sources = _image_files(images, args, out_dir)
     tasks, labels = [], {}
     for bpp in points:
