@@ -2,8 +2,9 @@
 
 Adam is elementwise and the loss is a sum of per-image means, so the B fits in a bank are
 independent: the same result as B separate runs, at one launch per op instead of B.
-The loop keeps each member's best iterate (the loss can spike late with lr 0.01), and the
-same loop serves quantization-aware fine-tuning, with rounding applied through a transform.
+The loop keeps each member's best iterate (the loss can spike), sends a member that blows up
+back to it (rollback_db), and serves quantization-aware fine-tuning too, with rounding applied
+through a transform.
 """
 import contextlib
 import math
