@@ -3,10 +3,11 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from ddcodec.codec import fit_bank
+from ddcodec.codec import encode, fit_bank
 from ddcodec.errors import ConfigError
-from ddcodec.fit import ROLLBACK_EVERY, STOP_EVERY, FitConfig, default_lr, mse_per_image, optimise
+from ddcodec.fit import ADAM_BETA1, BETA1_COMPRESSION, ROLLBACK_EVERY, STOP_EVERY, FitConfig, default_lr, mse_per_image, optimise
 from ddcodec.nets import Architecture, build, seeded_input
+from ddcodec.quant import QuantConfig
 
 
 @given(st.integers(1, 1023))
@@ -88,3 +89,33 @@ def test_rollback_never_fires_in_an_ordinary_fit():
 def test_rollback_out_of_range_is_a_config_error():
     with pytest.raises(ConfigError):
         FitConfig(rollback_db=-1.0)
+
+
+def test_compression_fits_use_less_momentum_and_restoration_keeps_adams():
+    assert FitConfig().beta1_for(compression=True) == BETA1_COMPRESSION == 0.8
+    assert FitConfig().beta1_for(compression=False) == ADAM_BETA1 == 0.9
+    assert FitConfig(beta1=0.5).beta1_for(True) == FitConfig(beta1=0.5).beta1_for(False) == 0.5
+
+
+def test_an_encode_fits_and_fine_tunes_at_the_compression_beta1():
+    img = _noisy(16, 24)
+    q = QuantConfig(qat_iters=20)
+    fit = dict(iters=30, seed=3)
+    default = encode(img, 4, 3, FitConfig(**fit), q, device="cpu").data
+    assert encode(img, 4, 3, FitConfig(beta1=BETA1_COMPRESSION, **fit), q, device="cpu").data == default
+    assert encode(img, 4, 3, FitConfig(beta1=ADAM_BETA1, **fit), q, device="cpu").data != default
+    # the fine-tuning keeps the fit's momentum: a bank fitted at 0.9 fine-tunes at 0.9
+    bank = fit_bank([img], 4, 3, FitConfig(beta1=ADAM_BETA1, **fit), device="cpu")
+    assert bank.beta1 == ADAM_BETA1
+
+
+def test_restoration_fits_at_adams_own_beta1():
+    from ddcodec.restore import _config
+    for task in ("denoise", "inpaint", "superres"):
+        assert _config(task, "deep-decoder", None, None, None, 0, None)[2].beta1_for(True) == ADAM_BETA1
+
+
+@pytest.mark.parametrize("beta1", [-0.1, 1.0])
+def test_beta1_out_of_range_is_a_config_error(beta1):
+    with pytest.raises(ConfigError):
+        FitConfig(beta1=beta1)
