@@ -20,6 +20,8 @@ class FitProgress:
         self.quiet = quiet
         self.offset = 0  # iterations of the banks already finished
         self.stage, self.stage_base, self.stage_total = None, 0, 0  # within the current bank
+        self.stage_done = 0  # the current stage's last reported iteration
+        self.done = 0  # iterations counted over all banks and stages
         self.bar = None
         self.warned = False
         self.first = None  # (time, iterations) at the first report
@@ -35,17 +37,25 @@ class FitProgress:
         return False
 
     def next_bank(self):
-        ran = self.stage_base + self.stage_total  # what this bank's stages actually counted
-        self.offset += ran or self.per_bank
+        self._end_stage()
+        self.offset += self.stage_base or self.per_bank  # what this bank's stages counted
         self.stage, self.stage_base, self.stage_total = None, 0, 0
+
+    def _end_stage(self):
+        # a stage that stopped early (the discrepancy stop ends a denoising fit before its
+        # cap) gives its unused iterations back, so the bar does not jump over them
+        self.stage_base += self.stage_done
+        self._shrink(self.stage_total - self.stage_done)
+        self.stage_total = self.stage_done = 0
 
     def update(self, stage: str, it: int, total: int, loss: float, psnr: float):
         if stage != self.stage:  # stages (fit, distil, qat) follow each other in one bar
-            self.stage_base += self.stage_total
+            self._end_stage()
             self.stage, self.stage_total = stage, total
         if stage == "fit" and total != self.fit_iters and self.offset == 0:
             self._resize(total)  # e.g. the denoising stopping rule chose the iterations
-        done = self.offset + self.stage_base + it
+        self.stage_done = it
+        done = self.done = self.offset + self.stage_base + it
         if self.bar is not None and done > self.bar.total:
             self.bar.total = done
         if stage == "fit" and not self.quiet and not self.warned:
@@ -53,6 +63,13 @@ class FitProgress:
         if self.bar is not None:
             self.bar.update(done - self.bar.n)
             self.bar.set_postfix_str(f"{stage} loss {loss:.2e} PSNR {psnr:.2f} dB", refresh=False)
+
+    def _shrink(self, n: int):
+        if n > 0:
+            self.total -= n
+            if self.bar is not None:
+                self.bar.total = max(self.total, self.bar.n)
+                self.bar.refresh()
 
     def _resize(self, fit_iters: int):
         self.per_bank += fit_iters - self.fit_iters

@@ -1,4 +1,5 @@
-"""The slow-encode note: timed after the first report, so start-up costs do not inflate it."""
+"""The progress bar: its slow-encode note (timed after the first report, so start-up costs do not
+inflate it) and its count across stages and banks."""
 from ddcodec import FitConfig, QuantConfig
 from ddcodec_cli import progress
 
@@ -22,3 +23,25 @@ def test_a_slow_fit_gets_a_note_with_its_duration(monkeypatch, capsys):
     times = [1.0 * i for i in range(1, 7)]  # 0.1 s per iteration: ~6 min
     err = _run(monkeypatch, capsys, times)
     assert "note: this encode will take about 6 min" in err
+
+
+def test_a_fit_that_stops_early_gives_its_unused_iterations_back():
+    # the discrepancy stop ends a denoising fit at 520 of its 2,000 cap; the distillation's
+    # iterations follow on from 520, not from 2,000, and the total shrinks to match
+    bar = progress.FitProgress(FitConfig(iters=2000), QuantConfig(qat_iters=300), quiet=True)
+    for it in range(10, 530, 10):
+        bar.update("fit", it, 2000, 0.01, 20.0)
+    bar.update("distil", 10, 300, 0.01, 20.0)
+    assert bar.done == 530
+    assert bar.total == 520 + 300
+    bar.update("distil", 300, 300, 0.01, 20.0)
+    assert bar.done == bar.total
+
+
+def test_banks_that_run_in_full_count_every_iteration():
+    bar = progress.FitProgress(FitConfig(iters=100), QuantConfig(qat_iters=20), quiet=True, banks=2)
+    for _ in range(2):
+        bar.update("fit", 100, 100, 0.01, 20.0)
+        bar.update("qat", 20, 20, 0.01, 20.0)
+        bar.next_bank()
+    assert bar.offset == bar.total == 240
