@@ -134,15 +134,15 @@ def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitCo
         return reached
 
     compression = arch == "deep-decoder" and deg.mask is None and deg.scale == 1
+    beta1 = fit.beta1_for(compression)
     optimise(model, z, loss_fn, fit.iters, fit.lr_for(channels, compression), fit.lr_floor, input_noise=fit.input_noise,
              progress=_stage(progress, "fit"), noise_seed=fit.seed, mode=fit.precision, compile=fit.compile,
              observe=ema if fit.average else None, stop=stop if fit.stop_mse else None,
-             rollback_db=fit.rollback_for(compression), beta1=fit.beta1_for(compression))
+             rollback_db=fit.rollback_for(compression), beta1=beta1)
     with torch.no_grad():
         float_out = _to_uint8(model(z)[..., :H, :W])
     return FittedBank(model, z, loss_fn, originals, flags, net, fit.seed, (H, W), deg, float_out,
-                      None if ema.value is None else ema.value[..., :H, :W], ran[0],
-                      fit.beta1_for(compression))
+                      None if ema.value is None else ema.value[..., :H, :W], ran[0], beta1)
 
 
 class _Average:

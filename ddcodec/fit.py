@@ -85,9 +85,9 @@ REFERENCE_LR = 0.01  # DIP's and the Deep Decoder paper's rate
 # At lr 0.05 a fit can blow up (kodim02 mini, k=15: 27.2 -> 21.4 dB in one check) and never
 # regain its basin; a blow-up is a jump of several dB, ordinary noise a few tenths.
 ROLLBACK_DB = 3.0
-# Less momentum fits the small compression nets better at lr 0.05: kodak-mini, 8 images,
-# +0.2 dB at 0.5-0.75 bpp, level (within the seed-to-seed spread) at 0.1-0.2 bpp; BD-rate
-# against JPEG -20.1 % -> -21.2 % (benchmarks/NOTES.md).
+# Less momentum fits compression nets better: kodak-mini, 8 images at lr 0.05, +0.2 dB at
+# 0.5-0.75 bpp and level (within the seed-to-seed spread) at 0.1-0.2 bpp, BD-rate against JPEG
+# -20.1 % -> -21.2 %; k=64 at lr 0.01, +0.2 dB for 3 % less rate (benchmarks/NOTES.md).
 BETA1_COMPRESSION, ADAM_BETA1 = 0.8, 0.9
 
 
