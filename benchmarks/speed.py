@@ -100,7 +100,7 @@ def measure(imgs, k, precision, compile_, dev, iters, warmup, quality_iters) -> 
     model = build(arch, seeds).to(dev)  # quality: a fresh fit with the codec's schedule
     fit = FitConfig()
     best = optimise(model, z, loss, quality_iters, fit.lr_for(k), fit.lr_floor,
-                    rollback_db=fit.rollback_for(), beta1=fit.beta1_for(), **opts)
+                    rollback_db=fit.rollback_for(), betas=fit.betas_for(), **opts)
     return {"ms_per_image_iter": ms, "peak_gib": mem, "psnr": float(psnr_from_mse(best).mean())}
 
 

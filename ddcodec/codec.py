@@ -18,7 +18,7 @@ import torch
 from . import bitstream, entropy
 from .degrade import Degradation
 from .errors import ConfigError, ImageError, OutputExistsError
-from .fit import ADAM_BETA1, FitConfig, mse_per_image, optimise
+from .fit import ADAM_BETAS, FitConfig, mse_per_image, optimise
 from .images import check_image, decoded_name, image_bytes, read_image, write_atomic
 from .metrics import bpp as bits_per_pixel, psnr
 from .nets import Architecture, build, param_count, seeded_input, tensor_shapes
@@ -97,7 +97,7 @@ class FittedBank:
     float_out: np.ndarray  # the unquantized network's uint8 output
     average: Optional[torch.Tensor] = None  # [B, c, H, W] in [0, 1]: FitConfig.average's result
     iters: int = 0  # fitting steps run (fewer than FitConfig.iters after an early stop)
-    beta1: float = ADAM_BETA1  # the fit's Adam momentum, which the fine-tuning keeps
+    betas: tuple = ADAM_BETAS  # the fit's Adam decays, which the fine-tuning keeps
 
 
 def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitConfig(),
@@ -134,15 +134,15 @@ def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitCo
         return reached
 
     compression = arch == "deep-decoder" and deg.mask is None and deg.scale == 1
-    beta1 = fit.beta1_for(compression)
+    betas = fit.betas_for(compression)
     optimise(model, z, loss_fn, fit.iters, fit.lr_for(channels, compression), fit.lr_floor, input_noise=fit.input_noise,
              progress=_stage(progress, "fit"), noise_seed=fit.seed, mode=fit.precision, compile=fit.compile,
              observe=ema if fit.average else None, stop=stop if fit.stop_mse else None,
-             rollback_db=fit.rollback_for(compression), beta1=beta1)
+             rollback_db=fit.rollback_for(compression), betas=betas)
     with torch.no_grad():
         float_out = _to_uint8(model(z)[..., :H, :W])
     return FittedBank(model, z, loss_fn, originals, flags, net, fit.seed, (H, W), deg, float_out,
-                      None if ema.value is None else ema.value[..., :H, :W], ran[0], beta1)
+                      None if ema.value is None else ema.value[..., :H, :W], ran[0], betas)
 
 
 class _Average:
@@ -183,7 +183,7 @@ def quantize_bank(bank: FittedBank, quant: QuantConfig = QuantConfig(), progress
     before = [t.detach().clone() for _, t in model.named_tensors()] if rate_bound else None
     optimise(model, z, loss_fn, quant.qat_iters, quant.qat_lr,
              transform=lambda p: straight_through(p, steps), progress=_stage(progress, "qat"),
-             beta1=bank.beta1)
+             betas=bank.betas)
     results = []
     for b, img in enumerate(bank.originals):
         data = write(b, codes[:, b])

@@ -17,7 +17,7 @@ import torch
 from .codec import EncodeResult, _as_array, _to_uint8, decode, fit_bank, quantize_bank
 from .degrade import Degradation, denoise_iterations, estimate_sigma, mask_from_image
 from .errors import ConfigError
-from .fit import ADAM_BETA1, REFERENCE_LR, FitConfig, mse_per_image, optimise
+from .fit import ADAM_BETAS, REFERENCE_LR, FitConfig, mse_per_image, optimise
 from .quant import QuantConfig
 
 DEFAULTS = {  # arch -> (channels, layers, iterations for inpainting / super-resolution)
@@ -54,9 +54,9 @@ def _config(task, arch, channels, layers, iters, seed, lr, stop_mse=0.0):
     k, d, default_iters = DEFAULTS[arch]
     noise = SKIP_INPUT_NOISE[task] if arch == "skip" else 0.0
     extra = dict(average=DENOISE_AVERAGE, lr_floor=1.0, stop_mse=stop_mse) if task == "denoise" else {}
-    # no rollback, Adam's own momentum: the stopping rules and the figures were measured so
+    # no rollback, Adam's own betas: the stopping rules and the figures were measured so
     fit = FitConfig(iters=iters or default_iters, lr=lr, seed=seed, input_noise=noise, rollback_db=0.0,
-                    beta1=ADAM_BETA1, **extra)
+                    beta1=ADAM_BETAS[0], beta2=ADAM_BETAS[1], **extra)
     return (k if channels is None else channels), (d if layers is None else layers), fit
 
 

@@ -5,7 +5,7 @@ from hypothesis import given, strategies as st
 
 from ddcodec.codec import encode, fit_bank
 from ddcodec.errors import ConfigError
-from ddcodec.fit import ADAM_BETA1, BETA1_COMPRESSION, ROLLBACK_EVERY, STOP_EVERY, FitConfig, default_lr, mse_per_image, optimise
+from ddcodec.fit import ADAM_BETAS, BETA1_COMPRESSION, BETA2_COMPRESSION, ROLLBACK_EVERY, STOP_EVERY, FitConfig, default_lr, mse_per_image, optimise
 from ddcodec.nets import Architecture, build, seeded_input
 from ddcodec.quant import QuantConfig
 
@@ -91,31 +91,36 @@ def test_rollback_out_of_range_is_a_config_error():
         FitConfig(rollback_db=-1.0)
 
 
-def test_compression_fits_use_less_momentum_and_restoration_keeps_adams():
-    assert FitConfig().beta1_for(compression=True) == BETA1_COMPRESSION == 0.8
-    assert FitConfig().beta1_for(compression=False) == ADAM_BETA1 == 0.9
-    assert FitConfig(beta1=0.5).beta1_for(True) == FitConfig(beta1=0.5).beta1_for(False) == 0.5
+def test_compression_fits_use_their_own_betas_and_restoration_keeps_adams():
+    assert FitConfig().betas_for(compression=True) == (BETA1_COMPRESSION, BETA2_COMPRESSION) == (0.8, 0.99)
+    assert FitConfig().betas_for(compression=False) == ADAM_BETAS == (0.9, 0.999)
+    assert FitConfig(beta1=0.5).betas_for(True) == (0.5, 0.99)
+    assert FitConfig(beta2=0.9).betas_for(False) == (0.9, 0.9)
 
 
-def test_an_encode_fits_and_fine_tunes_at_the_compression_beta1():
+@pytest.mark.parametrize("field", ["beta1", "beta2"])
+def test_an_encode_fits_and_fine_tunes_at_the_compression_betas(field):
     img = _noisy(16, 24)
     q = QuantConfig(qat_iters=20)
     fit = dict(iters=30, seed=3)
     default = encode(img, 4, 3, FitConfig(**fit), q, device="cpu").data
-    assert encode(img, 4, 3, FitConfig(beta1=BETA1_COMPRESSION, **fit), q, device="cpu").data == default
-    assert encode(img, 4, 3, FitConfig(beta1=ADAM_BETA1, **fit), q, device="cpu").data != default
-    # the fine-tuning keeps the fit's momentum: a bank fitted at 0.9 fine-tunes at 0.9
-    bank = fit_bank([img], 4, 3, FitConfig(beta1=ADAM_BETA1, **fit), device="cpu")
-    assert bank.beta1 == ADAM_BETA1
+    same = dict(beta1=BETA1_COMPRESSION, beta2=BETA2_COMPRESSION)
+    assert encode(img, 4, 3, FitConfig(**same, **fit), q, device="cpu").data == default
+    adams = {field: ADAM_BETAS[0 if field == "beta1" else 1]}
+    assert encode(img, 4, 3, FitConfig(**adams, **fit), q, device="cpu").data != default
+    # the fine-tuning keeps the fit's betas
+    bank = fit_bank([img], 4, 3, FitConfig(**adams, **fit), device="cpu")
+    assert bank.betas == FitConfig(**adams).betas_for(True) != FitConfig().betas_for(True)
 
 
-def test_restoration_fits_at_adams_own_beta1():
+def test_restoration_fits_at_adams_own_betas():
     from ddcodec.restore import _config
     for task in ("denoise", "inpaint", "superres"):
-        assert _config(task, "deep-decoder", None, None, None, 0, None)[2].beta1_for(True) == ADAM_BETA1
+        assert _config(task, "deep-decoder", None, None, None, 0, None)[2].betas_for(True) == ADAM_BETAS
 
 
-@pytest.mark.parametrize("beta1", [-0.1, 1.0])
-def test_beta1_out_of_range_is_a_config_error(beta1):
+@pytest.mark.parametrize("field", ["beta1", "beta2"])
+@pytest.mark.parametrize("value", [-0.1, 1.0])
+def test_betas_out_of_range_are_config_errors(field, value):
     with pytest.raises(ConfigError):
-        FitConfig(beta1=beta1)
+        FitConfig(**{field: value})

@@ -27,7 +27,10 @@ def test_folding_the_affine_into_the_next_conv_keeps_the_output(k, d, c, h, w, s
     folded = net.fold()
     stored = sum(t[0].numel() for _, t in folded.named_tensors())
     assert stored == param_count(folded.arch) == d * k * k + (d - 1) * k + c * k + c
-    assert torch.allclose(folded(z), net(z), atol=1e-4)
+    # fp32 rounding: a nearly constant channel is scaled up by 1/sqrt(var + eps), up to ~300x,
+    # so the two orders of operations can differ by ~1e-4 (hypothesis found k=3, d=3, c=1,
+    # 17x5, seed 27); 1e-3 is a quarter of an 8-bit level
+    assert torch.allclose(folded(z), net(z), atol=1e-3)
 
 
 def test_param_count_of_the_paper_default_is_25536():
