@@ -98,9 +98,7 @@ def measure(imgs, k, precision, compile_, dev, iters, warmup, quality_iters) -> 
     ms = (time.perf_counter() - t0) / iters / len(imgs) * 1000
     mem = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None
     model = build(arch, seeds).to(dev)  # quality: a fresh fit with the codec's schedule
-    fit = FitConfig()
-    best = optimise(model, z, loss, quality_iters, fit.lr_for(k), fit.lr_floor,
-                    rollback_db=fit.rollback_for(), betas=fit.betas_for(), **opts)
+    best = optimise(model, z, loss, quality_iters, **FitConfig().schedule(k), **opts)
     return {"ms_per_image_iter": ms, "peak_gib": mem, "psnr": float(psnr_from_mse(best).mean())}
 
 

@@ -134,15 +134,14 @@ def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitCo
         return reached
 
     compression = arch == "deep-decoder" and deg.mask is None and deg.scale == 1
-    betas = fit.betas_for(compression)
-    optimise(model, z, loss_fn, fit.iters, fit.lr_for(channels, compression), fit.lr_floor, input_noise=fit.input_noise,
+    schedule = fit.schedule(channels, compression)
+    optimise(model, z, loss_fn, fit.iters, **schedule, input_noise=fit.input_noise,
              progress=_stage(progress, "fit"), noise_seed=fit.seed, mode=fit.precision, compile=fit.compile,
-             observe=ema if fit.average else None, stop=stop if fit.stop_mse else None,
-             rollback_db=fit.rollback_for(compression), betas=betas)
+             observe=ema if fit.average else None, stop=stop if fit.stop_mse else None)
     with torch.no_grad():
         float_out = _to_uint8(model(z)[..., :H, :W])
     return FittedBank(model, z, loss_fn, originals, flags, net, fit.seed, (H, W), deg, float_out,
-                      None if ema.value is None else ema.value[..., :H, :W], ran[0], betas)
+                      None if ema.value is None else ema.value[..., :H, :W], ran[0], schedule["betas"])
 
 
 class _Average:

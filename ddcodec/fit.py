@@ -74,6 +74,12 @@ class FitConfig:
             return self.rollback_db
         return ROLLBACK_DB if compression else 0.0
 
+    def schedule(self, channels: int, compression: bool = True) -> dict:
+        """optimise's keyword arguments for this recipe: the learning rate and its floor, the
+        rollback and Adam's betas, each by its rule for compression or anything else."""
+        return dict(lr=self.lr_for(channels, compression), lr_floor=self.lr_floor,
+                    rollback_db=self.rollback_for(compression), betas=self.betas_for(compression))
+
     def betas_for(self, compression: bool = True) -> tuple:
         default = (BETA1_COMPRESSION, BETA2_COMPRESSION) if compression else ADAM_BETAS
         return (default[0] if self.beta1 is None else self.beta1,
