@@ -119,7 +119,8 @@ def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitCo
     target = torch.from_numpy(np.stack([_chw(im) for im in imgs])).to(dev).float() / 255
     weight = deg.weight((h, w), dev)
     seeds = [fit.seed] * len(imgs)
-    model = build(net, seeds).to(dev)
+    compression = arch == "deep-decoder" and deg.mask is None and deg.scale == 1
+    model = build(net, seeds, fit.live_first_block_for(compression)).to(dev)
     z = torch.stack([seeded_input(net, H, W, s) for s in seeds]).to(dev)
     loss_fn = lambda out: mse_per_image(deg.apply(out[..., :H, :W]), target, weight)  # noqa: E731
     ema = _Average(fit.average)
@@ -133,7 +134,6 @@ def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitCo
             ran[0] = done
         return reached
 
-    compression = arch == "deep-decoder" and deg.mask is None and deg.scale == 1
     schedule = fit.schedule(channels, compression)
     optimise(model, z, loss_fn, fit.iters, **schedule, input_noise=fit.input_noise,
              progress=_stage(progress, "fit"), noise_seed=fit.seed, mode=fit.precision, compile=fit.compile,

@@ -39,6 +39,9 @@ class FitConfig:
     # Adam's own 0.9 / 0.999 elsewhere (restoration's stopping rules were tuned with them).
     beta1: Optional[float] = None
     beta2: Optional[float] = None
+    # Start the Deep Decoder with every first-block channel alive (nets.DeepDecoder); None: on
+    # when compressing, off elsewhere (restoration's stopping rules were tuned without it).
+    live_first_block: Optional[bool] = None
 
     def __post_init__(self):
         if self.iters < 0 or self.iters > 10_000_000:
@@ -73,6 +76,9 @@ class FitConfig:
         if self.rollback_db is not None:
             return self.rollback_db
         return ROLLBACK_DB if compression else 0.0
+
+    def live_first_block_for(self, compression: bool = True) -> bool:
+        return compression if self.live_first_block is None else self.live_first_block
 
     def schedule(self, channels: int, compression: bool = True) -> dict:
         """optimise's keyword arguments for this recipe: the learning rate and its floor, the

@@ -119,6 +119,21 @@ def test_restoration_fits_at_adams_own_betas():
         assert _config(task, "deep-decoder", None, None, None, 0, None)[2].betas_for(True) == ADAM_BETAS
 
 
+def test_compression_fits_start_with_a_live_first_block_and_restoration_does_not():
+    from ddcodec.restore import _config
+    assert FitConfig().live_first_block_for(True) and not FitConfig().live_first_block_for(False)
+    assert not FitConfig(live_first_block=False).live_first_block_for(True)
+    for task in ("denoise", "inpaint", "superres"):
+        assert not _config(task, "deep-decoder", None, None, None, 0, None)[2].live_first_block_for(True)
+    img = _noisy(16, 24)
+    fit = dict(iters=30, seed=3)
+    default = encode(img, 4, 3, FitConfig(**fit), QuantConfig(qat_iters=20), device="cpu").data
+    assert encode(img, 4, 3, FitConfig(live_first_block=True, **fit), QuantConfig(qat_iters=20),
+                  device="cpu").data == default
+    assert encode(img, 4, 3, FitConfig(live_first_block=False, **fit), QuantConfig(qat_iters=20),
+                  device="cpu").data != default
+
+
 @pytest.mark.parametrize("field", ["beta1", "beta2"])
 @pytest.mark.parametrize("value", [-0.1, 1.0])
 def test_betas_out_of_range_are_config_errors(field, value):

@@ -3,7 +3,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
 from ddcodec.fit import mse_per_image, optimise
-from ddcodec.nets import Architecture, DeepDecoder, param_count, seeded_input, upsample2x
+from ddcodec.nets import Architecture, DeepDecoder, build, param_count, seeded_input, upsample2x
 
 
 @given(st.integers(1, 64), st.integers(1, 8), st.sampled_from([1, 3]))
@@ -84,3 +84,33 @@ def test_skip_net_output_covers_odd_sizes():
     z = seeded_input(arch, 13, 21, 0)[None]
     assert z.shape[1] == 32 and z.shape[2] % 8 == 0
     assert build(arch)(z).shape[-2:] == z.shape[-2:]
+
+
+def _first_block_dead(net, arch, seed):
+    """[k] bools: first-block channels the ReLU zeroes at every pixel of the seeded input."""
+    z = seeded_input(arch, 128, 192, seed)[None]  # kodak-mini size: a 6x4 input
+    w0 = net.weight[0][0]
+    x = F.relu(upsample2x((w0 @ z[0].flatten(1)).view(1, -1, *z.shape[2:])))
+    return x.flatten(2).amax(2)[0] <= 0
+
+
+@given(st.integers(8, 64), st.integers(0, 2**32))
+@settings(deadline=None, max_examples=25)
+def test_live_first_block_flips_the_sign_of_negative_rows_only(k, seed):
+    arch = Architecture(channels=k, layers=3)
+    plain, live = DeepDecoder(arch, (seed,)), build(arch, (seed,), live_first_block=True)
+    w, v = plain.weight[0].detach(), live.weight[0].detach()
+    assert torch.equal(v.abs(), w.abs())  # magnitudes and seeding kept
+    assert (v.sum(2) >= 0).all()
+    flipped = w.sum(2) < 0
+    assert torch.equal(v[flipped], -w[flipped]) and torch.equal(v[~flipped], w[~flipped])
+    for i in range(1, 3):  # only block 0 changes
+        assert torch.equal(live.weight[i], plain.weight[i])
+
+
+def test_torch_init_leaves_first_block_channels_dead_and_the_live_start_none():
+    arch = Architecture(channels=64, layers=6)
+    with torch.no_grad():
+        dead = _first_block_dead(DeepDecoder(arch, (0,)), arch, 0)
+        assert int(dead.sum()) >= 6  # 13 of 64 here; more die in the fit (45-48 % in RD files)
+        assert not _first_block_dead(build(arch, (0,), live_first_block=True), arch, 0).any()
