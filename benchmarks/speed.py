@@ -98,7 +98,7 @@ def measure(imgs, k, precision, compile_, dev, iters, warmup, quality_iters) -> 
     ms = (time.perf_counter() - t0) / iters / len(imgs) * 1000
     mem = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None
     recipe = FitConfig()  # quality: a fresh fit with the codec's start and schedule
-    model = build(arch, seeds, recipe.live_first_block_for(True)).to(dev)
+    model = build(arch, seeds, recipe.live_first_block_for(True, k, z.shape[2] * z.shape[3])).to(dev)
     best = optimise(model, z, loss, quality_iters, **recipe.schedule(k), **opts)
     return {"ms_per_image_iter": ms, "peak_gib": mem, "psnr": float(psnr_from_mse(best).mean())}
 

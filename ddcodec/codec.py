@@ -120,8 +120,9 @@ def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitCo
     weight = deg.weight((h, w), dev)
     seeds = [fit.seed] * len(imgs)
     compression = arch == "deep-decoder" and deg.mask is None and deg.scale == 1
-    model = build(net, seeds, fit.live_first_block_for(compression)).to(dev)
     z = torch.stack([seeded_input(net, H, W, s) for s in seeds]).to(dev)
+    live = fit.live_first_block_for(compression, channels, z.shape[2] * z.shape[3])
+    model = build(net, seeds, live).to(dev)
     loss_fn = lambda out: mse_per_image(deg.apply(out[..., :H, :W]), target, weight)  # noqa: E731
     ema = _Average(fit.average)
     ran = [fit.iters]

@@ -138,7 +138,8 @@ class DeepDecoder(nn.Module):
     gradient and stays dead. At torch's init about half the rows sum below zero (13 of 64
     channels are dead at once for k=64, seed 0, and more die early in the fit): 45-48 % of
     block 0's channels were dead in the kodak-mini RD files. Negating a row keeps its
-    magnitudes and its seeding; after the fit 12 % were dead instead (kodim01-04, 0.5 bpp)."""
+    magnitudes and its seeding; after the fit 12 % were dead instead (kodim01-04, 0.5 bpp).
+    FitConfig.live_first_block_for decides when a fit uses it."""
 
     def __init__(self, arch: Architecture, seeds=(0,), live_first_block: bool = False):
         super().__init__()

@@ -121,10 +121,11 @@ def test_restoration_fits_at_adams_own_betas():
 
 def test_compression_fits_start_with_a_live_first_block_and_restoration_does_not():
     from ddcodec.restore import _config
-    assert FitConfig().live_first_block_for(True) and not FitConfig().live_first_block_for(False)
-    assert not FitConfig(live_first_block=False).live_first_block_for(True)
+    assert FitConfig().live_first_block_for(True, 21, 24) and not FitConfig().live_first_block_for(False, 21, 24)
+    assert not FitConfig(live_first_block=False).live_first_block_for(True, 21, 24)
     for task in ("denoise", "inpaint", "superres"):
-        assert not _config(task, "deep-decoder", None, None, None, 0, None)[2].live_first_block_for(True)
+        fit = _config(task, "deep-decoder", None, None, None, 0, None)[2]
+        assert not fit.live_first_block_for(True, 21, 24)
     img = _noisy(16, 24)
     fit = dict(iters=30, seed=3)
     default = encode(img, 4, 3, FitConfig(**fit), QuantConfig(qat_iters=20), device="cpu").data
@@ -132,6 +133,18 @@ def test_compression_fits_start_with_a_live_first_block_and_restoration_does_not
                   device="cpu").data == default
     assert encode(img, 4, 3, FitConfig(live_first_block=False, **fit), QuantConfig(qat_iters=20),
                   device="cpu").data != default
+
+
+def test_the_live_start_is_off_by_default_when_block_0_has_more_channels_than_input_pixels():
+    assert FitConfig().live_first_block_for(True, 24, 24)
+    assert not FitConfig().live_first_block_for(True, 64, 24)  # k=64 at 192x128: a 6x4 input
+    assert FitConfig().live_first_block_for(True, 64, 384)  # k=64 at 768x512: a 24x16 input
+    assert FitConfig(live_first_block=True).live_first_block_for(True, 64, 24)  # asked for
+    img = _noisy(16, 24)  # d=3: a 4x6 input, 24 pixels
+    fit, q = dict(iters=30, seed=3), QuantConfig(qat_iters=20)
+    wide = encode(img, 32, 3, FitConfig(**fit), q, device="cpu").data
+    assert encode(img, 32, 3, FitConfig(live_first_block=False, **fit), q, device="cpu").data == wide
+    assert encode(img, 32, 3, FitConfig(live_first_block=True, **fit), q, device="cpu").data != wide
 
 
 @pytest.mark.parametrize("field", ["beta1", "beta2"])
