@@ -58,23 +58,26 @@ def _append(rows_file: Path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
-def ours(iters: int) -> str:
-    """Our curve's name: "ddcodec" at the default recipe, "ddcodec-6000it" at 6,000 iterations."""
-    return "ddcodec" if iters == ddcodec.FitConfig.iters else f"ddcodec-{iters}it"
+def ours(iters: int, tile: str = "auto") -> str:
+    """Our curve's name: "ddcodec" at the default recipe, "ddcodec-6000it" at 6,000 iterations,
+    "ddcodec-whole" with one network per image (--tile none) instead of the default tiles."""
+    name = "ddcodec" if iters == ddcodec.FitConfig.iters else f"ddcodec-{iters}it"
+    return name if tile == "auto" else f"{name}-{'whole' if tile == 'none' else 'tile' + tile}"
 
 
 def run_ddcodec(images: dict, points, args, out_dir: Path, rows_file: Path, have: set) -> None:
     """Encode every rate point through ddcodec.collection: banks of one size, fitted serially or
     on a Ray cluster (--ray), each .ddc written as its bank finishes and scored as it lands."""
     from ddcodec.collection import Settings, encode_many, serial_runner
-    name_ = ours(args.iters)
-    files = out_dir / name_.replace("ddcodec", "ddc")  # ddc/ or ddc-6000it/
+    name_ = ours(args.iters, args.tile)
+    files = out_dir / name_.replace("ddcodec", "ddc")  # ddc/, ddc-6000it/, ddc-whole/
+    tile = ddcodec.tiles.tile_for(args.tile, True)
     sources = _image_files(images, args, out_dir)
     tasks, labels = [], {}
     for bpp in points:
         label = f"bpp{bpp}"
         settings = Settings(None, 6, fit=ddcodec.FitConfig(iters=args.iters),
-                            quant=ddcodec.QuantConfig(target_bpp=bpp), device=args.device)
+                            quant=ddcodec.QuantConfig(target_bpp=bpp), device=args.device, tile=tile)
         pairs = [(sources[n], files / label / f"{n}.ddc") for n in images
                  if (name_, n, label) not in have]
         tasks.append((pairs, settings))
@@ -192,6 +195,8 @@ def main(argv=None):
                     "(instead of --images): split a profile between processes, one per core")
     ap.add_argument("--iters", type=int, default=ddcodec.FitConfig.iters)
     ap.add_argument("--bank", type=int, default=8, help="images fitted at once")
+    ap.add_argument("--tile", default="auto", help="ddcodec's tiles: auto (the codec's default for a "
+                    "rate target, 192x128), none (one network per image, curve ddcodec-whole) or WxH")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                     help="fit the banks on Ray: a local instance, or the cluster at ADDRESS")

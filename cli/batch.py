@@ -8,13 +8,12 @@ from pathlib import Path
 import click
 
 import ddcodec
-from ddcodec import FitConfig, QuantConfig, restore
+from ddcodec import FitConfig, QuantConfig, restore, tiles
 from ddcodec.codec import bank_key
 from ddcodec.collection import IMAGE_SUFFIXES
 from ddcodec.degrade import Degradation, mask_from_image
 from ddcodec.errors import ConfigError, DDCError, ImageError, OutputExistsError
 from ddcodec.images import read_image, write_atomic
-from ddcodec.rate import channels_for_image
 
 from .progress import FitProgress
 
@@ -55,7 +54,7 @@ def _defaults(arch, restoring, channels, layers, bpp=None):
 
 
 def encode_command(images, output, channels, layers, arch, iters, lr, seed, device, quiet, precision, compile_,
-                   max_loss, qat_iters, bpp, psnr, denoise, mask, scale, bank, max_pixels, force, as_json):
+                   max_loss, qat_iters, bpp, psnr, tile, denoise, mask, scale, bank, max_pixels, force, as_json):
     paths = expand(images)
     many = len(paths) > 1 or any(Path(a).is_dir() or glob.has_magic(a) for a in images)
     outs = _outputs(paths, output, many)
@@ -68,6 +67,9 @@ def encode_command(images, output, channels, layers, arch, iters, lr, seed, devi
     deg = Degradation(scale=scale, mask=mask_from_image(read_image(mask)) if mask else None)
     restoring = denoise or mask is not None or scale > 1
     k, d = _defaults(arch, restoring, channels, layers, bpp)
+    tile = tiles.tile_for(tile, k is None)
+    if tile is not None and (restoring or arch != "deep-decoder"):
+        raise ConfigError("--tile applies to compression with the Deep Decoder")
     jobs, failed = [], 0
     for p, o in zip(paths, outs):
         try:  # check outputs and read inputs before any fit: a bad file costs nothing
@@ -87,7 +89,7 @@ def encode_command(images, output, channels, layers, arch, iters, lr, seed, devi
     with FitProgress(fit, quant, quiet or as_json, len(banks)) as bar:
         for group in banks:
             failed += _encode_bank(group, k, d, arch, fit, quant, deg, (iters or 0) if denoise else None,
-                                   device, bar, force, as_json, many)
+                                   device, bar, force, as_json, many, tile)
             bar.next_bank()
     if failed:
         raise DDCError(f"{failed} of {len(paths)} images failed")
@@ -100,16 +102,14 @@ def _banks(jobs, size) -> list:
     return [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]
 
 
-def _encode_bank(group, k, d, arch, fit, quant, deg, denoise, device, bar, force, as_json, many) -> int:
-    if k is None:
-        k = channels_for_image(quant.target_bpp, group[0][2].shape, d)
+def _encode_bank(group, k, d, arch, fit, quant, deg, denoise, device, bar, force, as_json, many, tile) -> int:
     try:
         if denoise is not None:  # the fit of `ddc denoise`: stopping rule, output average, distillation
             results = [restore.denoise(group[0][2], arch, k, d, denoise or None, fit.seed, fit.lr,
                                        device, bar.update, quant).result]
         else:
             results = ddcodec.encode_bank([img for _, _, img in group], k, d, fit, quant, device,
-                                          bar.update, arch, deg)
+                                          bar.update, arch, deg, tile)
         for (src, out, _), res in zip(group, results):
             write_atomic(out, res.data, force, inputs=[src])
             _report(src, out, res, as_json)

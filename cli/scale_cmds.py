@@ -7,9 +7,9 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from ddcodec import FitConfig, QuantConfig
+from ddcodec import FitConfig, QuantConfig, tiles
 from ddcodec.collection import Settings, encode_collection, folder_pairs
-from ddcodec.errors import DDCError
+from ddcodec.errors import ConfigError, DDCError
 from ddcodec.images import MAX_INPUT_PIXELS
 
 
@@ -31,7 +31,7 @@ def register(cli, fit_options, speed_options, rate_options):
     @click.option("--force", is_flag=True, help="Re-encode and replace existing outputs.")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON line per image.")
     def encode_dir(folder, output, channels, layers, arch, iters, lr, seed, device, quiet, precision,
-                   compile_, max_loss, qat_iters, bpp, psnr, bank, ray_address, workers, max_pixels, force, as_json):
+                   compile_, max_loss, qat_iters, bpp, psnr, tile, bank, ray_address, workers, max_pixels, force, as_json):
         """Encode every image under FOLDER (recursively) into OUTPUT, in banks.
 
         Files are written as each bank finishes; a re-run skips every output that exists and
@@ -40,10 +40,13 @@ def register(cli, fit_options, speed_options, rate_options):
         if channels is None and (bpp is None or arch != "deep-decoder"):
             channels = 128 if arch == "skip" else 64  # else None: k per bank from --bpp
         layers = layers if layers is not None else (5 if arch == "skip" else 6)
+        tile = tiles.tile_for(tile, channels is None)
+        if tile is not None and arch != "deep-decoder":
+            raise ConfigError("--tile applies to compression with the Deep Decoder")
         fit = FitConfig(iters=iters, lr=lr, seed=seed, precision=precision, compile=compile_)
         settings = Settings(channels, layers, arch, fit,
                             QuantConfig(max_loss_db=max_loss, qat_iters=qat_iters, target_bpp=bpp,
-                                        target_psnr=psnr), device, max_pixels)
+                                        target_psnr=psnr), device, max_pixels, tile)
         runner = None
         if ray_address is not None:
             from ddcodec.cluster import ray_runner

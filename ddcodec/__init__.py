@@ -4,7 +4,7 @@
     result = ddcodec.encode(image, channels=32)      # image: uint8 array, PIL image or path
     image = ddcodec.decode(result.data)
 """
-from . import restore
+from . import restore, tiles
 from .codec import EncodeResult, decode, decode_file, encode, encode_bank, encode_file, info
 from .errors import DDCError
 from .fit import FitConfig

@@ -6,6 +6,7 @@
 The PSNR that encode() reports is measured by decoding the bytes it produced, so it is the
 PSNR a user gets from decode() (up to float differences between devices, see docs/format.md).
 """
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -15,14 +16,14 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import bitstream, entropy
+from . import bitstream, entropy, tiles
 from .degrade import Degradation
-from .errors import ConfigError, ImageError, OutputExistsError
+from .errors import ConfigError, CorruptError, ImageError, OutputExistsError
 from .fit import ADAM_BETAS, FitConfig, mse_per_image, optimise
 from .images import check_image, decoded_name, image_bytes, read_image, write_atomic
 from .metrics import bpp as bits_per_pixel, psnr
 from .nets import Architecture, build, param_count, seeded_input, tensor_shapes
-from .rate import budgets_for_psnr, budgets_for_rate
+from .rate import budgets_for_psnr, budgets_for_rate, channels_for_image
 from .quant import QuantConfig, dequantize, quantize, search_steps, steps_tensor, straight_through
 
 
@@ -59,20 +60,31 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def encode(image, channels: int = 64, layers: int = 6, fit: FitConfig = FitConfig(),
+def encode(image, channels: Optional[int] = 64, layers: int = 6, fit: FitConfig = FitConfig(),
            quant: QuantConfig = QuantConfig(), device: str = "auto", progress=None,
-           arch: str = "deep-decoder", degradation: Degradation = None) -> EncodeResult:
+           arch: str = "deep-decoder", degradation: Degradation = None, tile=None) -> EncodeResult:
     """Encode one image (uint8 array, PIL image or path) into .ddc bytes.
 
     With a degradation (a mask, a super-resolution scale) the fit sees the image through it,
-    and the file decodes to the restored image (DIP): see ddcodec.degrade and restore()."""
-    return encode_bank([image], channels, layers, fit, quant, device, progress, arch, degradation)[0]
+    and the file decodes to the restored image (DIP): see ddcodec.degrade and restore().
+    With tile=(width, height) the image is coded as a grid of Deep Decoders of about that
+    size, each of width channels (None: from quant.target_bpp): see ddcodec.tiles."""
+    return encode_bank([image], channels, layers, fit, quant, device, progress, arch, degradation, tile)[0]
 
 
-def encode_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitConfig(),
+def encode_bank(images, channels: Optional[int] = 64, layers: int = 6, fit: FitConfig = FitConfig(),
                 quant: QuantConfig = QuantConfig(), device: str = "auto", progress=None,
-                arch: str = "deep-decoder", degradation: Degradation = None) -> list:
-    """Encode B images of one size and channel count as one bank: one fit, B files."""
+                arch: str = "deep-decoder", degradation: Degradation = None, tile=None) -> list:
+    """Encode B images of one size and channel count as one bank: one fit, B files. With a
+    tile size, the images may differ in size: their tiles are banked by size instead."""
+    if tile is not None:
+        if arch != "deep-decoder" or (degradation is not None and (degradation.mask is not None or degradation.scale > 1)):
+            raise ConfigError("tiles apply to compression with the Deep Decoder, not to restoration or --arch skip")
+        return _encode_tiled(images, channels, layers, fit, quant, device, progress, tile)
+    if channels is None:
+        if quant.target_bpp is None:
+            raise ConfigError("channels=None needs a target bpp to choose k from")
+        channels = channels_for_image(quant.target_bpp, _as_array(images[0]).shape, layers)
     t0 = time.perf_counter()
     bank = fit_bank(images, channels, layers, fit, device, progress, arch, degradation)
     results = quantize_bank(bank, quant, progress)
@@ -201,6 +213,39 @@ def quantize_bank(bank: FittedBank, quant: QuantConfig = QuantConfig(), progress
     return results
 
 
+def _encode_tiled(images, channels, layers, fit, quant, device, progress, tile) -> list:
+    """Every image split into its grid; tiles of one size (up to transposition) fitted as one
+    bank, each with its own rate target; each image's tiles packed into one file."""
+    t0 = time.perf_counter()
+    originals = [_as_array(im) for im in images]
+    grids = [tiles.grid_shape(im.shape[0], im.shape[1], tile) for im in originals]
+    groups = {}  # bank key -> [(image index, tile index, tile)]
+    for i, (im, (rows, cols)) in enumerate(zip(originals, grids)):
+        for j, piece in enumerate(tiles.split(im, rows, cols)):
+            groups.setdefault(bank_key(piece.shape), []).append((i, j, np.ascontiguousarray(piece)))
+    coded = {}
+    for members in groups.values():
+        pieces = [p for _, _, p in members]
+        for (i, j, _), r in zip(members, encode_bank(pieces, channels, layers, fit, quant, device, progress)):
+            coded[i, j] = r
+    results = []
+    for i, (im, (rows, cols)) in enumerate(zip(originals, grids)):
+        parts = [coded[i, j] for j in range(rows * cols)]
+        data = parts[0].data if len(parts) == 1 else tiles.pack(im.shape[1], im.shape[0], rows, cols,
+                                                                [r.data for r in parts])
+        decoded = decode(data, device="cpu")
+        # the float PSNR of the whole from the tiles': their MSEs weighted by their pixels
+        mse = sum(r.width * r.height * 10 ** (-r.psnr_float / 10) for r in parts) / (im.shape[0] * im.shape[1])
+        results.append(EncodeResult(
+            data, im.shape[1], im.shape[0], psnr(decoded, im), -10 * math.log10(mse) if mse > 0 else math.inf,
+            bits_per_pixel(len(data), im.shape[1], im.shape[0]), 0.0, parts[0].device,
+            sum(r.params for r in parts), parts[0].arch))
+    seconds = time.perf_counter() - t0
+    for r in results:
+        r.seconds = seconds / len(results)
+    return results
+
+
 def _stage(progress, name):
     return partial(progress, name) if progress else None
 
@@ -256,6 +301,15 @@ def _write_member(model, b, codes, arch, seed, flags, h, w) -> bytes:
 def decode(data: bytes, device: str = "cpu", max_work: int = bitstream.MAX_WORK) -> np.ndarray:
     """.ddc bytes -> uint8 image [H, W, 3] or [H, W]. Raises a FormatError on bad data.
     max_work (k * pixels) bounds the memory the decode may need; larger headers are refused."""
+    if tiles.is_tiled(data):
+        width, height, rows, cols, members = tiles.unpack_members(data, max_work)
+        parts = [decode(m, device, max_work) for m in members]
+        out = np.zeros((height, width) + parts[0].shape[2:], np.uint8)
+        for part, (top, bottom, left, right) in zip(parts, tiles.boxes(height, width, rows, cols)):
+            if part.shape[2:] != out.shape[2:]:
+                raise CorruptError("the tiles of a file differ in their channels")
+            out[top:bottom, left:right] = part
+        return out
     header, model = load_model(data, max_work)
     dev = resolve_device(device)
     h, w = header.height, header.width
@@ -302,6 +356,15 @@ def _as_array(image) -> np.ndarray:
 
 def info(data: bytes) -> dict:
     """The header of a .ddc file as a dict (validated, payload not decoded)."""
+    if tiles.is_tiled(data):
+        width, height, rows, cols, members = tiles.unpack_members(data, bitstream.MAX_WORK)
+        parts = [info(m) for m in members]
+        return {"version": data[4], "width": width, "height": height, "tiles": [cols, rows],
+                "channels": parts[0]["channels"], "arch": parts[0]["arch"], "seed": parts[0]["seed"],
+                "params": sum(p["params"] for p in parts), "bytes": len(data),
+                "payload_bytes": sum(p["payload_bytes"] for p in parts),
+                "header_bytes": len(data) - 4 - sum(p["payload_bytes"] for p in parts),
+                "bpp": bits_per_pixel(len(data), width, height), "tile_k": [p["arch"]["channels"] for p in parts]}
     h, payload = bitstream.unpack(data)
     return {"version": data[4], "width": h.width, "height": h.height,
             "channels": h.arch.out_channels, "arch": asdict(h.arch), "seed": h.seed,

@@ -12,13 +12,12 @@ from typing import Callable, Iterable, Optional
 
 from PIL import Image
 
-from . import bitstream
+from . import bitstream, tiles
 from .codec import bank_key, encode_bank
 from .errors import ConfigError, DDCError, FormatError
 from .fit import FitConfig
 from .images import MAX_INPUT_PIXELS, channels_of_mode, read_image, write_atomic
 from .quant import QuantConfig
-from .rate import channels_for_image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"}
 _SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
@@ -34,6 +33,7 @@ class Settings:
     quant: QuantConfig = QuantConfig()
     device: str = "auto"
     max_pixels: int = MAX_INPUT_PIXELS
+    tile: Optional[tuple] = None  # (width, height): each image coded as a grid (ddcodec.tiles)
 
 
 @dataclass(frozen=True)
@@ -81,10 +81,16 @@ def probe(path) -> tuple:
 def verified(output: Path, source_key: Optional[tuple]) -> bool:
     """An existing output counts as done if it parses (CRC included) and has the source's size."""
     try:
-        header, _ = bitstream.unpack(output.read_bytes())
+        data = output.read_bytes()
+        if tiles.is_tiled(data):
+            width, height, _, _, members = tiles.unpack_members(data, bitstream.MAX_WORK)
+            header, _ = bitstream.unpack(members[0])
+        else:
+            header, _ = bitstream.unpack(data)
+            width, height = header.width, header.height
     except (OSError, FormatError):
         return False
-    key = bank_key((header.height, header.width) + (() if header.arch.out_channels == 1 else (3,)))
+    key = bank_key((height, width) + (() if header.arch.out_channels == 1 else (3,)))
     return source_key is None or key == source_key
 
 
@@ -135,14 +141,10 @@ def run_bank(job: BankJob, progress=None) -> list:
         except DDCError as e:
             results.append((src, out, None, str(e), {}))
     for members in readable.values():  # normally one group: the probe predicted the keys
-        k = settings.channels
-        if k is None:
-            if settings.quant.target_bpp is None:
-                raise ConfigError("channels=None needs a target bpp to choose k from")
-            k = channels_for_image(settings.quant.target_bpp, members[0][2].shape, settings.layers)
-        try:
-            encoded = encode_bank([img for _, _, img in members], k, settings.layers,
-                                  settings.fit, settings.quant, settings.device, progress, settings.arch)
+        try:  # channels None: k from the rate target, per bank (or per tile size)
+            encoded = encode_bank([img for _, _, img in members], settings.channels, settings.layers,
+                                  settings.fit, settings.quant, settings.device, progress, settings.arch,
+                                  tile=settings.tile)
             results += [(s, o, r.data, "", r.summary()) for (s, o, _), r in zip(members, encoded)]
         except DDCError as e:
             results += [(s, o, None, str(e), {}) for s, o, _ in members]

@@ -194,3 +194,31 @@ def test_encode_denoise_file_decodes_to_what_ddc_denoise_writes(tmp_path):
 def test_denoise_with_mask_or_scale_is_refused(tmp_path):
     Image.fromarray(small(16, 16)).save(tmp_path / "a.png")
     _one_line_error(run("encode", tmp_path / "a.png", "--denoise", "--scale", "2", "-q"))
+
+
+def test_encode_with_a_bpp_target_tiles_a_large_image_and_decode_puts_it_back(tmp_path):
+    Image.fromarray(small(96, 64)).save(tmp_path / "a.png")
+    res = run("encode", tmp_path / "a.png", "--bpp", "2.0", "--tile", "48x32", "--layers", "4",
+              "--iters", "30", "--qat-iters", "5", "-q", "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output.strip().splitlines()[-1])
+    data = (tmp_path / "a.ddc").read_bytes()
+    assert data[4] == ddcodec.tiles.VERSION and out["bpp"] <= 2.0
+    assert run("decode", tmp_path / "a.ddc").exit_code == 0
+    back = np.asarray(Image.open(tmp_path / "a.decoded.png"))
+    assert back.shape == (64, 96, 3) and abs(psnr(back, small(96, 64)) - out["psnr"]) <= 0.05
+    info = run("info", tmp_path / "a.ddc", "--json")
+    assert json.loads(info.output)["tiles"] == [2, 2]
+
+
+def test_auto_tiles_only_when_the_codec_chooses_k(tmp_path):
+    Image.fromarray(small(96, 64)).save(tmp_path / "a.png")
+    assert run("encode", tmp_path / "a.png", *FAST).exit_code == 0  # -k given: one network
+    assert (tmp_path / "a.ddc").read_bytes()[4] == 3
+
+
+def test_bad_tile_values_and_tiles_with_restoration_are_one_line_errors(tmp_path):
+    Image.fromarray(small(32, 32)).save(tmp_path / "a.png")
+    _one_line_error(run("encode", tmp_path / "a.png", "--tile", "big", *FAST))
+    _one_line_error(run("encode", tmp_path / "a.png", "--tile", "4x4", *FAST))
+    _one_line_error(run("encode", tmp_path / "a.png", "--tile", "16x16", "--denoise", "-q"))

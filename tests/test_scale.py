@@ -85,3 +85,15 @@ def test_ray_flag_without_ray_gives_a_one_line_hint(tmp_path, monkeypatch):
     r = CliRunner().invoke(cli, ["encode-dir", str(src), "-o", str(tmp_path / "out"), "--ray", *CLI_FIT])
     assert r.exit_code == 1
     assert r.output.strip().splitlines() == ["ddc: error: --ray needs Ray: pip install 'ddcodec[ray]'"]
+
+
+def test_a_rerun_skips_tiled_outputs_that_verify(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(small(64, 48)).save(src / "a.png")
+    tiled = Settings(channels=4, layers=3, fit=FitConfig(iters=20), quant=QuantConfig(qat_iters=2), device="cpu",
+                     tile=(32, 24))
+    first = encode_collection(folder_pairs(src, tmp_path / "out"), tiled)
+    assert [o.status for o in first] == ["written"] and (tmp_path / "out" / "a.ddc").read_bytes()[4] == 4
+    again = encode_collection(folder_pairs(src, tmp_path / "out"), tiled)
+    assert [o.status for o in again] == ["skipped"]

@@ -1,0 +1,132 @@
+"""Tiled files: a large image coded as a grid of small Deep Decoders (format version 4).
+
+One Deep Decoder for a whole photo must spend its weights as k^2 per block, so at a fixed
+bpp its width grows only as the square root of the pixel count, and the gap to JPEG widened
+from 192x128 to 384x256 (benchmarks/NOTES.md). A grid of tiles keeps each network at the size
+where the prior works best, spends the bits where each tile needs them, and fits faster: the
+work per step goes as k * pixels, and each tile's k is half the whole image's.
+
+The grid is the even split of the image into cols x rows tiles, from integer arithmetic alone,
+so the decoder needs only the four numbers in the header. Each tile is an ordinary .ddc member
+(version 2 or 3) without its magic and CRC: the container's CRC covers them all.
+"""
+import struct
+import zlib
+
+from .bitstream import MAGIC, MAX_PIXELS, MAX_SIDE, _Reader, _uvarint, unpack
+from .errors import ConfigError, CorruptError, NotDDCError, TruncatedError
+
+VERSION = 4
+TILE = (192, 128)  # (width, height) of the auto tile: kodak-mini's size, where the prior was tuned
+MAX_TILES = 1 << 12
+_MEMBER_VERSIONS = (2, 3)
+
+
+def tile_for(spec: str, rate_chooses_k: bool):
+    """A --tile option -> (width, height) or None. "auto" tiles only where the codec chooses k
+    from a rate target: a k the user gave is the width of one network for the whole image."""
+    spec = str(spec).strip().lower()
+    if spec == "none":
+        return None
+    if spec == "auto":
+        return TILE if rate_chooses_k else None
+    try:
+        w, h = (int(v) for v in spec.split("x"))
+    except ValueError:
+        raise ConfigError(f"--tile takes WxH (e.g. 192x128), auto or none, not {spec!r}") from None
+    if w < 8 or h < 8:
+        raise ConfigError(f"tiles of {w}x{h} are too small (at least 8x8)")
+    return w, h
+
+
+def grid_shape(height: int, width: int, tile=TILE) -> tuple:
+    """(rows, cols) of the grid for an image: tiles as close to tile's size as an even split
+    allows. tile is (width, height) for a landscape image; portrait images use it turned."""
+    tw, th = tile if width >= height else tile[::-1]
+    if tw < 1 or th < 1:
+        raise ConfigError(f"tile size {tile} must be positive")
+    rows, cols = max(1, round(height / th)), max(1, round(width / tw))
+    if rows * cols > MAX_TILES:
+        raise ConfigError(f"{cols}x{rows} tiles of {tw}x{th} exceed the reader's limit of {MAX_TILES}")
+    return rows, cols
+
+
+def edges(size: int, parts: int) -> list:
+    """Where an even split of size into parts puts its boundaries: parts + 1 integers."""
+    return [i * size // parts for i in range(parts + 1)]
+
+
+def boxes(height: int, width: int, rows: int, cols: int) -> list:
+    """(top, bottom, left, right) of every tile, row by row."""
+    ys, xs = edges(height, rows), edges(width, cols)
+    return [(ys[i], ys[i + 1], xs[j], xs[j + 1]) for i in range(rows) for j in range(cols)]
+
+
+def split(img, rows: int, cols: int) -> list:
+    """An image array -> its tiles (views), row by row."""
+    return [img[t:b, l:r] for t, b, l, r in boxes(img.shape[0], img.shape[1], rows, cols)]
+
+
+def is_tiled(data: bytes) -> bool:
+    return len(data) > len(MAGIC) and data[:len(MAGIC)] == MAGIC and data[len(MAGIC)] == VERSION
+
+
+def pack(width: int, height: int, rows: int, cols: int, members: list) -> bytes:
+    """Complete .ddc files, one per tile (row by row) -> one version-4 file."""
+    if len(members) != rows * cols:
+        raise ConfigError(f"{len(members)} tiles for a {cols}x{rows} grid")
+    out = bytearray(MAGIC) + bytes([VERSION])
+    for v in (width, height, cols, rows):
+        out += _uvarint(v)
+    for m in members:
+        body = m[len(MAGIC):-4]  # version byte, header, payload: the container's CRC covers it
+        out += _uvarint(len(body)) + body
+    return bytes(out) + struct.pack("<I", zlib.crc32(out))
+
+
+def unpack_members(data: bytes, max_work: int) -> tuple:
+    """A version-4 file -> (width, height, rows, cols, [member .ddc files]), every field and the
+    CRC checked before any member is decoded; each member is then checked as a file of its own."""
+    data = bytes(data)
+    if not is_tiled(data):
+        raise NotDDCError("not a tiled .ddc file")
+    if len(data) < len(MAGIC) + 1 + 4:
+        raise TruncatedError(f"truncated: {len(data)} bytes is shorter than a tiled .ddc header")
+    crc_ok = zlib.crc32(data[:-4]) == struct.unpack("<I", data[-4:])[0]
+    r = _Reader(data, len(MAGIC) + 1, len(data) - 4)
+
+    def uvarint(what):
+        try:
+            return r.uvarint(what)
+        except TruncatedError:
+            if crc_ok:  # whole, yet its fields run past the end: written wrong, not cut short
+                raise CorruptError(f"{what} runs past the end of the file") from None
+            raise
+
+    width, height, cols, rows = (uvarint(w) for w in ("width", "height", "columns", "rows"))
+    if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE and width * height <= MAX_PIXELS):
+        raise CorruptError(f"image size {width}x{height} exceeds the reader's limits")
+    if not (1 <= cols <= width and 1 <= rows <= height and rows * cols <= MAX_TILES):
+        raise CorruptError(f"bad tile grid {cols}x{rows} for {width}x{height}")
+    bodies = []
+    for i in range(rows * cols):
+        n = uvarint(f"tile {i}'s length")
+        if n > r.end - r.pos:
+            raise (CorruptError if crc_ok else TruncatedError)(f"truncated: tile {i} runs past the end")
+        bodies.append(r.fixed(n, f"tile {i}"))
+    if r.pos != r.end:
+        raise CorruptError(f"{r.end - r.pos} unexpected bytes after the last tile")
+    if not crc_ok:
+        raise CorruptError("CRC mismatch: the file is corrupted")
+    members = []
+    for i, (body, (top, bottom, left, right)) in enumerate(zip(bodies, boxes(height, width, rows, cols))):
+        if not body or body[0] not in _MEMBER_VERSIONS:
+            raise CorruptError(f"tile {i} is not a version-2 or -3 member")
+        member = MAGIC + body
+        member += struct.pack("<I", zlib.crc32(member))
+        h, _ = unpack(member, max_work)  # every bound of a plain file, per tile
+        if (h.width, h.height) != (right - left, bottom - top):
+            raise CorruptError(f"tile {i} is {h.width}x{h.height}, its place in the grid "
+                               f"{right - left}x{bottom - top}")
+        members.append(member)
+    return width, height, rows, cols, members

@@ -1,0 +1,132 @@
+"""Tiled files (format version 4): the grid, the container, and encode/decode through it."""
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import ddcodec
+import ddcodec.rate
+from ddcodec import tiles
+from ddcodec.degrade import Degradation
+from ddcodec.errors import ConfigError, CorruptError, FormatError
+from ddcodec.metrics import psnr
+
+from .conftest import FAST_FIT, FAST_QUANT, small
+
+FIT_TINY = ddcodec.FitConfig(iters=20)
+
+
+@given(st.integers(1, 3000), st.integers(1, 3000), st.integers(64, 400), st.integers(64, 400))
+@settings(deadline=None)
+def test_tile_boxes_cover_every_pixel_once_with_sizes_within_one(height, width, tw, th):
+    rows, cols = tiles.grid_shape(height, width, (tw, th))
+    cover = np.zeros((height, width), np.int32)
+    sizes = set()
+    for top, bottom, left, right in tiles.boxes(height, width, rows, cols):
+        cover[top:bottom, left:right] += 1
+        sizes.add((bottom - top, right - left))
+    assert (cover == 1).all()
+    assert max(h for h, _ in sizes) - min(h for h, _ in sizes) <= 1
+    assert max(w for _, w in sizes) - min(w for _, w in sizes) <= 1
+
+
+def test_a_grid_the_reader_would_refuse_is_refused_before_the_fit():
+    with pytest.raises(ConfigError):
+        tiles.grid_shape(4096, 4096, (8, 8))
+
+
+def test_portrait_images_take_the_tile_turned():
+    assert tiles.grid_shape(512, 768, (192, 128)) == (4, 4)
+    assert tiles.grid_shape(768, 512, (192, 128)) == (4, 4)  # 128 wide, 192 high
+    assert tiles.grid_shape(100, 100, (192, 128)) == (1, 1)
+
+
+@given(st.integers(1, 4), st.integers(1, 4))
+@settings(deadline=None, max_examples=20)
+def test_container_round_trips_its_members(ddc_bytes, rows, cols):
+    h = ddcodec.info(ddc_bytes)
+    data = tiles.pack(h["width"] * cols, h["height"] * rows, rows, cols, [ddc_bytes] * (rows * cols))
+    assert tiles.unpack_members(data, 1 << 28) == (h["width"] * cols, h["height"] * rows, rows, cols,
+                                                   [ddc_bytes] * (rows * cols))
+
+
+def _with_crc(body: bytes) -> bytes:
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def test_a_member_that_does_not_fit_its_place_is_corruption(ddc_bytes):
+    h = ddcodec.info(ddc_bytes)
+    data = tiles.pack(h["width"] * 2 + 1, h["height"], 1, 2, [ddc_bytes] * 2)
+    with pytest.raises(CorruptError):
+        ddcodec.decode(data)
+
+
+def test_a_tiled_member_inside_a_tiled_file_is_corruption(ddc_bytes):
+    h = ddcodec.info(ddc_bytes)
+    inner = tiles.pack(h["width"], h["height"], 1, 1, [ddc_bytes])
+    with pytest.raises(CorruptError):
+        ddcodec.decode(tiles.pack(h["width"], h["height"], 1, 1, [inner]))
+
+
+@pytest.fixture(scope="module")
+def tiled():
+    img = small(96, 64)
+    res = ddcodec.encode(img, channels=6, fit=FAST_FIT, quant=FAST_QUANT, device="cpu", tile=(48, 32))
+    return img, res
+
+
+def test_tiled_encode_writes_a_grid_that_decodes_to_its_reported_psnr(tiled):
+    img, res = tiled
+    assert res.data[4] == tiles.VERSION
+    out = ddcodec.decode(res.data)
+    assert out.shape == img.shape
+    assert res.psnr == pytest.approx(psnr(out, img))
+    assert res.bpp == 8 * len(res.data) / (96 * 64)
+    meta = ddcodec.info(res.data)
+    assert meta["tiles"] == [2, 2] and meta["tile_k"] == [6] * 4 and meta["params"] == res.params
+
+
+def test_tiled_decode_is_its_members_decodes_put_side_by_side(tiled):
+    _, res = tiled
+    width, height, rows, cols, members = tiles.unpack_members(res.data, 1 << 28)
+    out = ddcodec.decode(res.data)
+    for m, (top, bottom, left, right) in zip(members, tiles.boxes(height, width, rows, cols)):
+        np.testing.assert_array_equal(out[top:bottom, left:right], ddcodec.decode(m))
+
+
+def test_every_truncation_of_a_tiled_file_raises_a_typed_error(tiled):
+    data = tiled[1].data
+    for n in range(0, len(data), 7):
+        with pytest.raises(FormatError):
+            ddcodec.decode(data[:n])
+
+
+@given(st.data())
+@settings(deadline=None, max_examples=60)
+def test_random_byte_flips_in_a_tiled_file_raise_a_typed_error(tiled, data):
+    buf = bytearray(tiled[1].data)
+    for pos in data.draw(st.lists(st.integers(0, len(buf) - 1), min_size=1, max_size=3, unique=True)):
+        buf[pos] ^= data.draw(st.integers(1, 255))
+    with pytest.raises(FormatError):
+        ddcodec.decode(bytes(buf))
+
+
+def test_a_grid_of_one_tile_writes_a_plain_file():
+    img = small(48, 32)
+    res = ddcodec.encode(img, channels=4, fit=FIT_TINY, quant=FAST_QUANT, device="cpu", tile=(48, 32))
+    assert res.data[4] == 3 and ddcodec.decode(res.data).shape == img.shape
+
+
+def test_tiles_with_a_rate_target_pick_k_per_tile_and_keep_to_the_target():
+    img = small(96, 64)
+    res = ddcodec.encode(img, channels=None, fit=FIT_TINY, quant=ddcodec.QuantConfig(target_bpp=1.0, qat_iters=5),
+                         device="cpu", tile=(48, 32))
+    assert res.bpp <= 1.0
+    assert ddcodec.info(res.data)["tile_k"] == [ddcodec.rate.channels_for_image(1.0, (32, 48, 3))] * 4
+
+
+def test_tiles_refuse_restoration():
+    with pytest.raises(ConfigError):
+        ddcodec.encode(small(96, 64), channels=4, device="cpu", tile=(48, 32), degradation=Degradation(scale=2))
