@@ -11,7 +11,7 @@ OUT=${OUT:-benchmarks/results}
 mkdir -p "$OUT"
 if [ -n "${GPU_DRY:-}" ]; then  # the same steps, tiny, on the CPU
   python3 -m pytest -q tests/test_robustness.py -k "gpu or thread" -p no:warnings
-  python3 -m benchmarks.speed --data "$DATA" --iters 3 --warmup 1 --quality-iters 5 --out /tmp/gpu_dry
+  python3 -m benchmarks.speed --data "$DATA" --iters 3 --warmup 1 --quality-iters 5 --dataset --dataset-images 2 --out /tmp/gpu_dry
   exit
 fi
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"

@@ -112,18 +112,22 @@ def fastest_faithful(rows) -> dict:
     return min(ok, key=lambda r: r["ms_per_image_iter"])
 
 
-def dataset_run(images, dev, bank, fit: FitConfig) -> dict:
-    """All images at one rate point with the default recipe, files written: wall clock."""
+def dataset_run(images, dev, bank, fit: FitConfig, bpp=None) -> dict:
+    """All images at one rate point with the default recipe, files written: wall clock. With
+    bpp, the codec's rate-targeted default instead: k from the target, tiles (ddcodec.tiles)."""
     t0 = time.perf_counter()
-    names, total = list(images), 0
+    names, total, db = list(images), 0, 0.0
+    quant = ddcodec.QuantConfig(target_bpp=bpp)
+    kw = dict(channels=None, quant=quant, tile=ddcodec.tiles.TILE) if bpp else {}
     with tempfile.TemporaryDirectory() as d:
         for i in range(0, len(names), bank):
             group = names[i:i + bank]
-            for n, r in zip(group, ddcodec.encode_bank([images[n] for n in group], fit=fit, device=str(dev))):
+            for n, r in zip(group, ddcodec.encode_bank([images[n] for n in group], fit=fit, device=str(dev), **kw)):
                 (Path(d) / f"{n}.ddc").write_bytes(r.data)
                 total += r.bytes
-    return {"images": len(names), "seconds": time.perf_counter() - t0, "bytes": total,
-            "precision": fit.precision, "compile": fit.compile}
+                db += r.psnr
+    return {"images": len(names), "seconds": time.perf_counter() - t0, "bytes": total, "psnr": db / len(names),
+            "target_bpp": bpp, "precision": fit.precision, "compile": fit.compile}
 
 
 def main(argv=None):
@@ -134,6 +138,7 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--quality-iters", type=int, default=0, help="PSNR after this many (default: 3000 GPU, 300 CPU)")
     ap.add_argument("--dataset", action="store_true", help="also encode every image at the default rate point")
+    ap.add_argument("--dataset-images", type=int, default=0, help="on the CPU: the first N images only (0: all)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     a = ap.parse_args(argv)
     dev = ddcodec.codec.resolve_device(a.device)
@@ -162,8 +167,12 @@ def main(argv=None):
     if a.dataset:
         best = fastest_faithful(rows)
         fit = FitConfig(precision=best["precision"], compile=best["compile"])
-        result["dataset"] = dataset_run(load_images(a.data, 1 if gpu else 4), dev, 24 if gpu else 8, fit)
+        dataset = load_images(a.data, 1 if gpu else 4, 0 if gpu else a.dataset_images)
+        result["dataset"] = dataset_run(dataset, dev, 24 if gpu else 8, fit)
         print(result["dataset"])
+        save(result, a.out, tag)
+        result["dataset_tiled"] = dataset_run(dataset, dev, 24 if gpu else 8, fit, bpp=0.5)
+        print(result["dataset_tiled"])
         save(result, a.out, tag)
     print(table(result))
 
@@ -193,6 +202,10 @@ def table(result) -> str:
     if d:
         lines += ["", f"All {d['images']} images encoded at the default rate point ({d['precision']}"
                   f"{' + compile' if d['compile'] else ''}), files written: {d['seconds']:.1f} s wall clock."]
+    d = result.get("dataset_tiled")
+    if d:
+        lines += [f"The same images at --bpp {d['target_bpp']} (k from the target, tiles): {d['seconds']:.1f} s, "
+                  f"mean PSNR {d['psnr']:.2f} dB, {8 * d['bytes'] / 1e3:.0f} kbit in all."]
     return "\n".join(lines)
 
 
