@@ -71,13 +71,13 @@ def run_ddcodec(images: dict, points, args, out_dir: Path, rows_file: Path, have
     from ddcodec.collection import Settings, encode_many, serial_runner
     name_ = ours(args.iters, args.tile)
     files = out_dir / name_.replace("ddcodec", "ddc")  # ddc/, ddc-6000it/, ddc-whole/
-    tile = ddcodec.tiles.tile_for(args.tile, True)
     sources = _image_files(images, args, out_dir)
     tasks, labels = [], {}
     for bpp in points:
         label = f"bpp{bpp}"
         settings = Settings(None, 6, fit=ddcodec.FitConfig(iters=args.iters),
-                            quant=ddcodec.QuantConfig(target_bpp=bpp), device=args.device, tile=tile)
+                            quant=ddcodec.QuantConfig(target_bpp=bpp), device=args.device,
+                            tile=ddcodec.tiles.tile_for(args.tile, bpp))
         pairs = [(sources[n], files / label / f"{n}.ddc") for n in images
                  if (name_, n, label) not in have]
         tasks.append((pairs, settings))
@@ -196,7 +196,7 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=ddcodec.FitConfig.iters)
     ap.add_argument("--bank", type=int, default=8, help="images fitted at once")
     ap.add_argument("--tile", default="auto", help="ddcodec's tiles: auto (the codec's default for a "
-                    "rate target, 192x128), none (one network per image, curve ddcodec-whole) or WxH")
+                    "rate target: 192x128, larger below 0.5 bpp), none (one network per image, curve ddcodec-whole) or WxH")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                     help="fit the banks on Ray: a local instance, or the cluster at ADDRESS")

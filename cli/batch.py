@@ -67,7 +67,7 @@ def encode_command(images, output, channels, layers, arch, iters, lr, seed, devi
     deg = Degradation(scale=scale, mask=mask_from_image(read_image(mask)) if mask else None)
     restoring = denoise or mask is not None or scale > 1
     k, d = _defaults(arch, restoring, channels, layers, bpp)
-    tile = tiles.tile_for(tile, k is None)
+    tile = tiles.tile_for(tile, bpp if k is None else None)
     if tile is not None and (restoring or arch != "deep-decoder"):
         raise ConfigError("--tile applies to compression with the Deep Decoder")
     jobs, failed = [], 0
@@ -86,7 +86,8 @@ def encode_command(images, output, channels, layers, arch, iters, lr, seed, devi
         lr = restore.RESTORE_LR
     fit = FitConfig(iters=iters or FitConfig.iters, lr=lr, seed=seed, precision=precision, compile=compile_)
     quant = QuantConfig(max_loss_db=max_loss, qat_iters=qat_iters, target_bpp=bpp, target_psnr=psnr)
-    with FitProgress(fit, quant, quiet or as_json, len(banks)) as bar:
+    fits = len(banks) if tile is None else sum(tiles.fits_for([j[2].shape for j in g], tile) for g in banks)
+    with FitProgress(fit, quant, quiet or as_json, fits) as bar:
         for group in banks:
             failed += _encode_bank(group, k, d, arch, fit, quant, deg, (iters or 0) if denoise else None,
                                    device, bar, force, as_json, many, tile)

@@ -40,7 +40,7 @@ def register(cli, fit_options, speed_options, rate_options):
         if channels is None and (bpp is None or arch != "deep-decoder"):
             channels = 128 if arch == "skip" else 64  # else None: k per bank from --bpp
         layers = layers if layers is not None else (5 if arch == "skip" else 6)
-        tile = tiles.tile_for(tile, channels is None)
+        tile = tiles.tile_for(tile, bpp if channels is None else None)
         if tile is not None and arch != "deep-decoder":
             raise ConfigError("--tile applies to compression with the Deep Decoder")
         fit = FitConfig(iters=iters, lr=lr, seed=seed, precision=precision, compile=compile_)

@@ -8,7 +8,7 @@ PSNR a user gets from decode() (up to float differences between devices, see doc
 """
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Optional
@@ -172,10 +172,11 @@ class _Average:
         self.value = out.clone() if self.value is None else self.value.mul_(d).add_(out, alpha=1 - d)
 
 
-def quantize_bank(bank: FittedBank, quant: QuantConfig = QuantConfig(), progress=None) -> list:
+def quantize_bank(bank: FittedBank, quant: QuantConfig = QuantConfig(), progress=None, targets=None) -> list:
     """Steps, quantization-aware fine-tuning, entropy coding: a fitted bank -> EncodeResults
     (the second half of encode_bank). It replaces a Deep Decoder's bank.model and bank.arch by
-    their folded form, and changes the weights."""
+    their folded form, and changes the weights. targets: a bpp per member instead of
+    quant.target_bpp for all (the tiles of an image, each with its share of the rate)."""
     if bank.arch.kind == "deep-decoder" and not bank.arch.folded:
         # files hold the folded form (format 3): the same function with k fewer weights per
         # block and one header entry for all biases instead of 2d for the scales and shifts
@@ -186,7 +187,7 @@ def quantize_bank(bank: FittedBank, quant: QuantConfig = QuantConfig(), progress
                                              bank.flags[b], *bank.size)
     budgets = None
     if quant.target_bpp is not None:
-        budgets = budgets_for_rate(model, z, loss_fn, quant, bank.size[0] * bank.size[1], write)
+        budgets = budgets_for_rate(model, z, loss_fn, quant, bank.size[0] * bank.size[1], write, targets)
     elif quant.target_psnr is not None:
         budgets = budgets_for_psnr(model, z, loss_fn, quant.target_psnr)
     codes = search_steps(model, z, loss_fn, quant, budgets)  # [T, B]
@@ -199,7 +200,8 @@ def quantize_bank(bank: FittedBank, quant: QuantConfig = QuantConfig(), progress
     results = []
     for b, img in enumerate(bank.originals):
         data = write(b, codes[:, b])
-        if rate_bound and 8 * len(data) > quant.target_bpp * bank.size[0] * bank.size[1]:
+        target = targets[b] if targets is not None else quant.target_bpp
+        if rate_bound and 8 * len(data) > target * bank.size[0] * bank.size[1]:
             with torch.no_grad():  # fine-tuning moved the integers past the budget: undo it
                 for (_, t), old in zip(model.named_tensors(), before):
                     t[b].copy_(old[b])
@@ -214,20 +216,29 @@ def quantize_bank(bank: FittedBank, quant: QuantConfig = QuantConfig(), progress
 
 
 def _encode_tiled(images, channels, layers, fit, quant, device, progress, tile) -> list:
-    """Every image split into its grid; tiles of one size (up to transposition) fitted as one
-    bank, each with its own rate target; each image's tiles packed into one file."""
+    """Every image split into its grid, each image's tiles packed into one file. With k chosen
+    from a rate target, the rate is allocated between an image's tiles (ddcodec.tiles.allocate,
+    from a short pilot fit), each tile's k follows its share, and tiles of one size and k are
+    fitted as one bank; else every tile is fitted at k = channels, in banks by size."""
     t0 = time.perf_counter()
     originals = [_as_array(im) for im in images]
     grids = [tiles.grid_shape(im.shape[0], im.shape[1], tile) for im in originals]
-    groups = {}  # bank key -> [(image index, tile index, tile)]
-    for i, (im, (rows, cols)) in enumerate(zip(originals, grids)):
-        for j, piece in enumerate(tiles.split(im, rows, cols)):
-            groups.setdefault(bank_key(piece.shape), []).append((i, j, np.ascontiguousarray(piece)))
+    pieces = {(i, j): np.ascontiguousarray(p) for i, (im, (rows, cols)) in enumerate(zip(originals, grids))
+              for j, p in enumerate(tiles.split(im, rows, cols))}
+    targets = None
+    if channels is None:
+        if quant.target_bpp is None:
+            raise ConfigError("channels=None needs a target bpp to choose k from")
+        targets = _tile_targets(pieces, grids, layers, fit, quant.target_bpp, device)
+    groups = {}  # (bank key, k) -> tile keys
+    for key, p in pieces.items():
+        k = channels or channels_for_image(targets[key], p.shape, layers)
+        groups.setdefault((bank_key(p.shape), k), []).append(key)
     coded = {}
-    for members in groups.values():
-        pieces = [p for _, _, p in members]
-        for (i, j, _), r in zip(members, encode_bank(pieces, channels, layers, fit, quant, device, progress)):
-            coded[i, j] = r
+    for (_, k), keys in groups.items():
+        bank = fit_bank([pieces[key] for key in keys], k, layers, fit, device, progress)
+        out = quantize_bank(bank, quant, progress, None if targets is None else [targets[key] for key in keys])
+        coded.update(zip(keys, out))
     results = []
     for i, (im, (rows, cols)) in enumerate(zip(originals, grids)):
         parts = [coded[i, j] for j in range(rows * cols)]
@@ -244,6 +255,27 @@ def _encode_tiled(images, channels, layers, fit, quant, device, progress, tile) 
     for r in results:
         r.seconds = seconds / len(results)
     return results
+
+
+def _tile_targets(pieces: dict, grids, layers, fit: FitConfig, bpp: float, device) -> dict:
+    """Each tile's bpp: a pilot fit of every tile at the image's k for a few hundred steps
+    measures how hard it is; tiles.allocate turns the MSEs into equal-slope shares."""
+    by_key = {}
+    for key, p in pieces.items():
+        by_key.setdefault(bank_key(p.shape), []).append(key)
+    mse = {}
+    pilot = replace(fit, iters=min(fit.iters, tiles.PILOT_ITERS))
+    for keys in by_key.values():
+        shape = pieces[keys[0]].shape
+        bank = fit_bank([pieces[key] for key in keys], channels_for_image(bpp, shape, layers), layers, pilot, device)
+        with torch.no_grad():
+            mse.update(zip(keys, bank.loss_fn(bank.model(bank.z)).double().cpu().numpy()))
+    targets = {}
+    for i, (rows, cols) in enumerate(grids):
+        keys = [(i, j) for j in range(rows * cols)]
+        shares = tiles.allocate([mse[key] for key in keys], [pieces[key].shape[0] * pieces[key].shape[1] for key in keys], bpp)
+        targets.update(zip(keys, shares))
+    return targets
 
 
 def _stage(progress, name):

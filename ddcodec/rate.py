@@ -38,19 +38,20 @@ def channels_for_image(bpp: float, shape, layers: int = 6) -> int:
 
 
 @torch.no_grad()
-def budgets_for_rate(model, z, loss_fn, quant: QuantConfig, pixels: int, write) -> np.ndarray:
-    """[B] PSNR budgets (dB) whose files are the largest within quant.target_bpp.
+def budgets_for_rate(model, z, loss_fn, quant: QuantConfig, pixels: int, write, targets=None) -> np.ndarray:
+    """[B] PSNR budgets (dB) whose files are the largest within quant.target_bpp, or within
+    targets[b] bpp for member b (the tiles of an image each get their share).
 
     write(b, codes_b) -> the bytes bank member b would get with step codes codes_b."""
     sens = sensitivities(model, z)
-    limit = quant.target_bpp * pixels / 8
+    limit = np.asarray(targets if targets is not None else [quant.target_bpp] * z.shape[0]) * pixels / 8
     B = z.shape[0]
     lo = np.full(B, math.log(LOSS_RANGE_DB[0]))
     hi = np.full(B, math.log(LOSS_RANGE_DB[1]))
     fits_at_hi = _fits(model, z, loss_fn, quant, np.exp(hi), sens, write, limit)
     if not fits_at_hi.all():
         weights = sum(t[0].numel() for _, t in model.named_tensors())
-        raise ConfigError(f"cannot reach {quant.target_bpp} bpp with {weights} weights per image; "
+        raise ConfigError(f"cannot reach {np.min(limit) * 8 / pixels:.4g} bpp with {weights} weights per image; "
                           "use a smaller -k")
     if _fits(model, z, loss_fn, quant, np.exp(lo), sens, write, limit).all():
         return np.exp(lo)  # even the finest budget fits: the rate is not the limit
@@ -64,7 +65,7 @@ def budgets_for_rate(model, z, loss_fn, quant: QuantConfig, pixels: int, write) 
 
 def _fits(model, z, loss_fn, quant, loss_db, sens, write, limit) -> np.ndarray:
     codes = search_steps(model, z, loss_fn, quant, loss_db, sens)
-    return np.array([len(write(b, codes[:, b])) <= limit for b in range(z.shape[0])])
+    return np.array([len(write(b, codes[:, b])) <= limit[b] for b in range(z.shape[0])])
 
 
 @torch.no_grad()

@@ -119,14 +119,37 @@ def test_a_grid_of_one_tile_writes_a_plain_file():
     assert res.data[4] == 3 and ddcodec.decode(res.data).shape == img.shape
 
 
-def test_tiles_with_a_rate_target_pick_k_per_tile_and_keep_to_the_target():
-    img = small(96, 64)
-    res = ddcodec.encode(img, channels=None, fit=FIT_TINY, quant=ddcodec.QuantConfig(target_bpp=1.0, qat_iters=5),
-                         device="cpu", tile=(48, 32))
+def test_tiles_with_a_rate_target_keep_to_it_and_give_the_detailed_tile_the_wider_network():
+    img = small(192, 64)
+    img[:, :96] = 128  # the left tile is flat, the right one a photo
+    res = ddcodec.encode(img, channels=None, fit=ddcodec.FitConfig(iters=60),
+                         quant=ddcodec.QuantConfig(target_bpp=1.0, qat_iters=5), device="cpu", tile=(96, 64))
     assert res.bpp <= 1.0
-    assert ddcodec.info(res.data)["tile_k"] == [ddcodec.rate.channels_for_image(1.0, (32, 48, 3))] * 4
+    k_flat, k_photo = ddcodec.info(res.data)["tile_k"]
+    assert k_photo > k_flat
+
+
+@given(st.lists(st.floats(1e-8, 1.0), min_size=1, max_size=20), st.data())
+def test_allocation_keeps_the_mean_rate_and_ranks_tiles_by_their_error(mse, data):
+    pixels = np.array(data.draw(st.lists(st.integers(100_000, 400_000), min_size=len(mse), max_size=len(mse))))
+    bpp = data.draw(st.floats(0.1, 4.0))  # every tile's floor (200 bytes) is below a fifth of its share
+    shares = tiles.allocate(mse, pixels, bpp)
+    assert np.average(shares, weights=pixels) <= bpp * (1 + 1e-6)
+    if max(mse) / min(mse) < 20 ** (1 + tiles.GAMMA) / 2:  # inside the clip range: the whole target is used
+        assert np.average(shares, weights=pixels) == pytest.approx(bpp, rel=1e-6)
+    order = np.lexsort((pixels, mse))
+    assert (np.diff(shares[order]) >= -1e-9 * bpp).all()  # more error, never less rate
+    assert (shares >= bpp * tiles.SHARE_RANGE[0] * (1 - 1e-9)).all()
+    assert (shares <= bpp * tiles.SHARE_RANGE[1] * (1 + 1e-9)).all()
+    assert (shares * pixels / 8 >= tiles.FLOOR_BYTES * (1 - 1e-9)).all()
 
 
 def test_tiles_refuse_restoration():
     with pytest.raises(ConfigError):
         ddcodec.encode(small(96, 64), channels=4, device="cpu", tile=(48, 32), degradation=Degradation(scale=2))
+
+
+def test_fits_for_counts_one_bank_per_tile_size_up_to_transposition():
+    assert tiles.fits_for([(512, 768, 3), (768, 512, 3)], (192, 128)) == 1  # 128x192 tiles, turned
+    assert tiles.fits_for([(65, 97, 3)], (48, 32)) == 4  # 32/33 rows x 48/49 columns
+    assert tiles.fits_for([(64, 96), (64, 96, 3)], (48, 32)) == 2  # grey and colour never share
