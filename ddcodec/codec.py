@@ -114,8 +114,9 @@ class FittedBank:
 
 def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitConfig(),
              device: str = "auto", progress=None, arch: str = "deep-decoder",
-             degradation: Degradation = None) -> FittedBank:
-    """Fit one network per image, all at once (the first half of encode_bank)."""
+             degradation: Degradation = None, stage: str = "fit") -> FittedBank:
+    """Fit one network per image, all at once (the first half of encode_bank). stage names the
+    fit to the progress callback ("pilot" for the tiles' rate allocation)."""
     deg = degradation or Degradation()
     originals = [_as_array(im) for im in images]
     imgs, flags = _orient(originals)
@@ -149,7 +150,7 @@ def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitCo
 
     schedule = fit.schedule(channels, compression)
     optimise(model, z, loss_fn, fit.iters, **schedule, input_noise=fit.input_noise,
-             progress=_stage(progress, "fit"), noise_seed=fit.seed, mode=fit.precision, compile=fit.compile,
+             progress=_stage(progress, stage), noise_seed=fit.seed, mode=fit.precision, compile=fit.compile,
              observe=ema if fit.average else None, stop=stop if fit.stop_mse else None)
     with torch.no_grad():
         float_out = _to_uint8(model(z)[..., :H, :W])
@@ -229,7 +230,7 @@ def _encode_tiled(images, channels, layers, fit, quant, device, progress, tile) 
     if channels is None:
         if quant.target_bpp is None:
             raise ConfigError("channels=None needs a target bpp to choose k from")
-        targets = _tile_targets(pieces, grids, layers, fit, quant.target_bpp, device)
+        targets = _tile_targets(pieces, grids, layers, fit, quant.target_bpp, device, progress)
     groups = {}  # (bank key, k) -> tile keys
     for key, p in pieces.items():
         k = channels or channels_for_image(targets[key], p.shape, layers)
@@ -257,7 +258,7 @@ def _encode_tiled(images, channels, layers, fit, quant, device, progress, tile) 
     return results
 
 
-def _tile_targets(pieces: dict, grids, layers, fit: FitConfig, bpp: float, device) -> dict:
+def _tile_targets(pieces: dict, grids, layers, fit: FitConfig, bpp: float, device, progress=None) -> dict:
     """Each tile's bpp: a pilot fit of every tile at the image's k for a few hundred steps
     measures how hard it is; tiles.allocate turns the MSEs into equal-slope shares."""
     by_key = {}
@@ -267,7 +268,8 @@ def _tile_targets(pieces: dict, grids, layers, fit: FitConfig, bpp: float, devic
     pilot = replace(fit, iters=min(fit.iters, tiles.PILOT_ITERS))
     for keys in by_key.values():
         shape = pieces[keys[0]].shape
-        bank = fit_bank([pieces[key] for key in keys], channels_for_image(bpp, shape, layers), layers, pilot, device)
+        bank = fit_bank([pieces[key] for key in keys], channels_for_image(bpp, shape, layers), layers, pilot, device,
+                        progress, stage="pilot")
         with torch.no_grad():
             mse.update(zip(keys, bank.loss_fn(bank.model(bank.z)).double().cpu().numpy()))
     targets = {}
