@@ -118,7 +118,7 @@ def dataset_run(images, dev, bank, fit: FitConfig, bpp=None) -> dict:
     t0 = time.perf_counter()
     names, total, db = list(images), 0, 0.0
     quant = ddcodec.QuantConfig(target_bpp=bpp)
-    kw = dict(channels=None, quant=quant, tile=ddcodec.tiles.auto_tile(bpp)) if bpp else {}
+    kw = dict(channels=None, quant=quant, tile="auto") if bpp else {}
     with tempfile.TemporaryDirectory() as d:
         for i in range(0, len(names), bank):
             group = names[i:i + bank]

@@ -86,7 +86,7 @@ def encode_command(images, output, channels, layers, arch, iters, lr, seed, devi
         lr = restore.RESTORE_LR
     fit = FitConfig(iters=iters or FitConfig.iters, lr=lr, seed=seed, precision=precision, compile=compile_)
     quant = QuantConfig(max_loss_db=max_loss, qat_iters=qat_iters, target_bpp=bpp, target_psnr=psnr)
-    fits = len(banks) if tile is None else sum(tiles.fits_for([j[2].shape for j in g], tile) for g in banks)
+    fits = len(banks) if tile is None else sum(tiles.fits_for([j[2].shape for j in g], tile, bpp) for g in banks)
     with FitProgress(fit, quant, quiet or as_json, fits) as bar:
         for group in banks:
             failed += _encode_bank(group, k, d, arch, fit, quant, deg, (iters or 0) if denoise else None,

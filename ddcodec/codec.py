@@ -68,7 +68,8 @@ def encode(image, channels: Optional[int] = 64, layers: int = 6, fit: FitConfig 
     With a degradation (a mask, a super-resolution scale) the fit sees the image through it,
     and the file decodes to the restored image (DIP): see ddcodec.degrade and restore().
     With tile=(width, height) the image is coded as a grid of Deep Decoders of about that
-    size, each of width channels (None: from quant.target_bpp): see ddcodec.tiles."""
+    size, each of width channels (None: from quant.target_bpp); tile="auto" picks the size
+    from the image and the target: see ddcodec.tiles."""
     return encode_bank([image], channels, layers, fit, quant, device, progress, arch, degradation, tile)[0]
 
 
@@ -223,7 +224,8 @@ def _encode_tiled(images, channels, layers, fit, quant, device, progress, tile) 
     fitted as one bank; else every tile is fitted at k = channels, in banks by size."""
     t0 = time.perf_counter()
     originals = [_as_array(im) for im in images]
-    grids = [tiles.grid_shape(im.shape[0], im.shape[1], tile) for im in originals]
+    grids = [tiles.grid_shape(im.shape[0], im.shape[1], tiles.resolve(tile, quant.target_bpp, *im.shape[:2]))
+             for im in originals]
     pieces = {(i, j): np.ascontiguousarray(p) for i, (im, (rows, cols)) in enumerate(zip(originals, grids))
               for j, p in enumerate(tiles.split(im, rows, cols))}
     targets = None

@@ -153,3 +153,13 @@ def test_fits_for_counts_one_bank_per_tile_size_up_to_transposition():
     assert tiles.fits_for([(512, 768, 3), (768, 512, 3)], (192, 128)) == 1  # 128x192 tiles, turned
     assert tiles.fits_for([(65, 97, 3)], (48, 32)) == 4  # 32/33 rows x 48/49 columns
     assert tiles.fits_for([(64, 96), (64, 96, 3)], (48, 32)) == 2  # grey and colour never share
+
+
+def test_the_auto_tile_grows_with_the_image_and_at_low_rates():
+    assert tiles.grid_shape(128, 192, tiles.auto_tile(0.5, 128, 192)) == (1, 1)  # kodak-mini: one network
+    assert tiles.grid_shape(256, 384, tiles.auto_tile(0.5, 256, 384)) == (2, 2)
+    assert tiles.grid_shape(512, 768, tiles.auto_tile(0.5, 512, 768)) == (3, 3)
+    assert tiles.grid_shape(256, 384, tiles.auto_tile(0.1, 256, 384)) == (1, 1)  # 1,500 bytes a tile
+    for bpp in (0.05, 0.1, 0.3, 1.0):
+        w, h = tiles.auto_tile(bpp, 512, 768)
+        assert w * h * bpp / 8 >= tiles.MIN_TILE_BYTES * 0.99
