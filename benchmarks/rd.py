@@ -196,7 +196,7 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=ddcodec.FitConfig.iters)
     ap.add_argument("--bank", type=int, default=8, help="images fitted at once")
     ap.add_argument("--tile", default="auto", help="ddcodec's tiles: auto (the codec's default for a "
-                    "rate target: 192x128, larger below 0.5 bpp), none (one network per image, curve ddcodec-whole) or WxH")
+                    "rate target, from the image and the rate), none (one network per image, curve ddcodec-whole) or WxH")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                     help="fit the banks on Ray: a local instance, or the cluster at ADDRESS")

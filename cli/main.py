@@ -88,7 +88,7 @@ def rate_options(f):
         click.option("--psnr", type=float, help="Quality control: the smallest file the fit allows at this PSNR (dB)."),
         click.option("--tile", default="auto", show_default=True,
                      help="Code the image as a grid of networks of about WxH pixels (k per tile); auto: "
-                     "192x128 when k comes from --bpp (larger below 0.5 bpp), else one network; none: never."),
+                     "when k comes from --bpp, sized from the image and the rate, else one network; none: never."),
     ]
     for opt in reversed(opts):
         f = opt(f)
