@@ -265,7 +265,8 @@ def _tile_targets(pieces: dict, grids, layers, fit: FitConfig, bpp: float, devic
     measures how hard it is; tiles.allocate turns the MSEs into equal-slope shares."""
     by_key = {}
     for key, p in pieces.items():
-        by_key.setdefault(bank_key(p.shape), []).append(key)
+        if grids[key[0]] != (1, 1):  # a grid of one tile takes the whole target: no pilot
+            by_key.setdefault(bank_key(p.shape), []).append(key)
     mse = {}
     pilot = replace(fit, iters=min(fit.iters, tiles.PILOT_ITERS))
     for keys in by_key.values():
@@ -277,6 +278,9 @@ def _tile_targets(pieces: dict, grids, layers, fit: FitConfig, bpp: float, devic
     targets = {}
     for i, (rows, cols) in enumerate(grids):
         keys = [(i, j) for j in range(rows * cols)]
+        if len(keys) == 1:
+            targets[keys[0]] = bpp
+            continue
         shares = tiles.allocate([mse[key] for key in keys], [pieces[key].shape[0] * pieces[key].shape[1] for key in keys], bpp)
         targets.update(zip(keys, shares))
     return targets

@@ -163,3 +163,10 @@ def test_the_auto_tile_grows_with_the_image_and_at_low_rates():
     for bpp in (0.05, 0.1, 0.3, 1.0):
         w, h = tiles.auto_tile(bpp, 512, 768)
         assert w * h * bpp / 8 >= tiles.MIN_TILE_BYTES * 0.99
+
+
+def test_a_grid_of_one_tile_runs_no_pilot(monkeypatch):
+    stages = []
+    ddcodec.encode(small(48, 32), channels=None, fit=FIT_TINY, quant=ddcodec.QuantConfig(target_bpp=2.0, qat_iters=2),
+                   device="cpu", tile=(48, 32), progress=lambda stage, *a: stages.append(stage))
+    assert "pilot" not in stages and "fit" in stages
