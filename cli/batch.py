@@ -67,9 +67,7 @@ def encode_command(images, output, channels, layers, arch, iters, lr, seed, devi
     deg = Degradation(scale=scale, mask=mask_from_image(read_image(mask)) if mask else None)
     restoring = denoise or mask is not None or scale > 1
     k, d = _defaults(arch, restoring, channels, layers, bpp)
-    tile = tiles.tile_for(tile, bpp if k is None else None)
-    if tile is not None and (restoring or arch != "deep-decoder"):
-        raise ConfigError("--tile applies to compression with the Deep Decoder")
+    tile = tiles.tile_for(tile, bpp if k is None else None, not restoring and arch == "deep-decoder")
     jobs, failed = [], 0
     for p, o in zip(paths, outs):
         try:  # check outputs and read inputs before any fit: a bad file costs nothing

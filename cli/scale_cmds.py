@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from ddcodec import FitConfig, QuantConfig, tiles
 from ddcodec.collection import Settings, encode_collection, folder_pairs
-from ddcodec.errors import ConfigError, DDCError
+from ddcodec.errors import DDCError
 from ddcodec.images import MAX_INPUT_PIXELS
 
 
@@ -40,9 +40,7 @@ def register(cli, fit_options, speed_options, rate_options):
         if channels is None and (bpp is None or arch != "deep-decoder"):
             channels = 128 if arch == "skip" else 64  # else None: k per bank from --bpp
         layers = layers if layers is not None else (5 if arch == "skip" else 6)
-        tile = tiles.tile_for(tile, bpp if channels is None else None)
-        if tile is not None and arch != "deep-decoder":
-            raise ConfigError("--tile applies to compression with the Deep Decoder")
+        tile = tiles.tile_for(tile, bpp if channels is None else None, arch == "deep-decoder")
         fit = FitConfig(iters=iters, lr=lr, seed=seed, precision=precision, compile=compile_)
         settings = Settings(channels, layers, arch, fit,
                             QuantConfig(max_loss_db=max_loss, qat_iters=qat_iters, target_bpp=bpp,

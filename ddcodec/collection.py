@@ -33,7 +33,7 @@ class Settings:
     quant: QuantConfig = QuantConfig()
     device: str = "auto"
     max_pixels: int = MAX_INPUT_PIXELS
-    tile: Optional[tuple] = None  # (width, height): each image coded as a grid (ddcodec.tiles)
+    tile: object = None  # (width, height) or "auto": each image coded as a grid (ddcodec.tiles)
 
 
 @dataclass(frozen=True)

@@ -59,15 +59,18 @@ def resolve(tile, bpp, height: int, width: int):
     return tile
 
 
-def tile_for(spec: str, bpp=None):
+def tile_for(spec: str, bpp=None, compressing: bool = True):
     """A --tile option -> (width, height), "auto" or None. "auto" tiles only where the codec
     chooses k from a rate target (bpp given): a k the user gave is the width of one network
-    for the whole image."""
+    for the whole image. compressing: False for restoration or the skip net, which take no
+    tiles (auto gives none; a size is an error)."""
     spec = str(spec).strip().lower()
     if spec == "none":
         return None
     if spec == "auto":
-        return "auto" if bpp else None
+        return "auto" if bpp and compressing else None
+    if not compressing:
+        raise ConfigError("--tile applies to compression with the Deep Decoder")
     try:
         w, h = (int(v) for v in spec.split("x"))
     except ValueError:
