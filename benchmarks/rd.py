@@ -194,6 +194,8 @@ def main(argv=None):
     ap.add_argument("--names", default="", help="comma-separated image names, e.g. kodim01,kodim05 "
                     "(instead of --images): split a profile between processes, one per core")
     ap.add_argument("--iters", type=int, default=ddcodec.FitConfig.iters)
+    ap.add_argument("--points", default="", help="comma-separated target bpps for ddcodec instead of the "
+                    "profile's, e.g. 0.25,0.5: a part of a profile that a slow machine can finish")
     ap.add_argument("--bank", type=int, default=8, help="images fitted at once")
     ap.add_argument("--tile", default="auto", help="ddcodec's tiles: auto (the codec's default for a "
                     "rate target, from the image and the rate), none (one network per image, curve ddcodec-whole) or WxH")
@@ -213,7 +215,8 @@ def main(argv=None):
     codecs = [] if a.summary_only else a.codecs.split(",")
     run_baselines(images, [c for c in codecs if c != "ddcodec"], rows_file, have)
     if "ddcodec" in codecs:
-        run_ddcodec(images, POINTS[a.profile], a, out_dir, rows_file, have)
+        points = [float(p) for p in a.points.split(",")] if a.points else POINTS[a.profile]
+        run_ddcodec(images, points, a, out_dir, rows_file, have)
     summary = summarise(_done(rows_file), out_dir, images)
     print(table(summary))
     (out_dir / "table.md").write_text(table(summary) + "\n")

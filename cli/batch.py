@@ -82,7 +82,8 @@ def encode_command(images, output, channels, layers, arch, iters, lr, seed, devi
     banks = _banks(jobs, 1 if (denoise or mask is not None) else bank)
     if lr is None and restoring:  # else None: by k (fit.default_lr)
         lr = restore.RESTORE_LR
-    fit = FitConfig(iters=iters or FitConfig.iters, lr=lr, seed=seed, precision=precision, compile=compile_)
+    fit = FitConfig(iters=iters or FitConfig.iters, lr=lr, seed=seed, precision=precision,
+                    compile="auto" if compile_ is None else compile_)
     quant = QuantConfig(max_loss_db=max_loss, qat_iters=qat_iters, target_bpp=bpp, target_psnr=psnr)
     fits = len(banks) if tile is None else sum(tiles.fits_for([j[2].shape for j in g], tile, bpp) for g in banks)
     with FitProgress(fit, quant, quiet or as_json, fits) as bar:

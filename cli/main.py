@@ -3,6 +3,7 @@ DDCError becomes one line on stderr and exit code 1, Ctrl-C exit code 130."""
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import click
@@ -17,6 +18,16 @@ from .progress import FitProgress
 
 class DDCGroup(click.Group):
     def invoke(self, ctx):
+        # Warnings (torch's included) are held back: a run that fails or is interrupted says one
+        # line, and a run that succeeds ends with one line per distinct warning.
+        with warnings.catch_warnings(record=True) as held:
+            warnings.simplefilter("default")
+            result = self._invoke(ctx)  # an error or Ctrl-C leaves with its one line
+            for w in dict.fromkeys(str(w.message).strip().splitlines()[0] for w in held if str(w.message).strip()):
+                click.echo(f"ddc: warning: {w}", err=True)
+            return result
+
+    def _invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except DDCError as e:
@@ -70,8 +81,9 @@ def fit_options(channels=64, layers=6, iters=FitConfig.iters, lr=None, restoring
 
 def speed_options(f):
     """GPU speed settings of the fit (the CPU always runs plain fp32)."""
-    f = click.option("--compile", "compile_", is_flag=True,
-                     help="torch.compile the network (fused kernels; the first fit of each size compiles).")(f)
+    f = click.option("--compile/--no-compile", "compile_", default=None,
+                     help="torch.compile the network (fused kernels; the first fit of each shape compiles). "
+                          "Default: on for CPU compression fits large enough to pay for it.")(f)
     return click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16"]), default="fp32",
                         show_default=True, help="GPU matmul precision of the fit.")(f)
 

@@ -111,6 +111,8 @@ class FittedBank:
     average: Optional[torch.Tensor] = None  # [B, c, H, W] in [0, 1]: FitConfig.average's result
     iters: int = 0  # fitting steps run (fewer than FitConfig.iters after an early stop)
     betas: tuple = ADAM_BETAS  # the fit's Adam decays, which the fine-tuning keeps
+    fit: FitConfig = FitConfig()  # the recipe, whose compile rule the fine-tuning follows too
+    compression: bool = True
 
 
 def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitConfig(),
@@ -150,13 +152,14 @@ def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitCo
         return reached
 
     schedule = fit.schedule(channels, compression)
+    compile_ = fit.compile_for(dev, compression, len(imgs) * H * W * channels * fit.iters)
     optimise(model, z, loss_fn, fit.iters, **schedule, input_noise=fit.input_noise,
-             progress=_stage(progress, stage), noise_seed=fit.seed, mode=fit.precision, compile=fit.compile,
+             progress=_stage(progress, stage), noise_seed=fit.seed, mode=fit.precision, compile=compile_,
              observe=ema if fit.average else None, stop=stop if fit.stop_mse else None)
     with torch.no_grad():
         float_out = _to_uint8(model(z)[..., :H, :W])
     return FittedBank(model, z, loss_fn, originals, flags, net, fit.seed, (H, W), deg, float_out,
-                      None if ema.value is None else ema.value[..., :H, :W], ran[0], schedule["betas"])
+                      None if ema.value is None else ema.value[..., :H, :W], ran[0], schedule["betas"], fit, compression)
 
 
 class _Average:
@@ -196,9 +199,11 @@ def quantize_bank(bank: FittedBank, quant: QuantConfig = QuantConfig(), progress
     steps = steps_tensor(codes, z.device)
     rate_bound = quant.target_bpp is not None
     before = [t.detach().clone() for _, t in model.named_tensors()] if rate_bound else None
+    H, W = bank.size
+    compile_ = bank.fit.compile_for(z.device, bank.compression, z.shape[0] * H * W * bank.arch.channels * quant.qat_iters)
     optimise(model, z, loss_fn, quant.qat_iters, quant.qat_lr,
              transform=lambda p: straight_through(p, steps), progress=_stage(progress, "qat"),
-             betas=bank.betas)
+             betas=bank.betas, compile=compile_)
     results = []
     for b, img in enumerate(bank.originals):
         data = write(b, codes[:, b])

@@ -222,3 +222,35 @@ def test_bad_tile_values_and_tiles_with_restoration_are_one_line_errors(tmp_path
     _one_line_error(run("encode", tmp_path / "a.png", "--tile", "big", *FAST))
     _one_line_error(run("encode", tmp_path / "a.png", "--tile", "4x4", *FAST))
     _one_line_error(run("encode", tmp_path / "a.png", "--tile", "16x16", "--denoise", "-q"))
+
+
+def test_a_warning_in_a_successful_run_is_one_line_at_the_end(tmp_path, monkeypatch):
+    import torch
+
+    def broken_compile(fn, **kw):
+        def fail(*a):
+            raise RuntimeError("no C++ compiler\nmore detail")
+        return fail
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    Image.fromarray(small(40, 24)).save(tmp_path / "a.png")
+    res = run("encode", tmp_path / "a.png", *FAST, "--compile")
+    assert res.exit_code == 0, res.output
+    warned = [line for line in res.output.splitlines() if line.startswith("ddc: warning: torch.compile failed")]
+    assert len(warned) == 1 and "more detail" not in res.output and "Traceback" not in res.output
+    assert (tmp_path / "a.ddc").exists()  # the fit went on without the compiler
+
+
+def test_an_interrupt_after_a_warning_still_says_one_line(tmp_path, monkeypatch):
+    import warnings
+
+    import ddcodec.codec
+
+    def interrupted(*a, **kw):
+        warnings.warn("Error detected in SomeBackward0. Traceback of forward call:\n  File ...")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(ddcodec.codec, "optimise", interrupted)
+    Image.fromarray(small(40, 24)).save(tmp_path / "a.png")
+    res = run("encode", tmp_path / "a.png", *FAST)
+    assert res.exit_code == 130
+    assert [line for line in res.output.splitlines() if line.strip()] == ["ddc: interrupted; no partial output was left"]
+    assert not (tmp_path / "a.ddc").exists()

@@ -5,7 +5,7 @@ from hypothesis import given, strategies as st
 
 from ddcodec.codec import encode, fit_bank
 from ddcodec.errors import ConfigError
-from ddcodec.fit import ADAM_BETAS, BETA1_COMPRESSION, BETA2_COMPRESSION, ROLLBACK_EVERY, STOP_EVERY, FitConfig, default_lr, mse_per_image, optimise
+from ddcodec.fit import ADAM_BETAS, BETA1_COMPRESSION, BETA2_COMPRESSION, COMPILE_WORK, ROLLBACK_EVERY, STOP_EVERY, FitConfig, default_lr, mse_per_image, optimise
 from ddcodec.nets import Architecture, build, seeded_input
 from ddcodec.quant import QuantConfig
 
@@ -152,3 +152,54 @@ def test_the_live_start_is_off_by_default_when_block_0_has_more_channels_than_in
 def test_betas_out_of_range_are_config_errors(field, value):
     with pytest.raises(ConfigError):
         FitConfig(**{field: value})
+
+
+def test_auto_compiles_only_large_cpu_compression_fits():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    auto = FitConfig()
+    assert auto.compile == "auto"
+    assert auto.compile_for(cpu, True, COMPILE_WORK)
+    assert not auto.compile_for(cpu, True, COMPILE_WORK - 1)  # the compile would not pay
+    assert not auto.compile_for(cpu, False, 1e12)  # restoration keeps the kernels it was tuned with
+    assert not auto.compile_for(cuda, True, 1e12)  # unmeasured on a GPU
+    assert FitConfig(compile=True).compile_for(cpu, False, 1)
+    assert not FitConfig(compile=False).compile_for(cpu, True, 1e12)
+
+
+def test_compile_setting_out_of_range_is_a_config_error():
+    with pytest.raises(ConfigError):
+        FitConfig(compile="yes")
+
+
+def test_a_fit_whose_compile_fails_warns_and_fits_eagerly(monkeypatch):
+    arch = Architecture(channels=4, layers=2)
+    z = seeded_input(arch, 8, 8, 0)[None]
+    target = torch.rand(1, 3, 8, 8)
+    loss = lambda out: mse_per_image(out, target)  # noqa: E731
+
+    def broken_compile(fn, **kw):
+        def fail(*a):
+            raise RuntimeError("no C++ compiler")
+        return fail
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    eager = build(arch)
+    optimise(eager, z, loss, 20, 0.01)
+    model = build(arch)
+    with pytest.warns(UserWarning, match="torch.compile failed"):
+        optimise(model, z, loss, 20, 0.01, compile=True)
+    for a, b in zip(eager.parameters(), model.parameters()):
+        assert torch.equal(a, b)  # the eager fallback ran the very same fit
+
+
+def test_an_encode_compiles_by_the_work_rule(monkeypatch, image):
+    import ddcodec.fit as fit_module
+    seen = []
+    real = fit_module.compiled
+    monkeypatch.setattr(fit_module, "compiled", lambda m: seen.append(m) or real(m))
+    work = image.shape[0] * image.shape[1] * 4 * 10
+    monkeypatch.setattr(fit_module, "COMPILE_WORK", work + 1)
+    encode(image, channels=4, layers=3, fit=FitConfig(iters=10), quant=QuantConfig(qat_iters=0), device="cpu")
+    assert not seen
+    monkeypatch.setattr(fit_module, "COMPILE_WORK", work)
+    encode(image, channels=4, layers=3, fit=FitConfig(iters=10), quant=QuantConfig(qat_iters=0), device="cpu")
+    assert len(seen) == 1
