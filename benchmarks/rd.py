@@ -150,7 +150,37 @@ def summarise(rows, out_dir: Path, images) -> dict:
           for anchor in ("jpeg", "webp") if anchor in curves}
     (out_dir / "bd_rate.json").write_text(json.dumps(bd, indent=1, default=_nan) + "\n")
     _plot(curves, out_dir / "rd.png", out_dir.name)
-    return {"curves": curves, "bd_rate": bd}
+    matched = equal_rate(by_codec)
+    (out_dir / "equal_rate.json").write_text(json.dumps(matched, indent=1, default=_nan) + "\n")
+    return {"curves": curves, "bd_rate": bd, "equal_rate": matched}
+
+
+def equal_rate(by_codec: dict) -> list:
+    """Each ddcodec point against the baselines at the same rate, image by image: a baseline's
+    PSNR interpolated at the bpp of our file of that image, averaged over the images that have
+    the point. Unlike the curves and BD-rates, this needs neither every image nor several
+    points, so it compares a profile that is only partly done (the CPU's full-size runs)."""
+    out = []
+    for codec, per_image in sorted(by_codec.items()):
+        if not codec.startswith("ddcodec"):
+            continue
+        points = {}
+        for name, rows_ in per_image.items():
+            for r in rows_:
+                points.setdefault(r["quality"], {})[name] = r
+        for quality, mine in sorted(points.items()):
+            row = dict(codec=codec, quality=quality, images=sorted(mine),
+                       bpp=float(np.mean([r["bpp"] for r in mine.values()])),
+                       psnr=float(np.mean([r["psnr"] for r in mine.values()])), at_same_bpp={})
+            for base in baselines.CODECS:
+                have = by_codec.get(base, {})
+                if not all(n in have for n in mine):
+                    continue
+                at = [baselines.interpolate_at(have[n], [mine[n]["bpp"]])[0] for n in mine]
+                if not any(math.isnan(v) for v in at):
+                    row["at_same_bpp"][base] = float(np.mean(at))
+            out.append(row)
+    return out
 
 
 def _nan(x):
@@ -183,6 +213,14 @@ def table(summary) -> str:
         bd = [summary["bd_rate"].get(a, {}).get(codec, float("nan")) for a in ("jpeg", "webp")]
         bd = ["–" if math.isnan(b) else f"{b:+.1f} %" for b in bd]
         lines.append(f"| {codec} | " + " | ".join(cells + bd) + " |")
+    if summary.get("equal_rate"):
+        lines += ["", "Each point against the baselines at the bpp of each image's file (mean PSNR over the images that have it):", "",
+                  "| codec | point | images | bpp | PSNR | " + " | ".join(f"{c} at the same bpp" for c in baselines.CODECS) + " |",
+                  "|---|---|---|---|---|" + "---|" * len(baselines.CODECS)]
+        for r in summary["equal_rate"]:
+            cells = [f"{r['at_same_bpp'][c]:.2f}" if c in r["at_same_bpp"] else "–" for c in baselines.CODECS]
+            lines.append(f"| {r['codec']} | {r['quality']} | {len(r['images'])} | {r['bpp']:.3f} | {r['psnr']:.2f} | "
+                         + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -96,6 +96,13 @@ def test_file_helpers_round_trip_and_refuse_to_overwrite(tmp_path):
         ddcodec.decode_file(tmp_path / "a.ddc", tmp_path / "a.png")
 
 
+def test_a_compiled_reencode_is_byte_identical(image):
+    # compiled kernels round differently from eager ones, but always the same way
+    fit = FitConfig(iters=60, compile=True)
+    a, b = (ddcodec.encode(image, channels=8, layers=3, fit=fit, quant=FAST_QUANT, device="cpu") for _ in range(2))
+    assert a.data == b.data
+
+
 def test_a_compiled_fit_reaches_the_eager_fit_and_its_file_decodes_anywhere(image):
     # torch.compile fuses kernels and rounds differently, so the bytes may differ; the fit
     # must not: same steps, same start, a PSNR within 0.05 dB, and a file the eager decoder reads.

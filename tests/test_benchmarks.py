@@ -1,0 +1,34 @@
+"""The benchmark's own arithmetic: what it reports must follow from the rows it read."""
+import math
+
+import pytest
+
+from benchmarks.rd import equal_rate
+
+
+def _curve(codec, image, points):
+    return [dict(codec=codec, image=image, quality=q, bpp=b, psnr=p) for q, (b, p) in enumerate(points)]
+
+
+def test_equal_rate_compares_each_file_with_the_baseline_at_its_own_bpp():
+    by_codec = {
+        "jpeg": {"a": _curve("jpeg", "a", [(0.2, 20.0), (0.6, 28.0)]),
+                 "b": _curve("jpeg", "b", [(0.2, 30.0), (0.6, 34.0)])},
+        "ddcodec": {"a": [dict(codec="ddcodec", image="a", quality="bpp0.5", bpp=0.4, psnr=25.0)],
+                    "b": [dict(codec="ddcodec", image="b", quality="bpp0.5", bpp=0.5, psnr=31.0)]},
+    }
+    [row] = equal_rate(by_codec)
+    assert row["images"] == ["a", "b"] and row["quality"] == "bpp0.5"
+    assert row["bpp"] == pytest.approx(0.45) and row["psnr"] == pytest.approx(28.0)
+    # jpeg on a at 0.4 bpp: 24.0; on b at 0.5 bpp: 33.0
+    assert row["at_same_bpp"] == {"jpeg": pytest.approx(28.5)}
+
+
+def test_equal_rate_leaves_out_a_baseline_that_cannot_reach_some_files_rate():
+    by_codec = {
+        "webp": {"a": _curve("webp", "a", [(0.3, 25.0), (0.9, 30.0)])},
+        "ddcodec": {"a": [dict(codec="ddcodec", image="a", quality="bpp0.1", bpp=0.1, psnr=20.0)]},
+    }
+    [row] = equal_rate(by_codec)
+    assert row["at_same_bpp"] == {}  # webp's lowest rate is 0.3: no figure rather than an extrapolated one
+    assert not math.isnan(row["psnr"])
