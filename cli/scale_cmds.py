@@ -42,7 +42,7 @@ def register(cli, fit_options, speed_options, rate_options):
         layers = layers if layers is not None else (5 if arch == "skip" else 6)
         tile = tiles.tile_for(tile, bpp if channels is None else None, arch == "deep-decoder")
         fit = FitConfig(iters=iters, lr=lr, seed=seed, precision=precision,
-                    compile="auto" if compile_ is None else compile_)
+                        compile="auto" if compile_ is None else compile_)
         settings = Settings(channels, layers, arch, fit,
                             QuantConfig(max_loss_db=max_loss, qat_iters=qat_iters, target_bpp=bpp,
                                         target_psnr=psnr), device, max_pixels, tile)
