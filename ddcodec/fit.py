@@ -96,7 +96,7 @@ class FitConfig:
 
     def compile_for(self, device: torch.device, compression: bool, work: float) -> bool:
         """Whether a fit goes through torch.compile. work: pixels x channels x iterations of
-        the bank. On the CPU the fused kernels ran 1.8-2.3x faster than eager (one thread,
+        the bank. On the CPU the fused kernels ran 1.8-2.1x faster than eager (one thread,
         192x128 k=16 up to nine 256x171 tiles at k=22), and a new shape compiles in ~3-20 s,
         so "auto" compiles once the eager fit would take about a minute (COMPILE_WORK). On a
         GPU "auto" stays eager until benchmarks/speed.py has measured compile there.
