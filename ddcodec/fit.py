@@ -271,8 +271,8 @@ class _EagerOnFailure:
         try:
             out = self.fn(*args)
         except Exception as e:  # noqa: BLE001 - any compile failure; eager raises real errors again
-            warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
-                          "fitting with eager kernels")
+            first = (str(e).splitlines() or [""])[0][:200]
+            warnings.warn(f"torch.compile failed ({type(e).__name__}: {first}); fitting with eager kernels")
             self.fn = self.eager
             out = self.fn(*args)
         self.tried = True
