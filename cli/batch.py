@@ -15,6 +15,7 @@ from ddcodec.degrade import Degradation, mask_from_image
 from ddcodec.errors import ConfigError, DDCError, ImageError, OutputExistsError
 from ddcodec.images import read_image, write_atomic
 
+from .interrupt import raise_if_interrupted
 from .progress import FitProgress
 
 
@@ -110,6 +111,7 @@ def _encode_bank(group, k, d, arch, fit, quant, deg, denoise, device, bar, force
         else:
             results = ddcodec.encode_bank([img for _, _, img in group], k, d, fit, quant, device,
                                           bar.update, arch, deg, tile)
+        raise_if_interrupted()
         for (src, out, _), res in zip(group, results):
             write_atomic(out, res.data, force, inputs=[src])
             _report(src, out, res, as_json)

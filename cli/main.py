@@ -13,6 +13,7 @@ from ddcodec import FitConfig, QuantConfig, restore
 from ddcodec.errors import ConfigError, DDCError
 from ddcodec.images import MAX_INPUT_PIXELS, decoded_name, png_bytes, read_image, write_atomic
 
+from .interrupt import latched_sigint
 from .progress import FitProgress
 
 
@@ -20,7 +21,7 @@ class DDCGroup(click.Group):
     def invoke(self, ctx):
         # Warnings (torch's included) are held back: a run that fails or is interrupted says one
         # line, and a run that succeeds ends with one line per distinct warning.
-        with warnings.catch_warnings(record=True) as held:
+        with warnings.catch_warnings(record=True) as held, latched_sigint():
             warnings.simplefilter("default")
             result = self._invoke(ctx)  # an error or Ctrl-C leaves with its one line
             for w in dict.fromkeys(str(w.message).strip().splitlines()[0] for w in held if str(w.message).strip()):

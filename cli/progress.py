@@ -7,6 +7,8 @@ import time
 import click
 from tqdm import tqdm
 
+from .interrupt import raise_if_interrupted
+
 SLOW_SECONDS = 60  # above this, say how long and how to go faster
 WARN_AFTER = 40  # iterations timed for the estimate
 
@@ -49,6 +51,7 @@ class FitProgress:
         self.stage_total = self.stage_done = 0
 
     def update(self, stage: str, it: int, total: int, loss: float, psnr: float):
+        raise_if_interrupted()  # a Ctrl-C that torch swallowed ends the fit here
         if stage != self.stage:  # stages (fit, distil, qat) follow each other in one bar
             self._end_stage()
             self.stage, self.stage_total = stage, total

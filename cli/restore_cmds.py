@@ -10,6 +10,7 @@ from ddcodec.fit import FitConfig
 from ddcodec.quant import QuantConfig
 from ddcodec.images import image_bytes, read_image, write_atomic
 
+from .interrupt import raise_if_interrupted
 from .progress import FitProgress
 
 
@@ -31,6 +32,7 @@ def run(task, image, output, ddc, force, quiet, fn, **kw):
     after = QuantConfig(qat_iters=restore.DISTILL_ITERS if task == "denoise" else 0)  # distillation
     with FitProgress(FitConfig(iters=iters), after, quiet) as bar:
         r = fn(img, progress=bar.update, **kw)
+    raise_if_interrupted()
     write_atomic(output, image_bytes(r.image, output), force, inputs=[image])
     if ddc is not None:
         write_atomic(ddc, r.result.data, force, inputs=[image])

@@ -254,3 +254,26 @@ def test_an_interrupt_after_a_warning_still_says_one_line(tmp_path, monkeypatch)
     assert res.exit_code == 130
     assert [line for line in res.output.splitlines() if line.strip()] == ["ddc: interrupted; no partial output was left"]
     assert not (tmp_path / "a.ddc").exists()
+
+
+def test_a_ctrl_c_that_torch_swallows_still_ends_the_encode(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import ddcodec.codec
+
+    real = ddcodec.codec.optimise
+
+    def swallowing(*a, **kw):
+        try:  # what torch.compile's machinery now and then does with a KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)
+        except KeyboardInterrupt:
+            pass
+        return real(*a, **kw)
+    monkeypatch.setattr(ddcodec.codec, "optimise", swallowing)
+    Image.fromarray(small(40, 24)).save(tmp_path / "a.png")
+    res = run("encode", tmp_path / "a.png", *FAST)
+    assert res.exit_code == 130, res.output
+    assert [line for line in res.output.splitlines() if line.strip()] == ["ddc: interrupted; no partial output was left"]
+    assert not (tmp_path / "a.ddc").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
