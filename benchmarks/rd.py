@@ -131,7 +131,9 @@ def run_baselines(images: dict, codecs, rows_file: Path, have: set) -> None:
         print(f"{codec} done", flush=True)
 
 
-def summarise(rows, out_dir: Path, images) -> dict:
+def summarise(rows, out_dir: Path, images, write: bool = True) -> dict:
+    """Curves, BD-rates and equal-rate rows over `images`; written to out_dir only when asked
+    (a run over a part of a profile must not overwrite the whole profile's files)."""
     by_codec = {}
     for r in rows:
         if r.get("done") or r["image"] not in images:
@@ -144,14 +146,16 @@ def summarise(rows, out_dir: Path, images) -> dict:
             rows_.sort(key=lambda r: str(r["quality"]))
         d = baselines.compressai_json(codec, f"{codec} on {out_dir.name} ({len(images)} images)",
                                       per_image, TARGETS)
-        (out_dir / f"{codec}.json").write_text(json.dumps(d, indent=1, default=_nan) + "\n")
+        if write:
+            (out_dir / f"{codec}.json").write_text(json.dumps(d, indent=1, default=_nan) + "\n")
         curves[codec] = (d["results"]["bpp"], d["results"]["psnr-rgb"], d["psnr_at_bpp"])
     bd = {anchor: {c: baselines.bd_rate(curves[anchor][:2], curves[c][:2]) for c in curves}
           for anchor in ("jpeg", "webp") if anchor in curves}
-    (out_dir / "bd_rate.json").write_text(json.dumps(bd, indent=1, default=_nan) + "\n")
-    _plot(curves, out_dir / "rd.png", out_dir.name)
     matched = equal_rate(by_codec)
-    (out_dir / "equal_rate.json").write_text(json.dumps(matched, indent=1, default=_nan) + "\n")
+    if write:
+        (out_dir / "bd_rate.json").write_text(json.dumps(bd, indent=1, default=_nan) + "\n")
+        _plot(curves, out_dir / "rd.png", out_dir.name)
+        (out_dir / "equal_rate.json").write_text(json.dumps(matched, indent=1, default=_nan) + "\n")
     return {"curves": curves, "bd_rate": bd, "equal_rate": matched}
 
 
@@ -199,7 +203,8 @@ def _plot(curves, path: Path, title: str) -> None:
                 label=codec, lw=2 if codec.startswith("ddcodec") else 1)
     ax.set(xlabel="bpp", ylabel="PSNR-RGB (dB)", title=f"Rate-distortion, {title}", xlim=(0, 1.6))
     ax.grid(alpha=0.3)
-    ax.legend()
+    if curves:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path)
 
@@ -255,9 +260,14 @@ def main(argv=None):
     if "ddcodec" in codecs:
         points = [float(p) for p in a.points.split(",")] if a.points else POINTS[a.profile]
         run_ddcodec(images, points, a, out_dir, rows_file, have)
-    summary = summarise(_done(rows_file), out_dir, images)
+    whole = not (a.names or a.images)  # a part of the profile: show its summary, write none
+    summary = summarise(_done(rows_file), out_dir, images, write=whole)
     print(table(summary))
-    (out_dir / "table.md").write_text(table(summary) + "\n")
+    if whole:
+        (out_dir / "table.md").write_text(table(summary) + "\n")
+    else:
+        print(f"(a part of {a.profile}: its summary files were left as they were; "
+              f"`--profile {a.profile} --summary-only` rewrites them from every row)")
 
 
 if __name__ == "__main__":

@@ -32,3 +32,23 @@ def test_equal_rate_leaves_out_a_baseline_that_cannot_reach_some_files_rate():
     [row] = equal_rate(by_codec)
     assert row["at_same_bpp"] == {}  # webp's lowest rate is 0.3: no figure rather than an extrapolated one
     assert not math.isnan(row["psnr"])
+
+
+def test_a_summary_over_part_of_a_profile_leaves_the_profiles_files_alone(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from benchmarks.rd import main
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    for name in ("a", "b"):
+        Image.fromarray(np.full((32, 48, 3), 128, np.uint8)).save(data / f"{name}.png")
+    table = out / "kodak-mini" / "table.md"
+    table.parent.mkdir(parents=True)
+    table.write_text("the whole profile's table\n")
+    main(["--profile", "kodak-mini", "--data", str(data), "--out", str(out), "--summary-only", "--names", "a"])
+    assert table.read_text() == "the whole profile's table\n"
+    assert sorted(p.name for p in table.parent.iterdir()) == ["table.md"]
+    main(["--profile", "kodak-mini", "--data", str(data), "--out", str(out), "--summary-only"])
+    assert table.read_text() != "the whole profile's table\n"
