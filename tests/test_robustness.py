@@ -45,7 +45,9 @@ def test_ctrl_c_exits_130_with_one_line_and_no_output(tmp_path):
         out, err = proc.communicate(timeout=120)
     finally:
         proc.kill()  # never leave a million-iteration fit behind a failed test
-    assert proc.returncode == 130
+    # A shell reads both as status 130. When Ctrl-C lands in torch's lazy start-up, Python ends
+    # the process by SIGINT even after ddc caught the interrupt and asked for 130.
+    assert proc.returncode in (130, -signal.SIGINT), err
     assert len(err.strip().splitlines()) == 1 and "interrupted" in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
 
