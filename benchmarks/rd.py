@@ -142,8 +142,11 @@ def summarise(rows, out_dir: Path, images, write: bool = True) -> dict:
     complete = {c: v for c, v in by_codec.items() if set(v) == set(images)}
     curves = {}
     for codec, per_image in complete.items():
-        for rows_ in per_image.values():
-            rows_.sort(key=lambda r: str(r["quality"]))
+        # a curve averages a setting over every image: points that only some images have
+        # so far (a profile part-way through a new point) wait for the rest
+        shared = set.intersection(*({r["quality"] for r in rows_} for rows_ in per_image.values()))
+        per_image = {name: sorted((r for r in rows_ if r["quality"] in shared), key=lambda r: str(r["quality"]))
+                     for name, rows_ in per_image.items()}
         d = baselines.compressai_json(codec, f"{codec} on {out_dir.name} ({len(images)} images)",
                                       per_image, TARGETS)
         if write:

@@ -52,3 +52,16 @@ def test_a_summary_over_part_of_a_profile_leaves_the_profiles_files_alone(tmp_pa
     assert sorted(p.name for p in table.parent.iterdir()) == ["table.md"]
     main(["--profile", "kodak-mini", "--data", str(data), "--out", str(out), "--summary-only"])
     assert table.read_text() != "the whole profile's table\n"
+
+
+def test_a_point_only_some_images_have_stays_out_of_the_curve(tmp_path):
+    from benchmarks.rd import summarise
+
+    def row(image, quality, bpp, psnr):
+        return dict(codec="ddcodec", image=image, quality=quality, bpp=bpp, psnr=psnr, ms_ssim=0.9,
+                    encoding_time=1.0, decoding_time=0.1, bytes=100)
+    rows = [row("a", "bpp0.5", 0.5, 28.0), row("b", "bpp0.5", 0.49, 30.0), row("a", "bpp0.25", 0.25, 24.0)]
+    summary = summarise(rows, tmp_path, ["a", "b"], write=False)
+    bpp, psnr, _ = summary["curves"]["ddcodec"]
+    assert bpp == [pytest.approx(0.495)] and psnr == [pytest.approx(29.0)]
+    assert {r["quality"]: r["images"] for r in summary["equal_rate"]} == {"bpp0.25": ["a"], "bpp0.5": ["a", "b"]}
