@@ -106,21 +106,50 @@ def search_steps(model, z, loss_fn, cfg: QuantConfig, loss_db=None, sens=None) -
     allowed = base * (10 ** (db / 10) - 1)
     c_pred = (12 * allowed / n.sum()).clamp_min(1e-30).sqrt()
     lo, hi = torch.log2(c_pred) - 6, torch.log2(c_pred) + 6
-    floor = _min_codes(params)
-    best = np.maximum(_codes(shape, 2.0**lo), floor)
+    floor, ceil = _code_range(params)
+    clamp = lambda c: np.clip(_codes(shape, 2.0**c), floor, ceil)  # noqa: E731
+    within = lambda codes: (loss_fn(model(z, rounded(params, codes))).double() <= base + allowed).cpu().numpy()  # noqa: E731
+    best = clamp(lo)
+    found = np.zeros(best.shape[1], dtype=bool)
     for _ in range(cfg.search_rounds):
         mid = (lo + hi) / 2
-        codes = np.maximum(_codes(shape, 2.0**mid), floor)
-        ok = loss_fn(model(z, rounded(params, codes))).double() <= base + allowed
-        best = np.where(ok.cpu().numpy()[None, :], codes, best)
+        codes = clamp(mid)
+        ok = within(codes)
+        best, found = np.where(ok[None, :], codes, best), found | ok
+        ok = torch.from_numpy(ok).to(lo.device)
         lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
+    if not found.all():
+        best = _finer_until_within(clamp, floor, lo, best, found, within)
     return best
 
 
-def _min_codes(params) -> np.ndarray:
-    """[T, B] smallest codes whose integers span under the entropy coder's alphabet limit."""
+def _finer_until_within(clamp, floor, lo, best, found, within) -> np.ndarray:
+    """For members the search never saw within budget, halve c in steps of 2^6 until the
+    rounded net is (or every code reaches the floor, the finest the coder takes). The step rule
+    rests on a small-perturbation sensitivity; a tensor that probe finds all but inert (e.g.
+    the first block on a 2x1 input, where the normalisation hides small changes) gets a step
+    larger than its weights, and rounding them all to zero is no small perturbation."""
+    codes = best
+    for _ in range(40):
+        ok = within(codes)
+        best, found = np.where(ok[None, :] & ~found[None, :], codes, best), found | ok
+        if found.all() or (codes <= floor).all():
+            break
+        lo = lo - 6
+        codes = clamp(lo)
+    return np.where(found[None, :], best, floor)
+
+
+def _code_range(params):
+    """[T, B] floor and ceiling codes. Floor: the smallest codes whose integers span under the
+    entropy coder's alphabet limit. Ceiling: a step no larger than the tensor's largest weight,
+    so rounding keeps at least that weight; a coarser step zeroes the whole tensor, which the
+    sensitivity probe cannot foresee (see _finer_until_within)."""
     amax = torch.stack([p.detach().flatten(1).abs().amax(1) for p in params]).cpu().double().numpy()
-    return np.ceil(8 * np.log2(np.maximum(amax, 1e-30) / 30000)).astype(np.int64) + 1
+    amax = np.maximum(amax, 1e-30)
+    floor = np.ceil(8 * np.log2(amax / 30000)).astype(np.int64) + 1
+    ceil = np.maximum(np.floor(8 * np.log2(amax)).astype(np.int64), np.maximum(floor, STEP_CODE_MIN))
+    return floor, ceil
 
 
 def _codes(shape: torch.Tensor, c: torch.Tensor) -> np.ndarray:
