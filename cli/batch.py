@@ -3,6 +3,7 @@ any fit, group images of one size (up to transposition) into banks, fit each ban
 one progress bar overall, and report a bad file without losing the others."""
 import glob
 import json
+import os
 from pathlib import Path
 
 import click
@@ -12,8 +13,8 @@ from ddcodec import FitConfig, QuantConfig, restore, tiles
 from ddcodec.codec import bank_key
 from ddcodec.collection import IMAGE_SUFFIXES
 from ddcodec.degrade import Degradation, mask_from_image
-from ddcodec.errors import ConfigError, DDCError, ImageError, OutputExistsError
-from ddcodec.images import read_image, write_atomic
+from ddcodec.errors import ConfigError, DDCError, ImageError, OutputError, OutputExistsError
+from ddcodec.images import check_ddc_name, check_output, read_image, write_atomic
 
 from .interrupt import raise_if_interrupted
 from .progress import FitProgress
@@ -24,6 +25,8 @@ def expand(args) -> list:
     """Files as given; folders -> their image files; patterns -> their matches (sorted)."""
     out = []
     for a in args:
+        if not a:  # Path("") is ".": an empty name must not mean the current folder
+            raise ImageError("an input is an empty file name")
         p = Path(a)
         if p.is_dir():
             out += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
@@ -38,13 +41,19 @@ def expand(args) -> list:
 
 def _outputs(paths, output, many: bool) -> list:
     if not many:
-        return [output or paths[0].with_suffix(".ddc")]
+        return [check_ddc_name(output) if output is not None else paths[0].with_suffix(".ddc")]
     if output is None:
         return [p.with_suffix(".ddc") for p in paths]
     if output.exists() and not output.is_dir():
         raise ConfigError(f"{output} is a file; several inputs need an output folder")
-    output.mkdir(parents=True, exist_ok=True)
     return [output / (p.stem + ".ddc") for p in paths]
+
+
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot make the output folder {folder}: {e.strerror}") from None
 
 
 def _defaults(arch, restoring, channels, layers, bpp=None):
@@ -69,11 +78,15 @@ def encode_command(images, output, channels, layers, arch, iters, lr, seed, devi
     restoring = denoise or mask is not None or scale > 1
     k, d = _defaults(arch, restoring, channels, layers, bpp)
     tile = tiles.tile_for(tile, bpp if k is None else None, not restoring and arch == "deep-decoder")
-    jobs, failed = [], 0
+    if many and output is not None:
+        _make_folder(output)
+    jobs, failed, claimed = [], 0, set()
     for p, o in zip(paths, outs):
         try:  # check outputs and read inputs before any fit: a bad file costs nothing
-            if o.exists() and not force:
-                raise OutputExistsError(f"{o} exists (use --force to replace it)")
+            if os.path.realpath(o) in claimed:
+                raise OutputExistsError(f"another input also maps to {o}")
+            check_output(o, force, inputs=paths + ([mask] if mask else []))
+            claimed.add(os.path.realpath(o))
             jobs.append((p, o, read_image(p, max_pixels)))
         except DDCError as e:
             if not many:
@@ -83,7 +96,7 @@ def encode_command(images, output, channels, layers, arch, iters, lr, seed, devi
     banks = _banks(jobs, 1 if (denoise or mask is not None) else bank)
     if lr is None and restoring:  # else None: by k (fit.default_lr)
         lr = restore.RESTORE_LR
-    fit = FitConfig(iters=iters or FitConfig.iters, lr=lr, seed=seed, precision=precision,
+    fit = FitConfig(iters=FitConfig.iters if iters is None else iters, lr=lr, seed=seed, precision=precision,
                     compile="auto" if compile_ is None else compile_)
     quant = QuantConfig(max_loss_db=max_loss, qat_iters=qat_iters, target_bpp=bpp, target_psnr=psnr)
     fits = len(banks) if tile is None else sum(tiles.fits_for([j[2].shape for j in g], tile, bpp) for g in banks)

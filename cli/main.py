@@ -11,20 +11,38 @@ import click
 import ddcodec
 from ddcodec import FitConfig, QuantConfig, restore
 from ddcodec.errors import ConfigError, DDCError
-from ddcodec.images import MAX_INPUT_PIXELS, decoded_name, png_bytes, read_image, write_atomic
+from ddcodec.images import MAX_INPUT_PIXELS, check_outputs, decoded_name, png_bytes, read_image, write_atomic
 
 from .interrupt import latched_sigint
 from .progress import FitProgress
 
 
 class DDCGroup(click.Group):
+    def main(self, args=None, prog_name=None, standalone_mode=True, **kw):
+        # click's own usage errors (a bad option value, a missing argument) end in one line too,
+        # like every DDCError, with click's exit code 2
+        if not standalone_mode:
+            return super().main(args, prog_name, standalone_mode=False, **kw)
+        try:
+            rv = super().main(args, prog_name, standalone_mode=False, **kw)
+        except click.ClickException as e:
+            where = f" (see '{e.ctx.command_path} --help')" if getattr(e, "ctx", None) else ""
+            click.echo(f"ddc: error: {e.format_message()}{where}", err=True)
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("ddc: aborted", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
     def invoke(self, ctx):
         # Warnings (torch's included) are held back: a run that fails or is interrupted says one
-        # line, and a run that succeeds ends with one line per distinct warning.
+        # line, and a run that succeeds ends with one line per distinct warning. Deprecation
+        # notices inside torch are for torch's callers' developers, not for a user of ddc.
         with warnings.catch_warnings(record=True) as held, latched_sigint():
             warnings.simplefilter("default")
             result = self._invoke(ctx)  # an error or Ctrl-C leaves with its one line
-            for w in dict.fromkeys(str(w.message).strip().splitlines()[0] for w in held if str(w.message).strip()):
+            shown = [w for w in held if str(w.message).strip() and not _torch_deprecation(w)]
+            for w in dict.fromkeys(str(w.message).strip().splitlines()[0] for w in shown):
                 click.echo(f"ddc: warning: {w}", err=True)
             return result
 
@@ -47,6 +65,10 @@ class DDCGroup(click.Group):
             ctx.exit(130)
 
 
+def _torch_deprecation(w) -> bool:
+    return issubclass(w.category, (DeprecationWarning, FutureWarning)) and "torch" in Path(w.filename).parts
+
+
 @click.group(cls=DDCGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(ddcodec.__version__, prog_name="ddc")
 def cli():
@@ -63,7 +85,7 @@ def fit_options(channels=64, layers=6, iters=FitConfig.iters, lr=None, restoring
         click.option("--layers", type=int, default=layers, help=per_arch(layers, "Blocks (d); d-1 upsamplings (skip: scales).", "6; skip: 5")),
         click.option("--arch", type=click.Choice(["deep-decoder", "skip"]), default="deep-decoder",
                      show_default=True, help="Network: the Deep Decoder, or DIP's skip net (2.2 M parameters) to compare."),
-        click.option("--iters", type=int, default=iters, show_default=bool(iters),
+        click.option("--iters", type=click.IntRange(min=1), default=iters, show_default=bool(iters),
                      help="Fitting iterations." + ("" if iters else f" [default: {FitConfig.iters}; denoising: from the estimated noise level]")),
         click.option("--lr", type=float, default=lr, show_default=bool(lr),
                      help="Adam learning rate." + ("" if lr else " [default: 0.05 for k <= 21, falling to 0.01 at k = 64"
@@ -118,7 +140,7 @@ def rate_options(f):
 @click.option("--denoise", is_flag=True, help="Fit with the denoising stopping rule (iterations from the noise level).")
 @click.option("--mask", type=click.Path(dir_okay=False, path_type=Path), help="Inpaint: white = known pixels.")
 @click.option("--scale", type=int, default=1, show_default=True, help="Super-resolve: the file decodes at scale x the size.")
-@click.option("--bank", type=int, default=8, show_default=True, help="Images fitted at once (several inputs).")
+@click.option("--bank", type=click.IntRange(min=1), default=8, show_default=True, help="Images fitted at once (several inputs).")
 @click.option("--max-pixels", default=MAX_INPUT_PIXELS, show_default=True,
               help="Refuse input images with more pixels than this.")
 @click.option("--force", is_flag=True, help="Replace existing outputs.")
@@ -159,24 +181,30 @@ def info(file, as_json):
 @cli.command()
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the results [default: a new temporary folder].")
-@click.option("--iters", default=2000, show_default=True, help="Fitting iterations.")
+@click.option("--iters", type=click.IntRange(min=1), default=2000, show_default=True, help="Fitting iterations.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-def demo(output, iters, device):
+@click.option("--force", is_flag=True, help="Replace the results of an earlier demo in -o.")
+def demo(output, iters, device, force):
     """Encode and decode the bundled 192x128 sample image (k=16), and report the figures."""
     import tempfile
     from importlib.resources import files
 
+    if output is not None:
+        try:
+            output.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ddcodec.errors.OutputError(f"cannot make the folder {output}: {e.strerror}") from None
     out = output or Path(tempfile.mkdtemp(prefix="ddc-demo-"))
-    out.mkdir(parents=True, exist_ok=True)
+    check_outputs([out / "sample.ddc", out / "sample.decoded.png"], force)
     src = files("ddcodec") / "data" / "kodim23-192x128.png"
     img = read_image(src)
     fit, quant = FitConfig(iters=iters), QuantConfig()
     with FitProgress(fit, quant, False) as bar:
         res = ddcodec.encode(img, 16, 6, fit, quant, device, progress=bar.update)
-    write_atomic(out / "sample.ddc", res.data, force=True)
+    write_atomic(out / "sample.ddc", res.data, force)
     t0 = time.perf_counter()
     dec = ddcodec.decode(res.data)
-    write_atomic(out / "sample.decoded.png", png_bytes(dec), force=True)
+    write_atomic(out / "sample.decoded.png", png_bytes(dec), force)
     from ddcodec.metrics import psnr
     click.echo(f"sample 192x128, k=16: {res.bytes} bytes = {res.bpp:.3f} bpp, "
                f"PSNR {res.psnr:.2f} dB (decoded: {psnr(dec, img):.2f} dB), encode {res.seconds:.1f} s, "

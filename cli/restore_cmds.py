@@ -5,10 +5,10 @@ from pathlib import Path
 import click
 
 from ddcodec import restore
-from ddcodec.errors import OutputExistsError
 from ddcodec.fit import FitConfig
 from ddcodec.quant import QuantConfig
-from ddcodec.images import image_bytes, read_image, write_atomic
+from ddcodec.images import (check_ddc_name, check_image_name, check_outputs, image_bytes, named, read_image,
+                            write_atomic)
 
 from .interrupt import raise_if_interrupted
 from .progress import FitProgress
@@ -22,13 +22,16 @@ def output_options(f):
                         help="Restored image [default: IMAGE.<task>.png].")(f)
 
 
-def run(task, image, output, ddc, force, quiet, fn, **kw):
-    output = output or image.with_name(f"{image.stem}.{task}.png")
-    for o in (output, ddc):
-        if o is not None and o.exists() and not force:
-            raise OutputExistsError(f"{o} exists (use --force to replace it)")
+def run(task, image, output, ddc, force, quiet, fn, mask_path=None, **kw):
+    output = output or named(image).with_name(f"{image.stem}.{task}.png")
+    # every output checked before the fit: a name, a folder, no clash with an input or each other
+    check_image_name(output)
+    if ddc is not None:
+        check_ddc_name(ddc)
+    check_outputs([o for o in (output, ddc) if o is not None], force,
+                  inputs=[p for p in (image, mask_path) if p is not None])
     img = read_image(image)
-    iters = kw.get("iters") or FitConfig.iters
+    iters = kw.get("iters") or FitConfig.iters  # None (the rule) only for the bar's first length
     after = QuantConfig(qat_iters=restore.DISTILL_ITERS if task == "denoise" else 0)  # distillation
     with FitProgress(FitConfig(iters=iters), after, quiet) as bar:
         r = fn(img, progress=bar.update, **kw)
@@ -61,7 +64,7 @@ def register(cli, fit_options):
     @fit_options(channels=None, layers=None, iters=None, lr=restore.RESTORE_LR)
     def inpaint(image, mask, network_only, output, ddc, force, quiet, **kw):
         """Fill in the pixels of IMAGE that the mask marks black; known pixels are kept."""
-        run("inpainted", image, output, ddc, force, quiet, restore.inpaint, mask=read_image(mask),
+        run("inpainted", image, output, ddc, force, quiet, restore.inpaint, mask_path=mask, mask=read_image(mask),
             keep_known=not network_only, **kw)
 
     @cli.command()

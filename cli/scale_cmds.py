@@ -21,11 +21,11 @@ def register(cli, fit_options, speed_options, rate_options):
     @fit_options(channels=None, layers=None, restoring=False)
     @speed_options
     @rate_options
-    @click.option("--bank", type=int, default=8, show_default=True, help="Images fitted at once per worker.")
+    @click.option("--bank", type=click.IntRange(min=1), default=8, show_default=True, help="Images fitted at once per worker.")
     @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
                   metavar="[ADDRESS]", help="Run on Ray: alone, a local instance; with an address "
                   "(auto, ray://host:10001), that cluster.")
-    @click.option("--workers", type=int, default=0, help="Ray workers [default: one per GPU, else one per CPU].")
+    @click.option("--workers", type=click.IntRange(min=0), default=0, help="Ray workers [default: one per GPU, else one per CPU].")
     @click.option("--max-pixels", default=MAX_INPUT_PIXELS, show_default=True,
                   help="Refuse input images with more pixels than this.")
     @click.option("--force", is_flag=True, help="Re-encode and replace existing outputs.")

@@ -20,7 +20,7 @@ from . import bitstream, entropy, tiles
 from .degrade import Degradation
 from .errors import ConfigError, CorruptError, ImageError, OutputExistsError
 from .fit import ADAM_BETAS, FitConfig, mse_per_image, optimise
-from .images import check_image, decoded_name, image_bytes, read_image, write_atomic
+from .images import check_ddc_name, check_image, check_image_name, check_output, decoded_name, image_bytes, read_image, write_atomic
 from .metrics import bpp as bits_per_pixel, psnr
 from .nets import Architecture, build, param_count, seeded_input, tensor_shapes
 from .rate import budgets_for_psnr, budgets_for_rate, channels_for_image
@@ -423,8 +423,7 @@ def encode_file(src, dst=None, force: bool = False, **kwargs) -> EncodeResult:
     existing dst needs force, and the input is never overwritten. kwargs go to encode()."""
     src = Path(src)
     dst = Path(dst) if dst is not None else src.with_suffix(".ddc")
-    if dst.exists() and not force:  # before the fit, not after it
-        raise OutputExistsError(f"{dst} exists (use force=True to replace it)")
+    check_output(check_ddc_name(dst), force, inputs=[src])  # before the fit, not after it
     result = encode(read_image(src), **kwargs)
     write_atomic(dst, result.data, force, inputs=[src])
     return result
@@ -435,6 +434,7 @@ def decode_file(src, dst=None, force: bool = False, device: str = "cpu") -> np.n
     suffix picks the format), written atomically; the input is never overwritten."""
     src = Path(src)
     dst = Path(dst) if dst is not None else decoded_name(src)
+    check_output(check_image_name(dst), force, inputs=[src])
     try:
         data = src.read_bytes()
     except OSError as e:

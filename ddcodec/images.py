@@ -5,6 +5,7 @@ a pixel value (palette -> RGB, 1-bit -> L, opaque alpha dropped, EXIF orientatio
 refused with a one-line reason; never silently altered.
 """
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -27,8 +28,15 @@ def channels_of_mode(mode: str) -> int:
 def decoded_name(src) -> Path:
     """Where a decoded .ddc goes by default: beside it as <stem>.decoded.png, so the original
     photo.png it was made from is never in the way."""
-    src = Path(src)
-    return src.with_name(src.stem + ".decoded.png")
+    return named(src).with_name(Path(src).stem + ".decoded.png")
+
+
+def named(path) -> Path:
+    """path, if it names a file: Path("") is ".", which has no name to derive an output from."""
+    path = Path(path)
+    if not path.name or path.name in (".", ".."):
+        raise ImageError(f"{str(path)!r} is not a file name")
+    return path
 
 
 def from_pil(im: Image.Image, max_pixels: int = MAX_INPUT_PIXELS) -> np.ndarray:
@@ -104,24 +112,86 @@ def image_bytes(img: np.ndarray, path) -> bytes:
     return buf.getvalue()
 
 
-def write_atomic(path, data: bytes, force: bool = False, inputs=()) -> None:
-    """Write via a temp file in the same folder, fsync, rename: a reader never sees a partial
-    file, a crash leaves none, and an existing file is replaced only with force."""
+def check_output(path, force: bool = False, inputs=()) -> Path:
+    """Refuse, before any work, an output that write_atomic would refuse or could not write:
+    an empty name, an input, a folder, a device, FIFO or symbolic link (replacing one with a
+    regular file would break what it stood for, /dev/null included), an existing file without
+    force, a missing or read-only folder."""
     path = Path(path)
+    if not path.name or path.name in (".", ".."):
+        raise OutputError(f"{str(path)!r} is not a file name")
     for src in inputs:
-        if path.exists() and Path(src).exists() and os.path.samefile(src, path):
+        if (path.exists() and Path(src).exists() and os.path.samefile(src, path)) \
+                or path.resolve() == Path(src).resolve():
             raise OutputExistsError(f"{path}: refusing to overwrite the input")
-        if path.resolve() == Path(src).resolve():
-            raise OutputExistsError(f"{path}: refusing to overwrite the input")
-    if path.exists() and not force:
-        raise OutputExistsError(f"{path} exists (use --force to replace it)")
     if path.is_dir():
         raise OutputExistsError(f"{path} is a directory")
+    if os.path.lexists(path):
+        if path.is_symlink() or not stat.S_ISREG(path.lstat().st_mode):
+            raise OutputError(f"{path} exists and is not a regular file; not replaced")
+        if not force:
+            raise OutputExistsError(f"{path} exists (use --force to replace it)")
+    folder = path.parent
+    if not folder.is_dir():
+        raise OutputError(f"cannot write {path}: no folder {folder}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {path}: the folder {folder} is not writable")
+    return path
+
+
+def check_image_name(path) -> Path:
+    """An image output's suffix must name a format Pillow writes (none: PNG); checked before the
+    fit rather than after it."""
+    suffix = Path(path).suffix.lower()
+    if suffix and suffix not in Image.registered_extensions():
+        raise OutputError(f"{path}: unknown image format {suffix!r} (use .png, or another image suffix)")
+    return Path(path)
+
+
+def check_ddc_name(path) -> Path:
+    """A .ddc output must not wear an image suffix: ddc encode a.png -o b.png would otherwise
+    write weights where a reader (and the user) expects pixels."""
+    suffix = Path(path).suffix.lower()
+    if suffix in Image.registered_extensions():
+        raise OutputError(f"{path}: a .ddc file would get the image suffix {suffix!r} (use .ddc)")
+    return Path(path)
+
+
+def check_outputs(outputs, force: bool = False, inputs=()) -> list:
+    """check_output for each, and no two outputs the same file (the second would replace the
+    first)."""
+    seen = set()
+    for o in outputs:
+        check_output(o, force, inputs)
+        key = os.path.realpath(o)
+        if key in seen:
+            raise OutputExistsError(f"{o} is named for two outputs")
+        seen.add(key)
+    return [Path(o) for o in outputs]
+
+
+def _new_file_mode(path: Path) -> int:
+    """mkstemp makes 0600 files; an output gets the mode a plain open() would give it (0666
+    less the umask), or keeps the mode of the file it replaces."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def write_atomic(path, data: bytes, force: bool = False, inputs=()) -> None:
+    """Write via a temp file in the same folder, fsync, rename: a reader never sees a partial
+    file, a crash leaves none, and an existing file is replaced only with force (and only a
+    regular file: see check_output)."""
+    path = check_output(path, force, inputs)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise OutputError(f"cannot write {path}: {e.strerror}") from None
     try:
+        os.fchmod(fd, _new_file_mode(path))
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

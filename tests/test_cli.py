@@ -282,3 +282,57 @@ def test_a_ctrl_c_that_torch_swallows_still_ends_the_encode(tmp_path, monkeypatc
     assert [line for line in res.output.splitlines() if line.strip()] == ["ddc: interrupted; no partial output was left"]
     assert not (tmp_path / "a.ddc").exists()
     assert after is signal.default_int_handler  # ddc put the handler back
+
+
+def test_usage_errors_are_one_line_with_exit_code_2(tmp_path):
+    Image.fromarray(small(16, 16)).save(tmp_path / "a.png")
+    for opts in (["--bank", "0"], ["--iters", "0"], ["--no-such-option"]):
+        res = run("encode", tmp_path / "a.png", *opts)
+        lines = [line for line in res.output.splitlines() if line.strip()]
+        assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith("ddc: error:"), res.output
+    assert not (tmp_path / "a.ddc").exists()
+
+
+def test_an_empty_input_name_does_not_mean_the_current_folder(tmp_path, monkeypatch):
+    Image.fromarray(small(16, 16)).save(tmp_path / "a.png")
+    monkeypatch.chdir(tmp_path)
+    _one_line_error(run("encode", "", *FAST))
+    _one_line_error(run("decode", ""))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+def test_two_inputs_with_one_output_name_encode_the_first_and_report_the_second(tmp_path):
+    Image.fromarray(small(16, 16)).save(tmp_path / "a.png")
+    Image.fromarray(small(16, 16)[::-1].copy()).save(tmp_path / "a.bmp")
+    res = run("encode", tmp_path / "a.png", tmp_path / "a.bmp", *FAST)
+    assert res.exit_code == 1 and "another input also maps to" in res.output and "a.bmp" in res.output
+    assert ddcodec.info((tmp_path / "a.ddc").read_bytes())["width"] == 16
+    assert "a.ddc:" in res.output  # the first one was written and reported
+
+
+def _no_fit(*args, **kwargs):
+    raise AssertionError("the fit ran before the outputs were checked")
+
+
+def test_restoration_outputs_are_checked_before_the_fit(tmp_path, monkeypatch):
+    from ddcodec import restore
+    for name in ("inpaint", "superres", "denoise"):
+        monkeypatch.setattr(restore, name, _no_fit)
+    Image.fromarray(small(16, 16)).save(tmp_path / "x.png")
+    Image.fromarray(np.full((16, 16), 255, np.uint8)).save(tmp_path / "m.png")
+    mask = (tmp_path / "m.png").read_bytes()
+    x = ["-k", "4", "-q"]
+    _one_line_error(run("inpaint", tmp_path / "x.png", "--mask", tmp_path / "m.png", *x, "-o", tmp_path / "m.png", "--force"))
+    assert (tmp_path / "m.png").read_bytes() == mask
+    _one_line_error(run("superres", tmp_path / "x.png", *x, "-o", tmp_path / "o", "--ddc", tmp_path / "o"))
+    _one_line_error(run("superres", tmp_path / "x.png", *x, "--ddc", tmp_path / "s.png"))
+    _one_line_error(run("denoise", tmp_path / "x.png", *x, "--ddc", tmp_path / "no" / "x.ddc"))
+    _one_line_error(run("denoise", tmp_path / "x.png", *x, "-o", tmp_path / "x.ddc"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.png", "x.png"]
+
+
+def test_demo_replaces_its_earlier_results_only_with_force(tmp_path, monkeypatch):
+    (tmp_path / "sample.ddc").write_bytes(b"earlier")
+    monkeypatch.setattr(ddcodec, "encode", _no_fit)
+    _one_line_error(run("demo", "-o", tmp_path, "--iters", "5"))
+    assert (tmp_path / "sample.ddc").read_bytes() == b"earlier"

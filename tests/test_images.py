@@ -1,12 +1,17 @@
 import io
+import os
+import stat
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 from PIL import Image
 
 import ddcodec
-from ddcodec.errors import ImageError, OutputExistsError
-from ddcodec.images import channels_of_mode, read_image, write_atomic
+from ddcodec.errors import ImageError, OutputError, OutputExistsError
+from ddcodec.images import channels_of_mode, check_outputs, read_image, write_atomic
 
 from .conftest import small
 
@@ -120,3 +125,43 @@ def test_the_header_predicts_the_channels_the_read_gives(tmp_path, mode):
     arr = read_image(path)
     assert channels_of_mode(im.mode) == (1 if arr.ndim == 2 else 3)
     assert probe(path) == ddcodec.codec.bank_key(arr.shape)
+
+
+@pytest.mark.parametrize("kind", ["symlink", "dangling", "fifo"])
+def test_force_never_replaces_a_link_or_special_file(tmp_path, kind):
+    target, p = tmp_path / "target.bin", tmp_path / "out.bin"
+    target.write_bytes(b"keep")
+    if kind == "symlink":
+        p.symlink_to(target)
+    elif kind == "dangling":
+        p.symlink_to(tmp_path / "nowhere")
+    else:
+        os.mkfifo(p)
+    with pytest.raises(OutputError, match="not a regular file"):
+        write_atomic(p, b"new", force=True)
+    assert target.read_bytes() == b"keep"
+    assert p.is_symlink() or stat.S_ISFIFO(p.lstat().st_mode)
+
+
+@given(st.sampled_from([0o022, 0o077, 0o002, 0o027]))
+@settings(max_examples=4, deadline=None)
+def test_a_new_output_gets_the_umask_mode_and_a_replaced_one_keeps_its_mode(umask):
+    with tempfile.TemporaryDirectory() as d:
+        p, old = Path(d) / "out.bin", os.umask(umask)
+        try:
+            write_atomic(p, b"one")
+        finally:
+            os.umask(old)
+        assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask
+        p.chmod(0o640)
+        write_atomic(p, b"two", force=True)
+        assert stat.S_IMODE(p.stat().st_mode) == 0o640 and p.read_bytes() == b"two"
+
+
+def test_check_outputs_refuses_two_names_for_one_file_and_an_empty_name(tmp_path):
+    with pytest.raises(OutputExistsError, match="two outputs"):
+        check_outputs([tmp_path / "a.png", tmp_path / "." / "a.png"])
+    with pytest.raises(OutputError, match="not a file name"):
+        check_outputs([Path("")])
+    with pytest.raises(OutputError, match="no folder"):
+        check_outputs([tmp_path / "missing" / "a.png"])
