@@ -52,6 +52,9 @@ def from_pil(im: Image.Image, max_pixels: int = MAX_INPUT_PIXELS) -> np.ndarray:
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
     elif im.mode == "PA":  # palette colours with an alpha channel: RGB(A), not grayscale
         im = im.convert("RGBA")
+    elif im.mode in ("RGB", "L") and "transparency" in im.info:
+        # a PNG tRNS colour key: the pixels of that colour are transparent, as a palette's are
+        im = im.convert("RGBA" if im.mode == "RGB" else "LA")
     if im.mode in ("RGBA", "LA", "PA"):
         if np.asarray(im.getchannel("A")).min() < 255:
             raise ImageError("images with transparency are not supported "

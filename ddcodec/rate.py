@@ -52,7 +52,7 @@ def budgets_for_rate(model, z, loss_fn, quant: QuantConfig, pixels: int, write, 
     if not fits_at_hi.all():
         weights = sum(t[0].numel() for _, t in model.named_tensors())
         raise ConfigError(f"cannot reach {np.min(limit) * 8 / pixels:.4g} bpp with {weights} weights per image; "
-                          "use a smaller -k")
+                          "use a larger target (or a smaller -k where one was given)")
     if _fits(model, z, loss_fn, quant, np.exp(lo), sens, write, limit).all():
         return np.exp(lo)  # even the finest budget fits: the rate is not the limit
     for _ in range(ROUNDS):

@@ -38,6 +38,17 @@ def test_opaque_alpha_is_dropped_and_transparency_is_refused(tmp_path):
         read_image(_save(tmp_path, Image.fromarray(a), "t.png"))
 
 
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_a_colour_key_counts_as_transparency_only_where_a_pixel_has_it(tmp_path, mode):
+    im = Image.fromarray(small(20, 10)).convert(mode)
+    key = im.getpixel((0, 0))
+    with pytest.raises(ImageError, match="transparency"):  # pixel (0, 0) has the key colour
+        read_image(_save(tmp_path, im, "k.png", transparency=key))
+    present = set(im.getdata())
+    absent = next(c for c in ([(i, 1, 254) for i in range(256)] if mode == "RGB" else range(256)) if c not in present)
+    assert np.array_equal(read_image(_save(tmp_path, im, "n.png", transparency=absent)), np.asarray(im))
+
+
 @pytest.mark.parametrize("im", [
     Image.fromarray(np.zeros((8, 8), np.uint16) + 300),  # 16-bit
     Image.new("CMYK", (8, 8)),
