@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import ddcodec
 from ddcodec import FitConfig, QuantConfig
@@ -113,3 +114,13 @@ def test_a_compiled_fit_reaches_the_eager_fit_and_its_file_decodes_anywhere(imag
     fused = quantize_bank(bank, FAST_QUANT)[0]
     assert abs(fused.psnr_float - eager.psnr_float) <= 0.05
     assert abs(psnr(ddcodec.decode(fused.data), image) - fused.psnr) <= 0.05
+
+
+@given(st.integers(8, 48), st.integers(8, 48), st.integers(3, 6), st.floats(0.02, 1.0), st.integers(0, 3))
+@settings(max_examples=10, deadline=None)
+def test_rounding_costs_at_most_the_loss_budget(w, h, layers, budget, seed):
+    # without fine-tuning, the decoded file is the rounded net: its loss against the float fit
+    # must stay within max_loss_db (plus 8-bit output rounding), whatever the size and depth
+    img = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    r = ddcodec.encode(img, 6, layers, FitConfig(iters=120, seed=seed), QuantConfig(max_loss_db=budget, qat_iters=0), "cpu")
+    assert r.psnr >= r.psnr_float - budget - 0.05
