@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from .entropy import DECAYS, TensorModel, decay_index
 from .errors import (ConfigError, CorruptError, FormatError, LimitError, NotDDCError,
                      TruncatedError, UnsupportedVersionError)
-from .nets import Architecture, tensor_shapes
+from .nets import Architecture, tensor_shapes, work
 from .quant import STEP_CODE_MAX, STEP_CODE_MIN
 
 MAGIC = b"\x89DDC"
@@ -161,8 +161,8 @@ def _read_header(r: _Reader, max_work: int, version: int):
         arch = Architecture(KINDS[kind][0], k, layers, channels, folded=KINDS[kind][1])
     except ConfigError as e:
         raise CorruptError(f"bad architecture in header: {e}") from None
-    if k * width * height > max_work:
-        raise LimitError(f"decoding {width}x{height} at k={k} exceeds the reader's limits")
+    if work(arch, height, width) > max_work:
+        raise LimitError(f"decoding {width}x{height} at k={k} with {layers} blocks exceeds the reader's limits")
     shapes = tensor_shapes(arch)
     if sum(_numel(s) for _, s in shapes) > MAX_SYMBOLS:
         raise LimitError(f"{arch.kind} at k={k} has more weights than the reader's limit {MAX_SYMBOLS}")

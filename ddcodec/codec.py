@@ -22,7 +22,7 @@ from .errors import ConfigError, CorruptError, ImageError, OutputExistsError
 from .fit import ADAM_BETAS, FitConfig, mse_per_image, optimise
 from .images import check_ddc_name, check_image, check_image_name, check_output, decoded_name, image_bytes, read_image, write_atomic
 from .metrics import bpp as bits_per_pixel, psnr
-from .nets import Architecture, build, param_count, seeded_input, tensor_shapes
+from .nets import Architecture, build, param_count, seeded_input, tensor_shapes, work
 from .rate import budgets_for_psnr, budgets_for_rate, channels_for_image
 from .quant import QuantConfig, dequantize, quantize, search_steps, steps_tensor, straight_through
 
@@ -128,9 +128,10 @@ def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitCo
     h, w = imgs[0].shape[:2]
     net = Architecture(arch, channels, layers, 1 if imgs[0].ndim == 2 else 3)
     H, W = deg.output_size(h, w)
-    if net.kind == "deep-decoder" and channels * H * W > bitstream.MAX_WORK:
-        raise ImageError(f"{W}x{H} at k={channels} exceeds the decoder's limit of k*pixels <= "
-                         f"{bitstream.MAX_WORK}; use a smaller -k or image")  # never write what the reader refuses
+    if work(net, H, W) > bitstream.MAX_WORK:  # never fit what the reader would refuse
+        raise ImageError(f"{W}x{H} at k={channels} with {layers} blocks exceeds the decoder's limit of "
+                         f"k*pixels <= {bitstream.MAX_WORK} (on the padded size); use a smaller -k, "
+                         f"image or --layers")
     dev = resolve_device(device)
     target = torch.from_numpy(np.stack([_chw(im) for im in imgs])).to(dev).float() / 255
     weight = deg.weight((h, w), dev)

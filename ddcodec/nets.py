@@ -59,6 +59,18 @@ def input_shape(arch: Architecture, height: int, width: int) -> tuple:
     return (arch.channels, math.ceil(height / f), math.ceil(width / f))
 
 
+def work(arch: Architecture, height: int, width: int) -> int:
+    """The largest activation, in floats, that decoding height x width takes: the network runs
+    on the padded size input_shape implies, not on the cropped image (a 1x1 image at 12 blocks
+    runs at 2048x2048). The skip net's widest layer concatenates its skip channels (and its
+    input has 32)."""
+    c, h, w = input_shape(arch, height, width)
+    if arch.kind == "skip":
+        return max(arch.channels + 4, c) * h * w
+    f = 2**arch.upsamplings
+    return arch.channels * h * f * w * f
+
+
 def seeded_input(arch: Architecture, height: int, width: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(uniform(seed, input_shape(arch, height, width), INPUT_SCALE))
 

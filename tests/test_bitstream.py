@@ -3,13 +3,14 @@ from pathlib import Path
 import struct
 import zlib
 
+import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
 import ddcodec
 from ddcodec import bitstream
 from ddcodec.entropy import DECAYS, TensorModel
-from ddcodec.errors import (ConfigError, CorruptError, FormatError, LimitError, NotDDCError, TruncatedError,
+from ddcodec.errors import (ConfigError, CorruptError, FormatError, ImageError, LimitError, NotDDCError, TruncatedError,
                             UnsupportedVersionError)
 from ddcodec.nets import Architecture, tensor_shapes
 from ddcodec.quant import STEP_CODE_MAX, STEP_CODE_MIN
@@ -92,6 +93,27 @@ def test_an_architecture_with_too_many_weights_is_refused_before_decoding(ddc_by
                               models=(h.models[0],) * n)
     with pytest.raises(LimitError):
         bitstream.unpack(bitstream.pack(big, payload))
+
+
+@pytest.mark.parametrize("kind,k,layers,w,h", [
+    ("deep-decoder", 1024, 12, 1, 1),  # a 1x1 image that runs at 2048x2048 with 1024 channels
+    ("deep-decoder", 4, 12, 65536, 1),  # one row, padded to 2048 rows
+    ("skip", 1, 12, 1, 1),  # the skip net's input is padded to 4096x4096
+])
+def test_a_small_image_whose_padded_decode_is_huge_is_refused_unread(ddc_bytes, kind, k, layers, w, h):
+    head, payload = bitstream.unpack(ddc_bytes)
+    arch = Architecture(kind, k, layers, 3, folded=kind == "deep-decoder")
+    n = len(tensor_shapes(arch))
+    bad = dataclasses.replace(head, width=w, height=h, arch=arch, step_codes=(0,) * n,
+                              models=(head.models[0],) * n)
+    with pytest.raises(LimitError, match="reader's limits"):
+        bitstream.unpack(bitstream.pack(bad, payload))
+
+
+def test_the_encoder_refuses_a_fit_whose_padded_size_the_reader_would_refuse():
+    img = np.zeros((1, 1, 3), np.uint8)
+    with pytest.raises(ImageError, match="padded"):
+        ddcodec.encode(img, 128, 12, ddcodec.FitConfig(iters=1), device="cpu")  # 2^29 > 2^28
 
 
 def _with_first_entry_byte(ddc_bytes, offset: int, value: int) -> bytes:
