@@ -111,7 +111,10 @@ def image_bytes(img: np.ndarray, path) -> bytes:
     if fmt is None:
         raise ImageError(f"{path}: unknown image format {suffix!r}")
     buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format=fmt)
+    try:
+        Image.fromarray(img).save(buf, format=fmt)
+    except (KeyError, OSError, ValueError) as e:  # Pillow reads more formats than it writes
+        raise OutputError(f"{path}: cannot write this image as {fmt} ({e})") from None
     return buf.getvalue()
 
 
@@ -146,8 +149,9 @@ def check_image_name(path) -> Path:
     """An image output's suffix must name a format Pillow writes (none: PNG); checked before the
     fit rather than after it."""
     suffix = Path(path).suffix.lower()
-    if suffix and suffix not in Image.registered_extensions():
-        raise OutputError(f"{path}: unknown image format {suffix!r} (use .png, or another image suffix)")
+    Image.init()  # registers the writers, not only the readers
+    if suffix and Image.registered_extensions().get(suffix) not in Image.SAVE:
+        raise OutputError(f"{path}: {suffix!r} is not an image format this can write (use .png, .webp, .jpg, ...)")
     return Path(path)
 
 

@@ -176,3 +176,11 @@ def test_check_outputs_refuses_two_names_for_one_file_and_an_empty_name(tmp_path
         check_outputs([Path("")])
     with pytest.raises(OutputError, match="no folder"):
         check_outputs([tmp_path / "missing" / "a.png"])
+
+
+@pytest.mark.parametrize("suffix", [".psd", ".xbm", ".blp", ".mpg"])
+def test_a_suffix_pillow_reads_but_cannot_write_this_image_as_is_an_output_error(tmp_path, suffix):
+    from ddcodec.images import check_image_name, image_bytes
+    with pytest.raises(OutputError):
+        check_image_name(tmp_path / f"x{suffix}")
+        image_bytes(small(8, 8), tmp_path / f"x{suffix}")
