@@ -15,8 +15,10 @@ from typing import Optional
 
 import numpy as np
 import torch
+from PIL import Image
 
 from . import bitstream, entropy, tiles
+from .checks import integer
 from .degrade import Degradation
 from .errors import ConfigError, CorruptError, ImageError, OutputExistsError
 from .fit import ADAM_BETAS, FitConfig, mse_per_image, optimise
@@ -51,6 +53,8 @@ class EncodeResult:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    if not isinstance(device, str):
+        raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
@@ -78,6 +82,9 @@ def encode_bank(images, channels: Optional[int] = 64, layers: int = 6, fit: FitC
                 arch: str = "deep-decoder", degradation: Degradation = None, tile=None) -> list:
     """Encode B images of one size and channel count as one bank: one fit, B files. With a
     tile size, the images may differ in size: their tiles are banked by size instead."""
+    _check_arguments(channels, layers, fit, quant, progress, tile)
+    if len(images) == 0:
+        return []
     if tile is not None:
         if arch != "deep-decoder" or (degradation is not None and (degradation.mask is not None or degradation.scale > 1)):
             raise ConfigError("tiles apply to compression with the Deep Decoder, not to restoration or --arch skip")
@@ -93,6 +100,24 @@ def encode_bank(images, channels: Optional[int] = 64, layers: int = 6, fit: FitC
     for r in results:
         r.seconds = seconds / len(results)
     return results
+
+
+def _check_arguments(channels, layers, fit, quant, progress, tile) -> None:
+    """The library's arguments, checked before any work (the CLI's are checked by click)."""
+    if not isinstance(fit, FitConfig) or not isinstance(quant, QuantConfig):
+        raise ConfigError("fit must be a FitConfig and quant a QuantConfig")
+    if channels is not None:
+        integer("channels", channels, 1, 1024)
+    integer("layers", layers, 1, 12)
+    if progress is not None and not callable(progress):
+        raise ConfigError("progress must be a callable or None")
+    if tile is not None and tile != "auto":
+        try:
+            w, h = tile
+            integer("tile width", w, 8, bitstream.MAX_SIDE)
+            integer("tile height", h, 8, bitstream.MAX_SIDE)
+        except (TypeError, ValueError):
+            raise ConfigError(f"tile must be None, 'auto' or (width, height), got {tile!r}") from None
 
 
 @dataclass
@@ -128,6 +153,8 @@ def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitCo
     h, w = imgs[0].shape[:2]
     net = Architecture(arch, channels, layers, 1 if imgs[0].ndim == 2 else 3)
     H, W = deg.output_size(h, w)
+    if max(H, W) > bitstream.MAX_SIDE:
+        raise ImageError(f"{W}x{H}: a side over {bitstream.MAX_SIDE} is more than the format holds")
     if work(net, H, W) > bitstream.MAX_WORK:  # never fit what the reader would refuse
         raise ImageError(f"{W}x{H} at k={channels} with {layers} blocks exceeds the decoder's limit of "
                          f"k*pixels <= {bitstream.MAX_WORK} (on the padded size); use a smaller -k, "
@@ -347,6 +374,8 @@ def _write_member(model, b, codes, arch, seed, flags, h, w) -> bytes:
 def decode(data: bytes, device: str = "cpu", max_work: int = bitstream.MAX_WORK) -> np.ndarray:
     """.ddc bytes -> uint8 image [H, W, 3] or [H, W]. Raises a FormatError on bad data.
     max_work (k * pixels) bounds the memory the decode may need; larger headers are refused."""
+    data = _file_bytes(data)
+    integer("max_work", max_work, 1, 2**62)
     if tiles.is_tiled(data):
         width, height, rows, cols, members = tiles.unpack_members(data, max_work)
         parts = [decode(m, device, max_work) for m in members]
@@ -394,14 +423,22 @@ def _chw(img: np.ndarray) -> np.ndarray:
 def _as_array(image) -> np.ndarray:
     if isinstance(image, (str, Path)):
         return read_image(image)
-    if hasattr(image, "mode") and hasattr(image, "size"):  # a PIL image
+    if isinstance(image, Image.Image):
         from .images import from_pil
         return from_pil(image)
     return check_image(image)
 
 
+def _file_bytes(data) -> bytes:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ConfigError(f"expected the bytes of a .ddc file, got {type(data).__name__}"
+                          + (" (for a path, use decode_file)" if isinstance(data, (str, Path)) else ""))
+    return bytes(data)
+
+
 def info(data: bytes) -> dict:
     """The header of a .ddc file as a dict (validated, payload not decoded)."""
+    data = _file_bytes(data)
     if tiles.is_tiled(data):
         width, height, rows, cols, members = tiles.unpack_members(data, bitstream.MAX_WORK)
         parts = [info(m) for m in members]

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checks import integer
 from .errors import ConfigError, ImageError
 
 LANCZOS_A = 3
@@ -25,8 +26,17 @@ class Degradation:
     mask: np.ndarray = None  # bool [H, W]: True where the input pixel is known
 
     def __post_init__(self):
-        if not 1 <= self.scale <= 16:
-            raise ConfigError(f"scale must be in 1..16, got {self.scale}")
+        integer("scale", self.scale, 1, 16)
+        if self.mask is not None:
+            m = self.mask
+            if not isinstance(m, np.ndarray) or m.ndim != 2:
+                raise ConfigError("mask must be a 2-D array [H, W], True (or 1) where the pixel is known")
+            if m.dtype != bool:  # 0/1 integers are taken as bools; 255 would index, not mask
+                if not np.issubdtype(m.dtype, np.integer) or not np.isin(m, (0, 1)).all():
+                    raise ConfigError("mask must hold bools or 0/1 (see mask_from_image for a mask image)")
+                object.__setattr__(self, "mask", m.astype(bool))
+            if not self.mask.any():
+                raise ConfigError("the mask marks no pixel as known")
 
     def output_size(self, h: int, w: int) -> tuple:
         return h * self.scale, w * self.scale

@@ -14,6 +14,7 @@ from typing import Callable, Optional, Union
 
 import torch
 
+from .checks import integer, number
 from .errors import ConfigError
 
 
@@ -48,27 +49,25 @@ class FitConfig:
     live_first_block: Optional[bool] = None
 
     def __post_init__(self):
-        if self.iters < 0 or self.iters > 10_000_000:
-            raise ConfigError(f"iters must be in 0..10000000, got {self.iters}")
-        if self.lr is not None and not 0 < self.lr <= 1:
-            raise ConfigError(f"lr must be in (0, 1], got {self.lr}")
-        if not 0 <= self.seed < 2**64:
-            raise ConfigError("seed must be in [0, 2**64)")
-        if not 0 <= self.stop_mse < 1:
-            raise ConfigError(f"stop_mse must be in [0, 1), got {self.stop_mse}")
-        if not 0 <= self.average < 1:
-            raise ConfigError(f"average must be in [0, 1), got {self.average}")
-        if self.rollback_db is not None and not 0 <= self.rollback_db <= 100:
-            raise ConfigError(f"rollback_db must be in [0, 100], got {self.rollback_db}")
-        if self.beta1 is not None and not 0 <= self.beta1 < 1:
-            raise ConfigError(f"beta1 must be in [0, 1), got {self.beta1}")
-        if self.beta2 is not None and not 0 <= self.beta2 < 1:
-            raise ConfigError(f"beta2 must be in [0, 1), got {self.beta2}")
+        integer("iters", self.iters, 0, 10_000_000)
+        if self.lr is not None:
+            number("lr", self.lr, 0, 1, lo_open=True)
+        number("lr_floor", self.lr_floor, 0, 1)
+        number("input_noise", self.input_noise, 0, 10)
+        integer("seed", self.seed, 0, 2**64 - 1)
+        number("stop_mse", self.stop_mse, 0, 1, hi_open=True)
+        number("average", self.average, 0, 1, hi_open=True)
+        if self.rollback_db is not None:
+            number("rollback_db", self.rollback_db, 0, 100)
+        for name in ("beta1", "beta2"):
+            if getattr(self, name) is not None:
+                number(name, getattr(self, name), 0, 1, hi_open=True)
         if self.precision not in ("fp32", "tf32", "bf16"):
             raise ConfigError(f"precision must be fp32, tf32 or bf16, got {self.precision!r}")
-        if self.compile not in (True, False, "auto"):
+        if not (isinstance(self.compile, bool) or self.compile == "auto"):
             raise ConfigError(f"compile must be True, False or 'auto', got {self.compile!r}")
-
+        if not (self.live_first_block is None or isinstance(self.live_first_block, bool)):
+            raise ConfigError(f"live_first_block must be None, True or False, got {self.live_first_block!r}")
 
     def lr_for(self, channels: int, compression: bool = True) -> float:
         """The learning rate to fit at: lr if set, else the width rule for compressing with

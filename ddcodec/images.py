@@ -89,6 +89,7 @@ def read_image(path, max_pixels: int = MAX_INPUT_PIXELS) -> np.ndarray:
 def check_image(img: np.ndarray) -> np.ndarray:
     if not isinstance(img, np.ndarray) or img.dtype != np.uint8:
         raise ImageError("image must be a uint8 numpy array")
+    img = np.asarray(img)  # a subclass (np.matrix) indexes differently
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
     if not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 3)):

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import integer
 from .errors import ConfigError
 from .noise import uniform
 
@@ -37,10 +38,8 @@ class Architecture:
             raise ConfigError(f"unknown architecture {self.kind!r}")
         if self.folded and self.kind != "deep-decoder":
             raise ConfigError("only the Deep Decoder has a folded form")
-        if not 1 <= self.channels <= 1024:
-            raise ConfigError(f"channels must be in 1..1024, got {self.channels}")
-        if not 1 <= self.layers <= 12:
-            raise ConfigError(f"layers must be in 1..12, got {self.layers}")
+        integer("channels", self.channels, 1, 1024)
+        integer("layers", self.layers, 1, 12)
         if self.out_channels not in (1, 3):
             raise ConfigError(f"out_channels must be 1 or 3, got {self.out_channels}")
 

@@ -15,6 +15,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .checks import integer, number
 from .errors import ConfigError
 
 # 2^(j/8) for j = 0..7, as exact float32 literals: the decoder must not call pow().
@@ -34,16 +35,16 @@ class QuantConfig:
     target_psnr: Optional[float] = None  # or: the budget is what the fit has above this PSNR
 
     def __post_init__(self):
-        if not 0 <= self.max_loss_db <= 40:
-            raise ConfigError(f"max_loss_db must be in [0, 40], got {self.max_loss_db}")
-        if self.target_bpp is not None and not 0 < self.target_bpp <= 64:
-            raise ConfigError(f"target bpp must be in (0, 64], got {self.target_bpp}")
-        if self.target_psnr is not None and not 0 < self.target_psnr <= 100:
-            raise ConfigError(f"target PSNR must be in (0, 100] dB, got {self.target_psnr}")
+        number("max_loss_db", self.max_loss_db, 0, 40)
+        integer("qat_iters", self.qat_iters, 0, 1_000_000)
+        number("qat_lr", self.qat_lr, 0, 1, lo_open=True)
+        integer("search_rounds", self.search_rounds, 1, 60)
+        if self.target_bpp is not None:
+            number("target bpp", self.target_bpp, 0, 64, lo_open=True)
+        if self.target_psnr is not None:
+            number("target PSNR (dB)", self.target_psnr, 0, 100, lo_open=True)
         if self.target_bpp is not None and self.target_psnr is not None:
             raise ConfigError("give a target bpp or a target PSNR, not both")
-        if not 0 <= self.qat_iters <= 1_000_000:
-            raise ConfigError(f"qat_iters must be in 0..1000000, got {self.qat_iters}")
 
 
 def step_from_code(code) -> np.ndarray:

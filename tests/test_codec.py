@@ -124,3 +124,75 @@ def test_rounding_costs_at_most_the_loss_budget(w, h, layers, budget, seed):
     img = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
     r = ddcodec.encode(img, 6, layers, FitConfig(iters=120, seed=seed), QuantConfig(max_loss_db=budget, qat_iters=0), "cpu")
     assert r.psnr >= r.psnr_float - budget - 0.05
+
+
+_ODD = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**20, 10**20),
+                 st.text(max_size=3), st.booleans(), st.none(), st.just([1]))
+
+
+@given(st.sampled_from(["iters", "seed", "lr", "lr_floor", "input_noise", "stop_mse", "average",
+                        "beta1", "beta2", "rollback_db", "compile", "live_first_block", "precision"]), _ODD)
+@settings(max_examples=200, deadline=None)
+def test_a_fit_setting_is_taken_or_refused_with_a_config_error(field, value):
+    from ddcodec.errors import ConfigError
+    try:
+        cfg = FitConfig(**{field: value})
+    except ConfigError:
+        return
+    got = getattr(cfg, field)  # taken: then it is a usable value, never NaN or a string number
+    assert got is None or isinstance(got, (bool, int, float)) or got in ("auto", "fp32", "tf32", "bf16")
+    assert not (isinstance(got, float) and got != got)
+    if field in ("iters", "seed"):
+        assert isinstance(got, int) and not isinstance(got, bool)
+
+
+@given(st.sampled_from(["max_loss_db", "qat_iters", "qat_lr", "search_rounds", "target_bpp", "target_psnr"]), _ODD)
+@settings(max_examples=120, deadline=None)
+def test_a_quant_setting_is_taken_or_refused_with_a_config_error(field, value):
+    from ddcodec.errors import ConfigError
+    try:
+        cfg = QuantConfig(**{field: value})
+    except ConfigError:
+        return
+    got = getattr(cfg, field)
+    assert got is None or (isinstance(got, (int, float)) and not isinstance(got, bool) and got == got)
+    if field in ("qat_iters", "search_rounds"):
+        assert isinstance(got, int)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(channels=4.0), dict(layers=None), dict(device=None), dict(tile="bogus"), dict(tile=(8,)),
+    dict(progress=5), dict(fit=None), dict(quant=None),
+])
+def test_bad_library_arguments_are_config_errors(kwargs):
+    from ddcodec.errors import ConfigError
+    args = dict(channels=4, layers=2, fit=FitConfig(iters=5), quant=QuantConfig(qat_iters=0), device="cpu") | kwargs
+    with pytest.raises(ConfigError):
+        ddcodec.encode(small(16, 16), **args)
+
+
+@pytest.mark.parametrize("data", ["x.ddc", None, 5, np.zeros(8, np.uint8)])
+def test_decode_and_info_take_bytes_only(data):
+    from ddcodec.errors import ConfigError
+    with pytest.raises(ConfigError):
+        ddcodec.decode(data)
+    with pytest.raises(ConfigError):
+        ddcodec.info(data)
+
+
+def test_an_empty_bank_encodes_to_nothing():
+    assert ddcodec.encode_bank([], 4, 2, FitConfig(iters=5), device="cpu") == []
+
+
+@pytest.mark.parametrize("mask,ok", [
+    (np.ones((4, 4), np.uint8), True), (np.full((4, 4), 255, np.uint8), False),
+    (np.zeros((4, 4), bool), False), (np.ones((4, 4, 3), bool), False), ([[1]], False),
+])
+def test_a_mask_is_bools_or_zero_one_with_a_known_pixel(mask, ok):
+    from ddcodec.degrade import Degradation
+    from ddcodec.errors import ConfigError
+    if ok:
+        assert Degradation(mask=mask).mask.dtype == bool
+    else:
+        with pytest.raises(ConfigError):
+            Degradation(mask=mask)

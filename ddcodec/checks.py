@@ -1,0 +1,26 @@
+"""Range checks for settings, with the types made explicit: a bool is not an integer here, a
+float is not an integer (2.5 iterations used to reach range() as a TypeError), and NaN is in no
+range (every comparison with it is False, so `not lo <= x <= hi` alone lets nothing through but
+a reversed test lets it pass)."""
+import math
+import numbers
+
+from .errors import ConfigError
+
+
+def integer(name: str, value, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(f"{name} must be an integer in {lo}..{hi}, got {value!r}")
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name} must be in {lo}..{hi}, got {value}")
+    return int(value)
+
+
+def number(name: str, value, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> float:
+    """A real number in the interval; lo_open / hi_open exclude that end."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    if (value < lo or (lo_open and value == lo)) or (value > hi or (hi_open and value == hi)):
+        span = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+        raise ConfigError(f"{name} must be in {span}, got {value}")
+    return float(value)
