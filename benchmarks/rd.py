@@ -21,6 +21,7 @@ import ddcodec.images
 from ddcodec.metrics import ms_ssim, psnr
 
 from . import baselines
+from .common import code_version, write_json
 
 PROFILES = {"kodak": 1, "kodak-half": 2, "kodak-mini": 4}  # profile -> downscale factor
 # ddcodec rate points: target bpp, with k chosen from the target and the quantization budget
@@ -91,14 +92,14 @@ def run_ddcodec(images: dict, points, args, out_dir: Path, rows_file: Path, have
                 continue
             data = Path(o.output).read_bytes()
             t0 = time.perf_counter()
-            out = ddcodec.decode(data, device=args.device)
+            out = ddcodec.decode(data)  # on the CPU, as a user's decode runs, whatever fitted it
             dt = time.perf_counter() - t0
             img = images[name]
             h, w = out.shape[:2]
             _append(rows_file, dict(codec=name_, image=name, quality=label, bytes=len(data),
                                     bpp=8 * len(data) / (h * w), psnr=psnr(out, img), ms_ssim=ms_ssim(out, img),
                                     encoding_time=o.summary.get("seconds"), decoding_time=dt,
-                                    device=o.summary.get("device")))
+                                    device=o.summary.get("device"), code=code_version()))
             print(f"{name_} {label} {name}: {o.status}", flush=True)
 
     runner = serial_runner
@@ -145,20 +146,20 @@ def summarise(rows, out_dir: Path, images, write: bool = True) -> dict:
         # a curve averages a setting over every image: points that only some images have
         # so far (a profile part-way through a new point) wait for the rest
         shared = set.intersection(*({r["quality"] for r in rows_} for rows_ in per_image.values()))
-        per_image = {name: sorted((r for r in rows_ if r["quality"] in shared), key=lambda r: str(r["quality"]))
+        per_image = {name: sorted((r for r in rows_ if r["quality"] in shared), key=lambda r: _quality_order(r["quality"]))
                      for name, rows_ in per_image.items()}
         d = baselines.compressai_json(codec, f"{codec} on {out_dir.name} ({len(images)} images)",
                                       per_image, TARGETS)
         if write:
-            (out_dir / f"{codec}.json").write_text(json.dumps(d, indent=1, default=_nan) + "\n")
+            write_json(out_dir / f"{codec}.json", d)
         curves[codec] = (d["results"]["bpp"], d["results"]["psnr-rgb"], d["psnr_at_bpp"])
     bd = {anchor: {c: baselines.bd_rate(curves[anchor][:2], curves[c][:2]) for c in curves}
           for anchor in ("jpeg", "webp") if anchor in curves}
     matched = equal_rate(by_codec)
     if write:
-        (out_dir / "bd_rate.json").write_text(json.dumps(bd, indent=1, default=_nan) + "\n")
+        write_json(out_dir / "bd_rate.json", bd)
         _plot(curves, out_dir / "rd.png", out_dir.name)
-        (out_dir / "equal_rate.json").write_text(json.dumps(matched, indent=1, default=_nan) + "\n")
+        write_json(out_dir / "equal_rate.json", matched)
     return {"curves": curves, "bd_rate": bd, "equal_rate": matched}
 
 
@@ -190,8 +191,15 @@ def equal_rate(by_codec: dict) -> list:
     return out
 
 
-def _nan(x):
-    return None if isinstance(x, float) and math.isnan(x) else x
+def _quality_order(q):
+    """Points in the order of their setting: JPEG's quality 1, 3, 10 (not "1", "10", "3"),
+    ddcodec's bpp0.1, bpp0.25, bpp1.0."""
+    if isinstance(q, str) and q.startswith("bpp"):
+        q = q[3:]
+    try:
+        return (0, float(q), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(q))
 
 
 def _plot(curves, path: Path, title: str) -> None:

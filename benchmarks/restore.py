@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 from ddcodec import restore
 from ddcodec.metrics import psnr
 
+from .common import code_version, write_json
 from .rd import PROFILES, load_images
 
 TASKS = ("noise25", "noise50", "missing50", "text", "sr4")
@@ -149,7 +150,7 @@ def main(argv=None):
                     outs = {method: out.image, f"{method} ({label})": restore.decode(out.result.data)}
                 for m, o in outs.items():
                     row = dict(task=task, image=name, method=m, psnr=psnr(o, img), ssim=ssim(o, img),
-                               seconds=time.perf_counter() - t0, **extra)
+                               seconds=time.perf_counter() - t0, code=code_version(), **extra)
                     with rows_file.open("a") as f:
                         f.write(json.dumps(row) + "\n")
                     print(f"{task} {name} {m}: {row['psnr']:.2f} dB", flush=True)
@@ -159,15 +160,17 @@ def main(argv=None):
                 Image.fromarray(degraded).save(out_dir / f"restore_{task}_input.png")
                 Image.fromarray(img).save(out_dir / f"restore_{task}_truth.png")
     summary = summarise(_rows(rows_file), images, tv)
-    (out_dir / "restore.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_json(out_dir / "restore.json", summary)
     (out_dir / "restore_table.md").write_text(table(summary) + "\n")
     strips(out_dir, summary, a.tasks.split(","))
     print(table(summary))
 
 
 def summarise(rows, images, tv) -> dict:
-    """Mean PSNR/SSIM per task and method, over the images each method ran on; and, for the
-    Deep Decoder, its margin over each baseline on the same images."""
+    """Mean PSNR/SSIM per task and method over the images every method of the task ran on (a
+    method run on fewer images, e.g. the slow skip net, narrows the set for all: a mean over 1
+    image beside means over 6 compares nothing); "images" counts them, "skipped" names the
+    images left out of a task's means (under "skipped")."""
     out = {"tv_weights": tv, "tasks": {}}
     for task in TASKS:
         per = {}
@@ -176,10 +179,16 @@ def summarise(rows, images, tv) -> dict:
                 per.setdefault(r["method"], {})[r["image"]] = r
         if not per:
             continue
-        stats = {m: {"psnr": float(np.mean([r["psnr"] for r in v.values()])),
-                     "ssim": float(np.mean([r["ssim"] for r in v.values()])), "images": len(v)}
+        shared = sorted(set.intersection(*(set(v) for v in per.values())))
+        if not shared:
+            continue
+        stats = {m: {"psnr": float(np.mean([v[i]["psnr"] for i in shared])),
+                     "ssim": float(np.mean([v[i]["ssim"] for i in shared])), "images": len(shared)}
                  for m, v in per.items()}
+        skipped = sorted(set.union(*(set(v) for v in per.values())) - set(shared))
         out["tasks"][task] = stats
+        if skipped:
+            out.setdefault("skipped", {})[task] = skipped
     return out
 
 

@@ -65,3 +65,22 @@ def test_a_point_only_some_images_have_stays_out_of_the_curve(tmp_path):
     bpp, psnr, _ = summary["curves"]["ddcodec"]
     assert bpp == [pytest.approx(0.495)] and psnr == [pytest.approx(29.0)]
     assert {r["quality"]: r["images"] for r in summary["equal_rate"]} == {"bpp0.25": ["a"], "bpp0.5": ["a", "b"]}
+
+
+def test_the_summary_files_are_strict_json_with_points_in_quality_order(tmp_path):
+    import json
+
+    from benchmarks.rd import summarise
+
+    def row(codec, quality, bpp, psnr):
+        return dict(codec=codec, image="a", quality=quality, bpp=bpp, psnr=psnr, ms_ssim=0.9,
+                    encoding_time=1.0, decoding_time=0.1, bytes=100)
+    qualities = [1, 3, 10, 30]  # as text, "10" would sort before "3"
+    rows = [row("jpeg", q, 0.1 * (i + 1), 20.0 + i) for i, q in enumerate(qualities)]
+    rows.append(row("ddcodec", "bpp0.5", 0.5, 25.0))  # one point: no BD-rate (NaN) against jpeg
+    summarise(rows, tmp_path, ["a"])
+    for f in tmp_path.glob("*.json"):
+        json.loads(f.read_text(), parse_constant=lambda c: pytest.fail(f"{f.name} holds {c}"))
+    jpeg = json.loads((tmp_path / "jpeg.json").read_text())
+    assert jpeg["results"]["bpp"] == sorted(jpeg["results"]["bpp"])
+    assert json.loads((tmp_path / "bd_rate.json").read_text())["jpeg"]["ddcodec"] is None
