@@ -14,6 +14,7 @@ from ddcodec.errors import ConfigError, DDCError
 from ddcodec.images import MAX_INPUT_PIXELS, check_outputs, decoded_name, png_bytes, read_image, write_atomic
 
 from .interrupt import latched_sigint
+from .paths import named_path
 from .progress import FitProgress
 
 
@@ -132,13 +133,13 @@ def rate_options(f):
 
 @cli.command()
 @click.argument("images", nargs=-1, required=True)
-@click.option("-o", "--output", type=click.Path(path_type=Path),
+@click.option("-o", "--output", type=named_path(),
               help="Output .ddc [default: IMAGE with .ddc]; a folder when encoding several images.")
 @fit_options(channels=None, layers=None, iters=None)
 @speed_options
 @rate_options
 @click.option("--denoise", is_flag=True, help="Fit with the denoising stopping rule (iterations from the noise level).")
-@click.option("--mask", type=click.Path(dir_okay=False, path_type=Path), help="Inpaint: white = known pixels.")
+@click.option("--mask", type=named_path(dir_okay=False), help="Inpaint: white = known pixels.")
 @click.option("--scale", type=int, default=1, show_default=True, help="Super-resolve: the file decodes at scale x the size.")
 @click.option("--bank", type=click.IntRange(min=1), default=8, show_default=True, help="Images fitted at once (several inputs).")
 @click.option("--max-pixels", default=MAX_INPUT_PIXELS, show_default=True,
@@ -154,8 +155,8 @@ def encode(images, output, **opts):
 
 
 @cli.command()
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output image [default: FILE.decoded.png, so the original photo.png is never in the way].")
+@click.argument("file", type=named_path(dir_okay=False))
+@click.option("-o", "--output", type=named_path(), help="Output image [default: FILE.decoded.png, so the original photo.png is never in the way].")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
 @click.option("--force", is_flag=True, help="Replace an existing output.")
 def decode(file, output, device, force):
@@ -166,7 +167,7 @@ def decode(file, output, device, force):
 
 
 @cli.command()
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("file", type=named_path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def info(file, as_json):
     """Show the header of a .ddc file."""
@@ -179,7 +180,7 @@ def info(file, as_json):
 
 
 @cli.command()
-@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path),
+@click.option("-o", "--output", type=named_path(file_okay=False),
               help="Folder for the results [default: a new temporary folder].")
 @click.option("--iters", type=click.IntRange(min=1), default=2000, show_default=True, help="Fitting iterations.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")

@@ -1,6 +1,5 @@
 """`ddc denoise`, `ddc inpaint`, `ddc superres`: restoration as a fit (DIP), each writing the
 restored image and, with --ddc, the .ddc file that decodes to it."""
-from pathlib import Path
 
 import click
 
@@ -10,15 +9,16 @@ from ddcodec.quant import QuantConfig
 from ddcodec.images import (check_ddc_name, check_image_name, check_outputs, image_bytes, named, read_image,
                             write_atomic)
 
+from .paths import named_path
 from .interrupt import raise_if_interrupted
 from .progress import FitProgress
 
 
 def output_options(f):
     f = click.option("--force", is_flag=True, help="Replace existing outputs.")(f)
-    f = click.option("--ddc", type=click.Path(dir_okay=False, path_type=Path),
+    f = click.option("--ddc", type=named_path(dir_okay=False),
                      help="Also write the fitted network as a .ddc file.")(f)
-    return click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+    return click.option("-o", "--output", type=named_path(dir_okay=False),
                         help="Restored image [default: IMAGE.<task>.png].")(f)
 
 
@@ -46,7 +46,7 @@ def run(task, image, output, ddc, force, quiet, fn, mask_path=None, **kw):
 
 def register(cli, fit_options):
     @cli.command()
-    @click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
+    @click.argument("image", type=named_path(dir_okay=False))
     @output_options
     @fit_options(channels=None, layers=None, iters=None, lr=restore.RESTORE_LR)
     def denoise(image, output, ddc, force, quiet, **kw):
@@ -54,8 +54,8 @@ def register(cli, fit_options):
         run("denoised", image, output, ddc, force, quiet, restore.denoise, **kw)
 
     @cli.command()
-    @click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
-    @click.option("--mask", type=click.Path(dir_okay=False, path_type=Path), required=True,
+    @click.argument("image", type=named_path(dir_okay=False))
+    @click.option("--mask", type=named_path(dir_okay=False), required=True,
                   help="Mask image of the same size: white (>= 128) = known, black = fill in.")
     @click.option("--network-only", is_flag=True,
                   help="Write the network's whole output (what --ddc decodes to) instead of "
@@ -68,7 +68,7 @@ def register(cli, fit_options):
             keep_known=not network_only, **kw)
 
     @cli.command()
-    @click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
+    @click.argument("image", type=named_path(dir_okay=False))
     @click.option("--scale", type=int, default=4, show_default=True, help="Upscaling factor.")
     @output_options
     @fit_options(channels=None, layers=None, iters=None, lr=restore.RESTORE_LR)

@@ -2,7 +2,6 @@
 serially or spread over a Ray cluster (--ray). A re-run skips outputs that exist and verify."""
 import json
 import sys
-from pathlib import Path
 
 import click
 from tqdm import tqdm
@@ -12,11 +11,13 @@ from ddcodec.collection import Settings, encode_collection, folder_pairs
 from ddcodec.errors import DDCError
 from ddcodec.images import MAX_INPUT_PIXELS
 
+from .paths import named_path
+
 
 def register(cli, fit_options, speed_options, rate_options):
     @cli.command("encode-dir")
-    @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
-    @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
+    @click.argument("folder", type=named_path(file_okay=False))
+    @click.option("-o", "--output", type=named_path(file_okay=False), required=True,
                   help="Output folder; it mirrors the sub-folders of FOLDER.")
     @fit_options(channels=None, layers=None, restoring=False)
     @speed_options

@@ -296,8 +296,7 @@ def test_usage_errors_are_one_line_with_exit_code_2(tmp_path):
 def test_an_empty_input_name_does_not_mean_the_current_folder(tmp_path, monkeypatch):
     Image.fromarray(small(16, 16)).save(tmp_path / "a.png")
     monkeypatch.chdir(tmp_path)
-    _one_line_error(run("encode", "", *FAST))
-    _one_line_error(run("decode", ""))
+    _one_line_error(run("encode", "", *FAST))  # IMAGES are plain strings: the encoder refuses it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
 
 
@@ -336,3 +335,14 @@ def test_demo_replaces_its_earlier_results_only_with_force(tmp_path, monkeypatch
     monkeypatch.setattr(ddcodec, "encode", _no_fit)
     _one_line_error(run("demo", "-o", tmp_path, "--iters", "5"))
     assert (tmp_path / "sample.ddc").read_bytes() == b"earlier"
+
+
+def test_an_empty_folder_or_output_name_is_refused(tmp_path, monkeypatch):
+    Image.fromarray(small(16, 16)).save(tmp_path / "a.png")
+    monkeypatch.chdir(tmp_path)
+    for args in (["encode-dir", "", "-o", "out"], ["encode-dir", ".", "-o", ""], ["denoise", "", "-q"],
+                 ["encode", "a.png", *FAST, "-o", ""], ["info", ""]):
+        res = run(*args)
+        lines = [line for line in res.output.splitlines() if line.strip()]
+        assert res.exit_code == 2 and len(lines) == 1 and "empty name" in lines[0], (args, res.output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
