@@ -31,11 +31,11 @@ def decoded_name(src) -> Path:
     return named(src).with_name(Path(src).stem + ".decoded.png")
 
 
-def named(path) -> Path:
+def named(path, error=ImageError) -> Path:
     """path, if it names a file: Path("") is ".", which has no name to derive an output from."""
     path = Path(path)
     if not path.name or path.name in (".", ".."):
-        raise ImageError(f"{str(path)!r} is not a file name")
+        raise error(f"{str(path)!r} is not a file name")
     return path
 
 
@@ -107,10 +107,8 @@ def image_bytes(img: np.ndarray, path) -> bytes:
     """The bytes of img in the format path's suffix names (PNG when it has none)."""
     import io
 
-    suffix = Path(path).suffix.lower()
-    fmt = Image.registered_extensions().get(suffix, None if suffix else "PNG")
-    if fmt is None:
-        raise ImageError(f"{path}: unknown image format {suffix!r}")
+    suffix = check_image_name(path).suffix.lower()
+    fmt = Image.registered_extensions()[suffix] if suffix else "PNG"
     buf = io.BytesIO()
     try:
         Image.fromarray(img).save(buf, format=fmt)
@@ -124,9 +122,7 @@ def check_output(path, force: bool = False, inputs=()) -> Path:
     an empty name, an input, a folder, a device, FIFO or symbolic link (replacing one with a
     regular file would break what it stood for, /dev/null included), an existing file without
     force, a missing or read-only folder."""
-    path = Path(path)
-    if not path.name or path.name in (".", ".."):
-        raise OutputError(f"{str(path)!r} is not a file name")
+    path = named(path, OutputError)
     for src in inputs:
         if (path.exists() and Path(src).exists() and os.path.samefile(src, path)) \
                 or path.resolve() == Path(src).resolve():
@@ -184,9 +180,22 @@ def _new_file_mode(path: Path) -> int:
     try:
         return stat.S_IMODE(path.stat().st_mode)
     except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (os.umask can only be read
+    by setting it, a window in which another thread's new file would get the wrong mode)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o077)  # the window errs on the private side
+    os.umask(old)
+    return old
 
 
 def write_atomic(path, data: bytes, force: bool = False, inputs=()) -> None:
