@@ -20,7 +20,7 @@ from PIL import Image
 from . import bitstream, entropy, tiles
 from .checks import integer
 from .degrade import Degradation
-from .errors import ConfigError, CorruptError, ImageError, OutputExistsError
+from .errors import ConfigError, CorruptError, ImageError
 from .fit import ADAM_BETAS, FitConfig, mse_per_image, optimise
 from .images import check_ddc_name, check_image, check_image_name, check_output, decoded_name, image_bytes, read_image, write_atomic
 from .metrics import bpp as bits_per_pixel, psnr
