@@ -265,6 +265,8 @@ def _encode_tiled(images, channels, layers, fit, quant, device, progress, tile) 
     if channels is None:
         if quant.target_bpp is None:
             raise ConfigError("channels=None needs a target bpp to choose k from")
+        for im, (rows, cols) in zip(originals, grids):
+            tiles.check_rate(quant.target_bpp, im.shape[0], im.shape[1], rows, cols)
         targets = _tile_targets(pieces, grids, layers, fit, quant.target_bpp, device, progress)
     groups = {}  # (bank key, k) -> tile keys
     for key, p in pieces.items():

@@ -80,6 +80,17 @@ def tile_for(spec: str, bpp=None, compressing: bool = True):
     return w, h
 
 
+def check_rate(bpp: float, height: int, width: int, rows: int, cols: int) -> None:
+    """Refuse, before the pilot fit, a rate target the grid cannot keep: every tile gets at least
+    FLOOR_BYTES, so rows x cols of them may already exceed the file's budget, and the file would
+    silently overshoot --bpp."""
+    budget = bpp * height * width / 8
+    if rows * cols * FLOOR_BYTES > budget:
+        raise ConfigError(f"{bpp:g} bpp is {budget:.0f} bytes for this {width}x{height} image, less than "
+                          f"{rows}x{cols} tiles need ({FLOOR_BYTES} bytes each); use larger tiles, "
+                          f"--tile none or a higher target")
+
+
 def allocate(mse, pixels, bpp: float) -> np.ndarray:
     """Per-tile targets (bpp) from the pilot's MSEs: equal slopes under D = C R^-GAMMA, each
     share within SHARE_RANGE of bpp and at least FLOOR_BYTES, with a pixel-weighted mean of bpp

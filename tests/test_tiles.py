@@ -170,3 +170,11 @@ def test_a_grid_of_one_tile_runs_no_pilot(monkeypatch):
     ddcodec.encode(small(48, 32), channels=None, fit=FIT_TINY, quant=ddcodec.QuantConfig(target_bpp=2.0, qat_iters=2),
                    device="cpu", tile=(48, 32), progress=lambda stage, *a: stages.append(stage))
     assert "pilot" not in stages and "fit" in stages
+
+
+def test_a_rate_target_the_grid_cannot_keep_is_refused_before_the_fit():
+    from ddcodec.errors import ConfigError
+    img = np.zeros((24, 32, 3), np.uint8)  # 4 bpp = 384 bytes, under 4 tiles x FLOOR_BYTES
+    with pytest.raises(ConfigError, match="tiles need"):
+        ddcodec.encode(img, None, 3, ddcodec.FitConfig(iters=5), ddcodec.QuantConfig(target_bpp=4.0),
+                       device="cpu", tile=(16, 12))
