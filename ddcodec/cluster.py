@@ -106,4 +106,4 @@ def _run(ray, jobs, workers, cpus_per_worker):
 
 
 def _failed(job, reason: str) -> list:
-    return [(s, o, None, reason, {}) for s, o in zip(job.sources, job.outputs)]
+    return job.pending([(s, o, None, reason, {}) for s, o in zip(job.sources, job.outputs)])

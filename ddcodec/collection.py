@@ -4,7 +4,8 @@ The plan is a pure function of the inputs, so a serial run and a distributed one
 fit the same banks and write the same bytes. Work is split into BankJobs that carry paths, not
 pixels: a worker reads its own images, and only the small .ddc bytes travel back. The driver
 alone writes outputs (atomically, as each bank finishes), so a worker that dies leaves nothing
-behind, and a re-run skips every output that exists and verifies.
+behind. A re-run never rewrites an output that exists and verifies; a bank that was cut short
+is fitted whole again, so the outputs it still lacks get the bytes an uninterrupted run writes.
 """
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,13 @@ class BankJob:
     sources: tuple  # input paths (str)
     outputs: tuple  # output paths (str), one per source
     settings: Settings = Settings()
+    # Outputs the plan has already settled (done before, or broken): fitted with their bank, so a
+    # re-run fits the banks an uninterrupted run fits (and writes its bytes), but never written.
+    settled: frozenset = frozenset()
+
+    def pending(self, results) -> list:
+        """The results to write: those of members the plan has not settled."""
+        return [r for r in results if r[1] not in self.settled]
 
 
 @dataclass
@@ -113,19 +121,23 @@ def plan(pairs: Iterable, bank: int = 8, force: bool = False, settings: Settings
         except Exception as e:  # noqa: BLE001 - any unreadable header is this file's failure
             settled.append(Outcome(str(src), str(out), "failed", f"cannot read image ({e})"))
             continue
-        if out.exists() and not force:
-            if verified(out, key):
-                settled.append(Outcome(str(src), str(out), "skipped"))
-            else:
-                settled.append(Outcome(str(src), str(out), "failed",
-                                       f"{out} exists but is not a valid .ddc of this image (use --force to replace it)"))
-            continue
-        groups.setdefault(key, []).append((str(src), str(out)))
+        done = out.exists() and not force
+        if done and verified(out, key):
+            settled.append(Outcome(str(src), str(out), "skipped"))
+        elif done:
+            settled.append(Outcome(str(src), str(out), "failed",
+                                   f"{out} exists but is not a valid .ddc of this image (use --force to replace it)"))
+        # Settled images stay in the plan: banks are cut from the full input list, so a re-run of
+        # a run killed mid-bank fits that bank whole again and writes the bytes it would have.
+        groups.setdefault(key, []).append((str(src), str(out), done))
     jobs = []
     for members in groups.values():
         for i in range(0, len(members), bank):
             chunk = members[i:i + bank]
-            jobs.append(BankJob(first + len(jobs), tuple(s for s, _ in chunk), tuple(o for _, o in chunk), settings))
+            if all(done for _, _, done in chunk):
+                continue  # nothing left to write in this bank
+            jobs.append(BankJob(first + len(jobs), tuple(s for s, _, _ in chunk), tuple(o for _, o, _ in chunk),
+                                settings, frozenset(o for _, o, done in chunk if done)))
     return jobs, settled
 
 
@@ -148,7 +160,7 @@ def run_bank(job: BankJob, progress=None) -> list:
             results += [(s, o, r.data, "", r.summary()) for (s, o, _), r in zip(members, encoded)]
         except DDCError as e:
             results += [(s, o, None, str(e), {}) for s, o, _ in members]
-    return results
+    return job.pending(results)
 
 
 def write_results(results, force: bool = False) -> list:

@@ -63,6 +63,19 @@ def test_rerun_skips_outputs_that_verify_and_reports_broken_ones(tmp_path, seria
     assert [o.status for o in forced] == ["written"] * 5
 
 
+def test_a_bank_cut_short_is_refitted_whole_so_the_rerun_writes_the_serial_bytes(tmp_path, serial):
+    src, expected = serial
+    out = tmp_path / "out"
+    encode_collection(folder_pairs(src, out), SETTINGS, bank=2)
+    (out / "im1.ddc").unlink()  # as if killed between the two writes of the first bank
+    kept = (out / "im0.ddc").stat().st_mtime_ns
+    statuses = {Path(o.source).name: o.status for o in encode_collection(folder_pairs(src, out), SETTINGS, bank=2)}
+    assert statuses == {"im0.png": "skipped", "im1.png": "written", "im2.png": "skipped",
+                        "im3.png": "skipped", "im4.png": "skipped"}
+    assert tree(out) == expected  # im1 fitted beside im0 again, not alone
+    assert (out / "im0.ddc").stat().st_mtime_ns == kept
+
+
 def test_a_bad_file_is_reported_and_the_rest_encoded(tmp_path, serial):
     src = make_folder(tmp_path)
     (src / "broken.png").write_bytes(b"\x89PNG not really")
