@@ -1,6 +1,6 @@
 """The Ray runner on a local 2-worker instance (CPU), through the real CLI in subprocesses:
 the same bytes as a serial run even when a worker dies mid-bank, and a run killed halfway
-finishes on re-run with nothing lost and nothing encoded twice."""
+finishes on re-run with the serial bytes, nothing lost and nothing rewritten."""
 import os
 import signal
 import subprocess
@@ -37,7 +37,7 @@ def test_ray_run_gives_the_serial_files_byte_for_byte_despite_a_dying_worker(tmp
     assert "5 encoded, 0 already done, 0 failed" in out
 
 
-def test_ray_run_killed_halfway_finishes_on_rerun_with_nothing_lost_or_encoded_twice(tmp_path, serial):
+def test_ray_run_killed_at_any_point_finishes_on_rerun_with_the_serial_bytes_and_nothing_rewritten(tmp_path, serial):
     src, expected = serial
     out = tmp_path / "out"
     slow = [a if a != "40" else "400" for a in CLI_FIT]  # long enough banks to kill in between
