@@ -212,9 +212,12 @@ def test_encode_with_a_bpp_target_tiles_a_large_image_and_decode_puts_it_back(tm
 
 
 def test_auto_tiles_only_when_the_codec_chooses_k(tmp_path):
-    Image.fromarray(small(96, 64)).save(tmp_path / "a.png")
-    assert run("encode", tmp_path / "a.png", *FAST).exit_code == 0  # -k given: one network
-    assert (tmp_path / "a.ddc").read_bytes()[4] == 3
+    Image.fromarray(small(384, 256)).save(tmp_path / "a.png")  # 2x2 auto tiles at 1 bpp
+    quick = ["--bpp", "1.0", "--layers", "3", "--iters", "10", "--qat-iters", "0", "-q"]
+    assert run("encode", tmp_path / "a.png", *quick).exit_code == 0  # k from the target: tiles
+    assert (tmp_path / "a.ddc").read_bytes()[4] == ddcodec.tiles.VERSION
+    assert run("encode", tmp_path / "a.png", *quick, "-k", "8", "--force").exit_code == 0  # k given
+    assert (tmp_path / "a.ddc").read_bytes()[4] == 3  # one network for the whole image
 
 
 def test_bad_tile_values_and_tiles_with_restoration_are_one_line_errors(tmp_path):
@@ -237,6 +240,7 @@ def test_a_warning_in_a_successful_run_is_one_line_at_the_end(tmp_path, monkeypa
     assert res.exit_code == 0, res.output
     warned = [line for line in res.output.splitlines() if line.startswith("ddc: warning: torch.compile failed")]
     assert len(warned) == 1 and "more detail" not in res.output and "Traceback" not in res.output
+    assert res.output.strip().splitlines()[-1] == warned[0]  # after the file's report line
     assert (tmp_path / "a.ddc").exists()  # the fit went on without the compiler
 
 

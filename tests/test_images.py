@@ -90,14 +90,29 @@ def test_pixel_limit_is_enforced(tmp_path):
         read_image(p, max_pixels=100)
 
 
-def test_write_atomic_refuses_existing_and_leaves_no_temp(tmp_path):
+def test_write_atomic_refuses_existing_and_replaces_only_with_force(tmp_path):
     p = tmp_path / "out.bin"
     write_atomic(p, b"one")
     with pytest.raises(OutputExistsError):
         write_atomic(p, b"two")
+    assert p.read_bytes() == b"one"
     write_atomic(p, b"two", force=True)
     assert p.read_bytes() == b"two"
     assert [q.name for q in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_a_write_that_fails_midway_is_a_typed_error_and_leaves_no_temp_and_the_old_file(tmp_path, monkeypatch):
+    p = tmp_path / "out.bin"
+    write_atomic(p, b"one")
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "fsync", disk_full)  # after the temp file is made and written
+    with pytest.raises(OutputError, match="No space"):
+        write_atomic(p, b"two", force=True)
+    with pytest.raises(OutputError, match="No space"):
+        write_atomic(tmp_path / "new.bin", b"two")
+    assert [q.name for q in tmp_path.iterdir()] == ["out.bin"] and p.read_bytes() == b"one"
 
 
 def test_path_and_pil_inputs_give_the_same_file(tmp_path):

@@ -52,7 +52,7 @@ def test_ctrl_c_exits_130_with_one_line_and_no_output(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
 
 
-def test_sigkill_leaves_nothing_half_written(tmp_path):
+def test_sigkill_during_the_fit_leaves_no_output(tmp_path):
     proc = _start_encode(tmp_path)
     try:
         _wait_until_fitting(proc)
@@ -61,6 +61,19 @@ def test_sigkill_leaves_nothing_half_written(tmp_path):
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
+
+
+def test_sigkill_in_the_middle_of_a_write_never_leaves_a_partial_file_under_the_output_name(tmp_path):
+    out = tmp_path / "o.ddc"
+    code = ("import os, signal\n"
+            "import ddcodec.images as im\n"
+            "os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)  # data written, not yet renamed\n"
+            f"im.write_atomic({str(out)!r}, b'x' * (1 << 20))\n")
+    proc = subprocess.run([sys.executable, "-c", code], timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists()
+    left = [p.name for p in tmp_path.iterdir()]  # at most the hidden temp file a kill cannot clean
+    assert all(n.startswith(".o.ddc.") and n.endswith(".tmp") for n in left) and len(left) <= 1
 
 
 @pytest.mark.parametrize("version", [1, 2, 3])
