@@ -37,7 +37,7 @@ def test_ray_run_gives_the_serial_files_byte_for_byte_despite_a_dying_worker(tmp
     assert "5 encoded, 0 already done, 0 failed" in out
 
 
-def test_ray_run_killed_at_any_point_finishes_on_rerun_with_the_serial_bytes_and_nothing_rewritten(tmp_path, serial):
+def test_ray_run_killed_after_its_first_file_finishes_on_rerun_with_the_serial_bytes_and_nothing_rewritten(tmp_path, serial):
     src, expected = serial
     out = tmp_path / "out"
     slow = [a if a != "40" else "400" for a in CLI_FIT]  # long enough banks to kill in between

@@ -45,11 +45,13 @@ def test_portrait_images_take_the_tile_turned():
 
 @given(st.integers(1, 4), st.integers(1, 4))
 @settings(deadline=None, max_examples=20)
-def test_container_round_trips_its_members(ddc_bytes, rows, cols):
-    h = ddcodec.info(ddc_bytes)
-    data = tiles.pack(h["width"] * cols, h["height"] * rows, rows, cols, [ddc_bytes] * (rows * cols))
-    assert tiles.unpack_members(data, 1 << 28) == (h["width"] * cols, h["height"] * rows, rows, cols,
-                                                   [ddc_bytes] * (rows * cols))
+def test_container_round_trips_its_members_in_order(tiled, rows, cols):
+    four = tiles.unpack_members(tiled[1].data, 1 << 28)[4]  # four different tiles' files
+    assert len(set(four)) == 4
+    h = ddcodec.info(four[0])
+    members = [four[(i * 3 + i // 4) % 4] for i in range(rows * cols)]  # no two neighbours alike
+    data = tiles.pack(h["width"] * cols, h["height"] * rows, rows, cols, members)
+    assert tiles.unpack_members(data, 1 << 28) == (h["width"] * cols, h["height"] * rows, rows, cols, members)
 
 
 def _with_crc(body: bytes) -> bytes:
@@ -173,8 +175,9 @@ def test_a_grid_of_one_tile_runs_no_pilot(monkeypatch):
 
 
 def test_a_rate_target_the_grid_cannot_keep_is_refused_before_the_fit():
-    from ddcodec.errors import ConfigError
     img = np.zeros((24, 32, 3), np.uint8)  # 4 bpp = 384 bytes, under 4 tiles x FLOOR_BYTES
+    stages = []
     with pytest.raises(ConfigError, match="tiles need"):
         ddcodec.encode(img, None, 3, ddcodec.FitConfig(iters=5), ddcodec.QuantConfig(target_bpp=4.0),
-                       device="cpu", tile=(16, 12))
+                       device="cpu", tile=(16, 12), progress=lambda stage, *a: stages.append(stage))
+    assert stages == []  # no pilot, no fit
