@@ -54,6 +54,29 @@ def test_a_summary_over_part_of_a_profile_leaves_the_profiles_files_alone(tmp_pa
     assert table.read_text() != "the whole profile's table\n"
 
 
+def test_a_profile_is_its_own_subset_so_more_or_fewer_images_are_a_part_of_it(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from benchmarks.rd import PROFILE_IMAGES, main
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    n = PROFILE_IMAGES["kodak-half"]
+    for i in range(n + 1):
+        Image.fromarray(np.full((32, 48, 3), 100 + i, np.uint8)).save(data / f"im{i}.png")
+    table = out / "kodak-half" / "table.md"
+    args = ["--profile", "kodak-half", "--data", str(data), "--out", str(out), "--summary-only"]
+    for part in (["--images", str(n + 1)], ["--images", "0"], ["--images", str(n - 1)]):
+        main(args + part)
+        assert not table.exists(), part
+    main(args + ["--images", str(n)])  # the profile's own images, named or by default
+    assert table.exists()
+    table.unlink()
+    main(args)
+    assert table.exists()
+
+
 def test_a_point_only_some_images_have_stays_out_of_the_curve(tmp_path):
     from benchmarks.rd import summarise
 
