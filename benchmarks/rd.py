@@ -43,15 +43,23 @@ def _stems(folder: Path, limit: int = 0) -> list:
 
 
 def load_images(folder: Path, downscale: int, limit: int = 0, names=None) -> dict:
-    paths = sorted(folder.glob("*.png"))
-    paths = [p for p in paths if p.stem in names] if names else paths[: limit or None]
+    stems = _stems(folder)
+    if not stems:
+        raise SystemExit(f"no .png images in {folder}")
+    if names:
+        unknown = sorted(set(names) - set(stems))
+        if unknown:  # a typo would otherwise run on fewer images than asked for, silently
+            raise SystemExit(f"not in {folder}: {', '.join(unknown)}")
+        stems = [s for s in stems if s in names]
+    else:
+        stems = stems[: limit or None]
     out = {}
-    for p in paths:
-        img = ddcodec.images.read_image(p)
+    for stem in stems:
+        img = ddcodec.images.read_image(folder / f"{stem}.png")
         if downscale > 1:
             h, w = img.shape[:2]
             img = np.asarray(Image.fromarray(img).resize((w // downscale, h // downscale), Image.LANCZOS))
-        out[p.stem] = img
+        out[stem] = img
     return out
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+import numbers
 import time
 
 import torch
@@ -48,6 +49,14 @@ class Restored:
     sigma: float = None  # estimated noise std (0-255), denoising only
 
 
+def _given(iters):
+    """iters as given: None means the task's default (or denoising's rule); 0 is not a synonym
+    for it, since a caller passing 0 most likely computed it by mistake."""
+    if iters is not None and (isinstance(iters, bool) or not isinstance(iters, numbers.Integral) or iters < 1):
+        raise ConfigError(f"iters must be a whole number of at least 1 (or None for the default), not {iters!r}")
+    return iters
+
+
 def _config(task, arch, channels, layers, iters, seed, lr, stop_mse=0.0):
     if arch not in DEFAULTS:
         raise ConfigError(f"unknown architecture {arch!r} (deep-decoder or skip)")
@@ -55,7 +64,7 @@ def _config(task, arch, channels, layers, iters, seed, lr, stop_mse=0.0):
     noise = SKIP_INPUT_NOISE[task] if arch == "skip" else 0.0
     extra = dict(average=DENOISE_AVERAGE, lr_floor=1.0, stop_mse=stop_mse) if task == "denoise" else {}
     # no rollback, Adam's own betas: the stopping rules and the figures were measured so
-    fit = FitConfig(iters=iters or default_iters, lr=lr, seed=seed, input_noise=noise, rollback_db=0.0,
+    fit = FitConfig(iters=_given(iters) or default_iters, lr=lr, seed=seed, input_noise=noise, rollback_db=0.0,
                     beta1=ADAM_BETAS[0], beta2=ADAM_BETAS[1], live_first_block=False, **extra)
     return (k if channels is None else channels), (d if layers is None else layers), fit
 
@@ -92,6 +101,7 @@ def denoise(image, arch="deep-decoder", channels=None, layers=None, iters=None, 
     """Fit to the noisy image and stop early: iters from the estimated noise level unless given.
     quant: how the .ddc is quantized (`ddc encode --denoise` passes its rate options)."""
     img = _as_array(image)
+    iters = _given(iters)
     sigma = estimate_sigma(img)
     rule = denoise_iterations(sigma, 3000, arch, img.shape[0] * img.shape[1])
     stop_mse = 0.0

@@ -6,6 +6,18 @@ import pytest
 from benchmarks.rd import equal_rate
 
 
+def _folder(tmp_path, names):
+    """A dataset folder of flat 48x32 PNGs, one per name, each its own grey."""
+    import numpy as np
+    from PIL import Image
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i, name in enumerate(names):
+        Image.fromarray(np.full((32, 48, 3), 100 + i, np.uint8)).save(data / f"{name}.png")
+    return data, tmp_path / "out"
+
+
 def _curve(codec, image, points):
     return [dict(codec=codec, image=image, quality=q, bpp=b, psnr=p) for q, (b, p) in enumerate(points)]
 
@@ -35,15 +47,9 @@ def test_equal_rate_leaves_out_a_baseline_that_cannot_reach_some_files_rate():
 
 
 def test_a_summary_over_part_of_a_profile_leaves_the_profiles_files_alone(tmp_path):
-    import numpy as np
-    from PIL import Image
-
     from benchmarks.rd import main
 
-    data, out = tmp_path / "data", tmp_path / "out"
-    data.mkdir()
-    for name in ("a", "b"):
-        Image.fromarray(np.full((32, 48, 3), 128, np.uint8)).save(data / f"{name}.png")
+    data, out = _folder(tmp_path, ["a", "b"])
     table = out / "kodak-mini" / "table.md"
     table.parent.mkdir(parents=True)
     table.write_text("the whole profile's table\n")
@@ -55,16 +61,10 @@ def test_a_summary_over_part_of_a_profile_leaves_the_profiles_files_alone(tmp_pa
 
 
 def test_a_profile_is_its_own_subset_so_more_or_fewer_images_are_a_part_of_it(tmp_path):
-    import numpy as np
-    from PIL import Image
-
     from benchmarks.rd import PROFILE_IMAGES, main
 
-    data, out = tmp_path / "data", tmp_path / "out"
-    data.mkdir()
     n = PROFILE_IMAGES["kodak-half"]
-    for i in range(n + 1):
-        Image.fromarray(np.full((32, 48, 3), 100 + i, np.uint8)).save(data / f"im{i}.png")
+    data, out = _folder(tmp_path, [f"im{i}" for i in range(n + 1)])
     table = out / "kodak-half" / "table.md"
     args = ["--profile", "kodak-half", "--data", str(data), "--out", str(out), "--summary-only"]
     for part in (["--images", str(n + 1)], ["--images", "0"], ["--images", str(n - 1)]):
@@ -75,6 +75,17 @@ def test_a_profile_is_its_own_subset_so_more_or_fewer_images_are_a_part_of_it(tm
     table.unlink()
     main(args)
     assert table.exists()
+
+
+def test_an_image_name_not_in_the_folder_stops_the_run_instead_of_running_on_fewer(tmp_path):
+    from benchmarks.rd import load_images
+
+    data, _ = _folder(tmp_path, ["kodim01", "kodim02"])
+    assert list(load_images(data, 1, names=["kodim02"])) == ["kodim02"]
+    with pytest.raises(SystemExit, match="kodim1"):
+        load_images(data, 1, names=["kodim02", "kodim1"])
+    with pytest.raises(SystemExit, match="no .png"):
+        load_images(tmp_path / "out", 1)
 
 
 def test_a_point_only_some_images_have_stays_out_of_the_curve(tmp_path):

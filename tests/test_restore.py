@@ -1,5 +1,6 @@
 """Restoration API: the denoiser's output average and the .ddc that is distilled to decode to it."""
 import numpy as np
+import pytest
 import torch
 
 import ddcodec
@@ -40,3 +41,16 @@ def test_skip_net_denoising_stops_by_the_discrepancy_principle_before_its_cap():
     cap = restore.DISCREPANCY_CAP * restore.denoise_iterations(r.sigma, 3000, "skip", 32 * 32)
     assert r.iters < cap and r.iters % 10 == 0  # stopped early, at a test point
     assert psnr(r.image, clean) > psnr(noisy, clean)
+
+
+@pytest.mark.parametrize("task", ["denoise", "inpaint", "superres"])
+@pytest.mark.parametrize("iters", [0, -3, 2.5, True])
+def test_an_iteration_count_below_one_or_not_whole_is_refused_before_any_fit(task, iters, monkeypatch):
+    def no_fit(*a, **k):
+        raise AssertionError("fitted")
+
+    monkeypatch.setattr(restore, "fit_bank", no_fit)
+    img = small(48, 32)
+    args = {"denoise": (img,), "inpaint": (img, np.full(img.shape[:2], 255, np.uint8)), "superres": (img,)}[task]
+    with pytest.raises(ddcodec.errors.ConfigError, match="iters"):
+        getattr(restore, task)(*args, iters=iters, device="cpu")
