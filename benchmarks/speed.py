@@ -4,6 +4,12 @@ measured matrix rate and copy bandwidth).
 
     python -m benchmarks.speed --data ../shared/data/kodak            # GPU if there is one
     python -m benchmarks.speed --data ../shared/data/kodak --dataset  # + all images, one rate point
+    python -m benchmarks.speed --part dataset --part tiled  # only those, from the rows on file
+
+Parts: rows (the per-configuration table), dataset (every image at the default rate point,
+with the fastest faithful row's settings), tiled (the same at --bpp 0.5). Each part saves
+as it goes and --resume keeps rows already on file, so a run cut short by a time limit can
+be continued, or its later parts run on their own (benchmarks/gpu_session.sh does so).
 
 On a CPU it measures the small case the issue asks for (192x128, k=16). Results go to
 benchmarks/results/speed_<device>.json and a markdown table.
@@ -24,18 +30,19 @@ from ddcodec.nets import Architecture, build, seeded_input
 
 from .rd import load_images
 
-GPU_CONFIGS = [  # (name, bank, precision, torch.compile, downscale, k)
-    ("fp32 B=1", 1, "fp32", False, 1, 64), ("tf32 B=1", 1, "tf32", False, 1, 64),
-    ("tf32+compile B=1", 1, "tf32", True, 1, 64),
+GPU_CONFIGS = [  # (name, bank, precision, torch.compile, downscale, k); the banks first, eager
+    # first: a run cut short by its time limit keeps the figures the dataset run is chosen from
     ("fp32 B=24", 24, "fp32", False, 1, 64), ("tf32 B=24", 24, "tf32", False, 1, 64),
-    ("bf16 B=24", 24, "bf16", False, 1, 64), ("tf32+compile B=24", 24, "tf32", True, 1, 64),
-    ("bf16+compile B=24", 24, "bf16", True, 1, 64)]
+    ("bf16 B=24", 24, "bf16", False, 1, 64), ("fp32 B=1", 1, "fp32", False, 1, 64),
+    ("tf32 B=1", 1, "tf32", False, 1, 64), ("tf32+compile B=24", 24, "tf32", True, 1, 64),
+    ("bf16+compile B=24", 24, "bf16", True, 1, 64), ("tf32+compile B=1", 1, "tf32", True, 1, 64)]
 CPU_CONFIGS = [("cpu fp32 B=1 192x128 k=16", 1, "fp32", False, 4, 16),
                ("cpu fp32+compile B=1 192x128 k=16", 1, "fp32", True, 4, 16),
                ("cpu fp32 B=4 192x128 k=16", 4, "fp32", False, 4, 16),
                # a full-size image's tiles: 3x3 of 256x171 (here 256x170, Kodak / 3) at 0.5 bpp's k
                ("cpu fp32 B=9 256x170 k=22", 9, "fp32", False, 3, 22),
                ("cpu fp32+compile B=9 256x170 k=22", 9, "fp32", True, 3, 22)]
+PARTS = ["rows", "dataset", "tiled"]
 QUALITY_TOLERANCE_DB = 0.05  # issue 3: a faster configuration may cost at most this much PSNR
 
 
@@ -110,7 +117,9 @@ def fastest_faithful(rows) -> dict:
     """The fastest bank configuration whose PSNR is within QUALITY_TOLERANCE_DB of plain fp32
     at the same bank size: what the dataset run (and the README's advice) uses."""
     banked = [r for r in rows if r["bank"] > 1]
-    ref = next(r for r in banked if r["precision"] == "fp32" and not r["compile"])
+    ref = next((r for r in banked if r["precision"] == "fp32" and not r["compile"]), None)
+    if ref is None:  # the reference was not measured: nothing is known to be faithful
+        return {"precision": "fp32", "compile": False}
     ok = [r for r in banked if r["psnr"] >= ref["psnr"] - QUALITY_TOLERANCE_DB]
     return min(ok, key=lambda r: r["ms_per_image_iter"])
 
@@ -130,7 +139,7 @@ def dataset_run(images, dev, bank, fit: FitConfig, bpp=None) -> dict:
                 total += r.bytes
                 db += r.psnr
     return {"images": len(names), "seconds": time.perf_counter() - t0, "bytes": total, "psnr": db / len(names),
-            "target_bpp": bpp, "precision": fit.precision, "compile": fit.compile}
+            "target_bpp": bpp, "precision": fit.precision, "compile": fit.compile, "fit_iters": fit.iters}
 
 
 def main(argv=None):
@@ -140,20 +149,29 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=0, help="timed iterations (default: 200 GPU, 30 CPU)")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--quality-iters", type=int, default=0, help="PSNR after this many (default: 3000 GPU, 300 CPU)")
-    ap.add_argument("--dataset", action="store_true", help="also encode every image at the default rate point")
+    ap.add_argument("--dataset", action="store_true", help="also run the dataset and tiled parts")
+    ap.add_argument("--part", action="append", choices=PARTS, help="run only these parts (repeatable)")
+    ap.add_argument("--resume", action="store_true", help="keep the rows on file; measure only the others")
+    ap.add_argument("--fit-iters", type=int, default=FitConfig.iters, help="the dataset parts' fitting iterations")
     ap.add_argument("--dataset-images", type=int, default=0, help="on the CPU: the first N images only (0: all)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     a = ap.parse_args(argv)
+    parts = a.part or (PARTS if a.dataset else ["rows"])
     dev = ddcodec.codec.resolve_device(a.device)
     gpu = dev.type == "cuda"
     iters, qiters = a.iters or (200 if gpu else 30), a.quality_iters or (3000 if gpu else 300)
-    pk = peaks(dev)
-    rows = []
-    result = {"device": torch.cuda.get_device_name() if gpu else platform.processor() or "cpu",
-              "threads": torch.get_num_threads(), "torch": torch.__version__, "peaks": pk,
-              "timed_iters": iters, "quality_iters": qiters, "rows": rows}
     tag = "gpu" if gpu else "cpu"
+    device_name = torch.cuda.get_device_name() if gpu else platform.processor() or "cpu"
+    counts = (iters, qiters) if "rows" in parts else None  # the later parts only read the rows
+    on_file = _on_file(a.out, tag, device_name, counts) if (a.resume or "rows" not in parts) else None
+    if on_file is None and "rows" not in parts:
+        raise SystemExit(f"no rows on file for {device_name} in {a.out}: run the rows part first")
+    result = on_file or {"device": device_name, "threads": torch.get_num_threads(), "torch": torch.__version__,
+                         "peaks": peaks(dev), "timed_iters": iters, "quality_iters": qiters, "rows": []}
+    rows, pk = result["rows"], result["peaks"]
     for name, bank, prec, comp, down, k in GPU_CONFIGS if gpu else CPU_CONFIGS:
+        if "rows" not in parts or any(r["config"] == name for r in rows):
+            continue
         imgs = load_images(a.data, down)
         land = [im for im in imgs.values() if im.shape[0] < im.shape[1]][:bank]
         r = measure(land, k, prec, comp, dev, iters, a.warmup, qiters)
@@ -169,17 +187,27 @@ def main(argv=None):
                          mb_per_iter=bytes_ / 1e6, floor_ms=floor_ms, x_floor=r["ms_per_image_iter"] / floor_ms))
         print(_line(rows[-1]), flush=True)
         save(result, a.out, tag)  # after every row: a run cut short keeps what it measured
-    if a.dataset:
+    for part, key, bpp in (("dataset", "dataset", None), ("tiled", "dataset_tiled", 0.5)):
+        if part not in parts:
+            continue
         best = fastest_faithful(rows)
-        fit = FitConfig(precision=best["precision"], compile=best["compile"])
+        fit = FitConfig(iters=a.fit_iters, precision=best["precision"], compile=best["compile"])
         dataset = load_images(a.data, 1 if gpu else 4, 0 if gpu else a.dataset_images)
-        result["dataset"] = dataset_run(dataset, dev, 24 if gpu else 8, fit)
-        print(result["dataset"])
-        save(result, a.out, tag)
-        result["dataset_tiled"] = dataset_run(dataset, dev, 24 if gpu else 8, fit, bpp=0.5)
-        print(result["dataset_tiled"])
+        result[key] = dataset_run(dataset, dev, 24 if gpu else 8, fit, bpp=bpp)
+        print(result[key], flush=True)
         save(result, a.out, tag)
     print(table(result))
+
+
+def _on_file(out: Path, tag: str, device: str, counts):
+    """The result on file if it was measured on this device (and with the same timed and
+    quality iterations, where counts gives them)."""
+    f = out / f"speed_{tag}.json"
+    if not f.exists():
+        return None
+    old = json.loads(f.read_text())
+    same = old.get("device") == device and (counts is None or (old.get("timed_iters"), old.get("quality_iters")) == counts)
+    return old if same else None
 
 
 def save(result, out: Path, tag: str):
@@ -205,8 +233,10 @@ def table(result) -> str:
                      f"{r['gflop_per_iter']:.2f} / {r['mb_per_iter']:.0f} | {r['floor_ms']:.3f} ms | {r['x_floor']:.0f}x |")
     d = result.get("dataset")
     if d:
+        its = d.get("fit_iters", FitConfig.iters)
         lines += ["", f"All {d['images']} images encoded at the default rate point ({d['precision']}"
-                  f"{' + compile' if d['compile'] else ''}), files written: {d['seconds']:.1f} s wall clock."]
+                  f"{' + compile' if d['compile'] else ''}{'' if its == FitConfig.iters else f', {its} iterations, not the default'}), "
+                  f"files written: {d['seconds']:.1f} s wall clock."]
     d = result.get("dataset_tiled")
     if d:
         lines += [f"The same images at --bpp {d['target_bpp']} (k from the target, tiles): {d['seconds']:.1f} s, "

@@ -118,3 +118,30 @@ def test_the_summary_files_are_strict_json_with_points_in_quality_order(tmp_path
     jpeg = json.loads((tmp_path / "jpeg.json").read_text())
     assert jpeg["results"]["bpp"] == sorted(jpeg["results"]["bpp"])
     assert json.loads((tmp_path / "bd_rate.json").read_text())["jpeg"]["ddcodec"] is None
+
+
+def test_the_dataset_run_takes_the_fastest_bank_row_within_the_tolerance_of_fp32():
+    from benchmarks.speed import QUALITY_TOLERANCE_DB, fastest_faithful
+
+    def row(prec, comp, bank, ms, psnr):
+        return dict(precision=prec, compile=comp, bank=bank, ms_per_image_iter=ms, psnr=psnr)
+
+    ref = row("fp32", False, 24, 2.4, 30.0)
+    close = row("tf32", False, 24, 1.6, 30.0 - QUALITY_TOLERANCE_DB / 2)
+    lossy = row("bf16", False, 24, 1.0, 30.0 - 2 * QUALITY_TOLERANCE_DB)
+    single = row("tf32", True, 1, 0.5, 30.0)  # faster, but not a bank
+    assert fastest_faithful([ref, close, lossy, single]) is close
+    assert fastest_faithful([close, lossy]) == {"precision": "fp32", "compile": False}  # no reference
+
+
+def test_speed_rows_on_file_are_reused_only_for_the_same_device_and_counts(tmp_path):
+    import json
+
+    from benchmarks.speed import _on_file
+
+    (tmp_path / "speed_gpu.json").write_text(json.dumps(dict(device="H200", timed_iters=100, quality_iters=300, rows=[])))
+    assert _on_file(tmp_path, "gpu", "H200", (100, 300))["device"] == "H200"
+    assert _on_file(tmp_path, "gpu", "H200", None) is not None  # the dataset parts read any counts
+    assert _on_file(tmp_path, "gpu", "H100", None) is None
+    assert _on_file(tmp_path, "gpu", "H200", (200, 300)) is None
+    assert _on_file(tmp_path, "cpu", "H200", None) is None
