@@ -221,6 +221,11 @@ def _line(r) -> str:
             f"PSNR {r['psnr']:.2f} dB, floor {r['floor_ms']:.3f} ms ({r['x_floor']:.0f}x)")
 
 
+def _iters_note(d) -> str:
+    its = d.get("fit_iters", FitConfig.iters)
+    return "" if its == FitConfig.iters else f", {its} iterations, not the default"
+
+
 def table(result) -> str:
     mem = lambda v: "–" if v is None else f"{v:.1f} GiB"  # noqa: E731
     lines = [f"Device: {result['device']}; measured peaks: {result['peaks']['fp32_tflops']:.2f} fp32 TFLOP/s, "
@@ -233,13 +238,11 @@ def table(result) -> str:
                      f"{r['gflop_per_iter']:.2f} / {r['mb_per_iter']:.0f} | {r['floor_ms']:.3f} ms | {r['x_floor']:.0f}x |")
     d = result.get("dataset")
     if d:
-        its = d.get("fit_iters", FitConfig.iters)
         lines += ["", f"All {d['images']} images encoded at the default rate point ({d['precision']}"
-                  f"{' + compile' if d['compile'] else ''}{'' if its == FitConfig.iters else f', {its} iterations, not the default'}), "
-                  f"files written: {d['seconds']:.1f} s wall clock."]
+                  f"{' + compile' if d['compile'] else ''}{_iters_note(d)}), files written: {d['seconds']:.1f} s wall clock."]
     d = result.get("dataset_tiled")
     if d:
-        lines += [f"The same images at --bpp {d['target_bpp']} (k from the target, tiles): {d['seconds']:.1f} s, "
+        lines += [f"The same images at --bpp {d['target_bpp']} (k from the target, tiles{_iters_note(d)}): {d['seconds']:.1f} s, "
                   f"mean PSNR {d['psnr']:.2f} dB, {8 * d['bytes'] / 1e3:.0f} kbit in all."]
     return "\n".join(lines)
 
