@@ -35,7 +35,9 @@ GPU_CONFIGS = [  # (name, bank, precision, torch.compile, downscale, k); the ban
     ("fp32 B=24", 24, "fp32", False, 1, 64), ("tf32 B=24", 24, "tf32", False, 1, 64),
     ("bf16 B=24", 24, "bf16", False, 1, 64), ("fp32 B=1", 1, "fp32", False, 1, 64),
     ("tf32 B=1", 1, "tf32", False, 1, 64), ("tf32+compile B=24", 24, "tf32", True, 1, 64),
-    ("bf16+compile B=24", 24, "bf16", True, 1, 64), ("tf32+compile B=1", 1, "tf32", True, 1, 64)]
+    ("bf16+compile B=24", 24, "bf16", True, 1, 64), ("tf32+compile B=1", 1, "tf32", True, 1, 64),
+    # one image is launch-bound (design.md): CUDA graphs replay a step's kernels in one launch
+    ("tf32+graphs B=1", 1, "tf32", "reduce-overhead", 1, 64)]
 CPU_CONFIGS = [("cpu fp32 B=1 192x128 k=16", 1, "fp32", False, 4, 16),
                ("cpu fp32+compile B=1 192x128 k=16", 1, "fp32", True, 4, 16),
                ("cpu fp32 B=4 192x128 k=16", 4, "fp32", False, 4, 16),
@@ -99,6 +101,8 @@ def measure(imgs, k, precision, compile_, dev, iters, warmup, quality_iters) -> 
     model = build(arch, seeds).to(dev)
     opts = dict(mode=precision, compile=compile_)
     optimise(model, z, loss, warmup, 0.01, **opts)  # the warm-up also compiles
+    if compile_ and model._ddc_compiled.fn is model._ddc_compiled.eager:
+        raise RuntimeError("torch.compile failed and the fit fell back to eager kernels")
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     _sync(dev)
@@ -116,7 +120,7 @@ def measure(imgs, k, precision, compile_, dev, iters, warmup, quality_iters) -> 
 def fastest_faithful(rows) -> dict:
     """The fastest bank configuration whose PSNR is within QUALITY_TOLERANCE_DB of plain fp32
     at the same bank size: what the dataset run (and the README's advice) uses."""
-    banked = [r for r in rows if r["bank"] > 1]
+    banked = [r for r in rows if r["bank"] > 1 and isinstance(r["compile"], bool)]  # what FitConfig takes
     ref = next((r for r in banked if r["precision"] == "fp32" and not r["compile"]), None)
     if ref is None:  # the reference was not measured: nothing is known to be faithful
         return {"precision": "fp32", "compile": False}
@@ -170,11 +174,19 @@ def main(argv=None):
                          "peaks": peaks(dev), "timed_iters": iters, "quality_iters": qiters, "rows": []}
     rows, pk = result["rows"], result["peaks"]
     for name, bank, prec, comp, down, k in GPU_CONFIGS if gpu else CPU_CONFIGS:
-        if "rows" not in parts or any(r["config"] == name for r in rows):
+        if "rows" not in parts or any(r["config"] == name for r in rows) or name in result.get("failed", {}):
             continue
         imgs = load_images(a.data, down)
         land = [im for im in imgs.values() if im.shape[0] < im.shape[1]][:bank]
-        r = measure(land, k, prec, comp, dev, iters, a.warmup, qiters)
+        try:
+            r = measure(land, k, prec, comp, dev, iters, a.warmup, qiters)
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as e:  # one configuration, not the run
+            print(f"{name}: failed ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]})", flush=True)
+            result.setdefault("failed", {})[name] = str(e)[:500]
+            if gpu:
+                torch.cuda.empty_cache()
+            save(result, a.out, tag)
+            continue
         h, w = land[0].shape[:2]
         flops, bytes_ = floor(k, 6, h, w, 2 if prec == "bf16" else 4)
         rate = pk.get(f"{prec}_tflops", pk["fp32_tflops"]) * 1e12
@@ -236,6 +248,8 @@ def table(result) -> str:
         lines.append(f"| {r['config']} | {r['size']} | {r['ms_per_image_iter']:.2f} | {r['it_per_s']:.1f} | "
                      f"{r['images_per_s']:.3f} | {r['psnr']:.2f} dB | {mem(r['peak_gib'])} | "
                      f"{r['gflop_per_iter']:.2f} / {r['mb_per_iter']:.0f} | {r['floor_ms']:.3f} ms | {r['x_floor']:.0f}x |")
+    for name, why in result.get("failed", {}).items():
+        lines.append(f"| {name} | failed: {(why.splitlines() or [''])[0][:120]} | | | | | | | | |")
     d = result.get("dataset")
     if d:
         lines += ["", f"All {d['images']} images encoded at the default rate point ({d['precision']}"

@@ -188,7 +188,8 @@ def optimise(model, z, loss_fn, iters: int, lr: float, lr_floor: float = 1.0,
     pass (identity for fitting, straight-through rounding for quantization-aware training).
     observe(output) sees every iteration's output (detached), e.g. to average them.
     compile: run the network through torch.compile (one compilation per shape; the fused
-    kernels round differently, so a compiled fit is not bit-identical to an eager one).
+    kernels round differently, so a compiled fit is not bit-identical to an eager one); a
+    string is torch.compile's mode, e.g. "reduce-overhead" (CUDA graphs: one launch a step).
     stop(iterations_done, losses) -> True ends the fit early; asked every STOP_EVERY steps.
     rollback_db: a member whose loss is that many dB above its best, checked every
     ROLLBACK_EVERY steps, goes back to its best iterate with its momentum cleared (DIP's
@@ -202,11 +203,14 @@ def optimise(model, z, loss_fn, iters: int, lr: float, lr_floor: float = 1.0,
     params = [t for _, t in model.named_tensors()]
     # fused Adam: one kernel for all tensors instead of several per tensor (CUDA only)
     opt = torch.optim.Adam(params, lr=lr, betas=betas, fused=z.device.type == "cuda")
-    net = compiled(model) if compile else model
+    net = compiled(model, compile if isinstance(compile, str) else None) if compile else model
+    graphs = compile == "reduce-overhead" and z.device.type == "cuda"
     best = [p.detach().clone() for p in params]
     best_loss = torch.full((model.bank,), math.inf, device=z.device)
     gen = torch.Generator(device=z.device).manual_seed(noise_seed) if input_noise else None
     for it in range(iters):
+        if graphs:  # a new step: the graphs may reuse the last step's output memory
+            torch.compiler.cudagraph_mark_step_begin()
         for group in opt.param_groups:  # cosine from lr to lr*lr_floor
             group["lr"] = lr * (lr_floor + (1 - lr_floor) * 0.5 * (1 + math.cos(math.pi * it / iters)))
         zin = z
@@ -240,17 +244,18 @@ def optimise(model, z, loss_fn, iters: int, lr: float, lr_floor: float = 1.0,
     return best_loss
 
 
-def compiled(model):
-    """The model's forward through torch.compile, made once per model and kept on it.
+def compiled(model, mode=None):
+    """The model's forward through torch.compile, made once per model (and mode) and kept on it.
     If compiling fails (no C++ compiler on the machine, say), the fit warns once and goes on
     with the eager forward: the same function, only slower."""
     fn = getattr(model, "_ddc_compiled", None)
-    if fn is None:
+    if fn is None or getattr(fn, "mode", None) != mode:
         import torch._dynamo.config as dynamo_config
         # Every bank shape (k, bank size, image size) is one compilation of the same forward;
         # torch's default limit of 8 sends a benchmark sweeping k back to eager half-way.
         dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
-        fn = _EagerOnFailure(torch.compile(model.forward, dynamic=False), model.forward)
+        fn = _EagerOnFailure(torch.compile(model.forward, dynamic=False, mode=mode), model.forward)
+        fn.mode = mode
         model._ddc_compiled = fn
     return fn
 

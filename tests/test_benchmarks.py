@@ -145,3 +145,27 @@ def test_speed_rows_on_file_are_reused_only_for_the_same_device_and_counts(tmp_p
     assert _on_file(tmp_path, "gpu", "H100", None) is None
     assert _on_file(tmp_path, "gpu", "H200", (200, 300)) is None
     assert _on_file(tmp_path, "cpu", "H200", None) is None
+
+
+def test_a_speed_configuration_that_fails_is_reported_and_the_others_still_run(tmp_path, monkeypatch):
+    import json
+
+    import torch
+
+    import benchmarks.speed as speed
+
+    def broken_compile(fn, **kw):
+        def run(*a):
+            raise RuntimeError("no compiler here")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setattr(speed, "CPU_CONFIGS", [("tiny compiled", 1, "fp32", True, 1, 4),
+                                               ("tiny eager", 1, "fp32", False, 1, 4)])
+    data, out = _folder(tmp_path, ["a"])
+    with pytest.warns(UserWarning, match="torch.compile failed"):
+        speed.main(["--data", str(data), "--iters", "2", "--warmup", "1", "--quality-iters", "2", "--out", str(out)])
+    result = json.loads((out / "speed_cpu.json").read_text())
+    assert [r["config"] for r in result["rows"]] == ["tiny eager"]  # not an eager run labelled compiled
+    assert "fell back to eager" in result["failed"]["tiny compiled"]
+    assert "tiny compiled | failed" in (out / "speed_cpu.md").read_text()

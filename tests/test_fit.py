@@ -191,11 +191,27 @@ def test_a_fit_whose_compile_fails_warns_and_fits_eagerly(monkeypatch):
         assert torch.equal(a, b)  # the eager fallback ran the very same fit
 
 
+def test_a_compile_mode_reaches_torch_compile_and_gets_its_own_compiled_forward(monkeypatch):
+    arch = Architecture(channels=4, layers=2)
+    z = seeded_input(arch, 8, 8, 0)[None]
+    target = torch.rand(1, 3, 8, 8)
+    modes = []
+
+    def recording_compile(fn, **kw):
+        modes.append(kw.get("mode"))
+        return fn
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    model = build(arch)
+    for compile_ in (True, True, "reduce-overhead", "reduce-overhead"):
+        optimise(model, z, lambda out: mse_per_image(out, target), 2, 0.01, compile=compile_)
+    assert modes == [None, "reduce-overhead"]  # one compilation per mode, each kept
+
+
 def test_an_encode_compiles_by_the_work_rule(monkeypatch, image):
     import ddcodec.fit as fit_module
     seen = []
     real = fit_module.compiled
-    monkeypatch.setattr(fit_module, "compiled", lambda m: seen.append(m) or real(m))
+    monkeypatch.setattr(fit_module, "compiled", lambda m, mode=None: seen.append(m) or real(m, mode))
     work = image.shape[0] * image.shape[1] * 4 * 10
     monkeypatch.setattr(fit_module, "COMPILE_WORK", work + 1)
     encode(image, channels=4, layers=3, fit=FitConfig(iters=10), quant=QuantConfig(qat_iters=0), device="cpu")
