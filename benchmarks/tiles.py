@@ -23,6 +23,7 @@ def main(argv=None):
     ap.add_argument("--downscale", type=int, default=1, help="1: full size; 2: kodak-half; 4: kodak-mini")
     ap.add_argument("--bpp", type=float, required=True)
     ap.add_argument("--tile", default="auto", help="WxH, auto or none")
+    ap.add_argument("--iters", type=int, default=ddcodec.FitConfig.iters, help="fitting iterations")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/tiles.jsonl"))
     a = ap.parse_args(argv)
@@ -30,10 +31,11 @@ def main(argv=None):
     for name, img in images.items():
         t0 = time.perf_counter()
         res = ddcodec.encode(img, None, quant=ddcodec.QuantConfig(target_bpp=a.bpp), device=a.device,
+                             fit=ddcodec.FitConfig(iters=a.iters),
                              tile=ddcodec.tiles.tile_for(a.tile, a.bpp))
         meta = ddcodec.info(res.data)
         row = dict(image=name, size=f"{img.shape[1]}x{img.shape[0]}", target_bpp=a.bpp, tile=a.tile,
-                   grid=meta.get("tiles", [1, 1]), tile_k=meta.get("tile_k", [meta["arch"]["channels"]]),
+                   iters=a.iters, grid=meta.get("tiles", [1, 1]), tile_k=meta.get("tile_k", [meta["arch"]["channels"]]),
                    bytes=len(res.data), bpp=8 * len(res.data) / (img.shape[0] * img.shape[1]),
                    psnr=psnr(ddcodec.decode(res.data), img), seconds=time.perf_counter() - t0, device=res.device)
         print(json.dumps(row), flush=True)
