@@ -37,7 +37,7 @@ def main(argv=None):
         row = dict(image=name, size=f"{img.shape[1]}x{img.shape[0]}", target_bpp=a.bpp, tile=a.tile,
                    iters=a.iters, grid=meta.get("tiles", [1, 1]), tile_k=meta.get("tile_k", [meta["arch"]["channels"]]),
                    bytes=len(res.data), bpp=8 * len(res.data) / (img.shape[0] * img.shape[1]),
-                   psnr=psnr(ddcodec.decode(res.data), img), seconds=time.perf_counter() - t0, device=res.device)
+                   psnr=psnr(ddcodec.decode(res.data), img), psnr_float=res.psnr_float, seconds=time.perf_counter() - t0, device=res.device)
         print(json.dumps(row), flush=True)
         a.out.parent.mkdir(parents=True, exist_ok=True)
         with a.out.open("a") as f:
