@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 import ddcodec
-from ddcodec.fit import FitConfig, mse_per_image, optimise, psnr_from_mse
+from ddcodec.fit import GRAPH_MODES, FitConfig, mse_per_image, optimise, psnr_from_mse
 from ddcodec.nets import Architecture, build, seeded_input
 
 from .rd import load_images
@@ -100,9 +100,12 @@ def measure(imgs, k, precision, compile_, dev, iters, warmup, quality_iters) -> 
     loss = lambda out: mse_per_image(out[..., :h, :w], target)  # noqa: E731
     model = build(arch, seeds).to(dev)
     opts = dict(mode=precision, compile=compile_)
+    skips = _graph_skips()
     optimise(model, z, loss, warmup, 0.01, **opts)  # the warm-up also compiles
     if compile_ and model._ddc_compiled.fn is model._ddc_compiled.eager:
         raise RuntimeError("torch.compile failed and the fit fell back to eager kernels")
+    if compile_ in GRAPH_MODES and dev.type == "cuda" and _graph_skips() > skips:
+        raise RuntimeError("inductor skipped CUDA graphs: the row would time plain compiled kernels")
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     _sync(dev)
@@ -115,6 +118,12 @@ def measure(imgs, k, precision, compile_, dev, iters, warmup, quality_iters) -> 
     model = build(arch, seeds, recipe.live_first_block_for(True, k, z.shape[2] * z.shape[3])).to(dev)
     best = optimise(model, z, loss, quality_iters, **recipe.schedule(k), **opts)
     return {"ms_per_image_iter": ms, "peak_gib": mem, "psnr": float(psnr_from_mse(best).mean())}
+
+
+def _graph_skips() -> int:
+    """How often inductor has declined to use CUDA graphs (it only logs why)."""
+    from torch._dynamo.utils import counters
+    return counters["inductor"]["cudagraph_skips"]
 
 
 def fastest_faithful(rows) -> dict:
@@ -173,8 +182,10 @@ def main(argv=None):
     result = on_file or {"device": device_name, "threads": torch.get_num_threads(), "torch": torch.__version__,
                          "peaks": peaks(dev), "timed_iters": iters, "quality_iters": qiters, "rows": []}
     rows, pk = result["rows"], result["peaks"]
+    if "rows" in parts:
+        result.pop("failed", None)  # a resumed run tries a failed configuration again
     for name, bank, prec, comp, down, k in GPU_CONFIGS if gpu else CPU_CONFIGS:
-        if "rows" not in parts or any(r["config"] == name for r in rows) or name in result.get("failed", {}):
+        if "rows" not in parts or any(r["config"] == name for r in rows):
             continue
         imgs = load_images(a.data, down)
         land = [im for im in imgs.values() if im.shape[0] < im.shape[1]][:bank]

@@ -204,7 +204,7 @@ def optimise(model, z, loss_fn, iters: int, lr: float, lr_floor: float = 1.0,
     # fused Adam: one kernel for all tensors instead of several per tensor (CUDA only)
     opt = torch.optim.Adam(params, lr=lr, betas=betas, fused=z.device.type == "cuda")
     net = compiled(model, compile if isinstance(compile, str) else None) if compile else model
-    graphs = compile == "reduce-overhead" and z.device.type == "cuda"
+    graphs = compile in GRAPH_MODES and z.device.type == "cuda"
     best = [p.detach().clone() for p in params]
     best_loss = torch.full((model.bank,), math.inf, device=z.device)
     gen = torch.Generator(device=z.device).manual_seed(noise_seed) if input_noise else None
@@ -261,6 +261,7 @@ def compiled(model, mode=None):
 
 
 RECOMPILE_LIMIT = 128
+GRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile's modes that use CUDA graphs
 
 
 class _EagerOnFailure:

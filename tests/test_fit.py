@@ -204,7 +204,7 @@ def test_a_compile_mode_reaches_torch_compile_and_gets_its_own_compiled_forward(
     model = build(arch)
     for compile_ in (True, True, "reduce-overhead", "reduce-overhead"):
         optimise(model, z, lambda out: mse_per_image(out, target), 2, 0.01, compile=compile_)
-    assert modes == [None, "reduce-overhead"]  # one compilation per mode, each kept
+    assert modes == [None, "reduce-overhead"]  # a compilation per change of mode, kept while it holds
 
 
 def test_an_encode_compiles_by_the_work_rule(monkeypatch, image):

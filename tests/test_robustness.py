@@ -1,6 +1,7 @@
 """Interruption, determinism, the golden file of each format version, awkward images."""
 import hashlib
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -110,6 +111,22 @@ def test_gpu_encode_decodes_on_the_cpu_within_a_level():
     cpu = ddcodec.decode(r.data, device="cpu")
     assert abs(psnr(cpu, img) - r.psnr) <= 0.05
     assert np.abs(cpu.astype(int) - ddcodec.decode(r.data, device="cuda")).max() <= 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; runs wherever one is")
+def test_gpu_fit_through_cuda_graphs_lands_where_the_eager_fit_does():
+    from ddcodec.fit import mse_per_image, optimise
+    from ddcodec.nets import Architecture, build, seeded_input
+
+    arch = Architecture(channels=8, layers=4)
+    img = torch.from_numpy(small(96, 64)).permute(2, 0, 1)[None].float().cuda() / 255
+    z = seeded_input(arch, 64, 96, 0)[None].cuda()
+    losses = {}
+    for mode in (False, "reduce-overhead"):
+        model = build(arch).cuda()
+        losses[mode] = float(optimise(model, z, lambda out: mse_per_image(out, img), 100, 0.01, compile=mode)[0])
+    assert math.isfinite(losses["reduce-overhead"])
+    assert abs(10 * math.log10(losses[False] / losses["reduce-overhead"])) < 0.3  # dB
 
 
 def test_a_1x4000_image_round_trips():
