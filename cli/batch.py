@@ -91,7 +91,7 @@ def encode_command(images, output, channels, layers, arch, iters, lr, seed, devi
         except DDCError as e:
             if not many:
                 raise
-            click.echo(f"ddc: skipped {p}: {e}", err=True)
+            click.echo(f"ddc: skipped {p}: {str(e).removeprefix(f'{p}: ')}", err=True)  # once, not twice
             failed += 1
     banks = _banks(jobs, 1 if (denoise or mask is not None) else bank)
     if lr is None and restoring:  # else None: by k (fit.default_lr)
