@@ -171,7 +171,10 @@ def decode(file, output, device, force):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def info(file, as_json):
     """Show the header of a .ddc file."""
-    d = ddcodec.info(_read_bytes(file))
+    try:
+        d = ddcodec.info(_read_bytes(file))
+    except ddcodec.errors.FormatError as e:  # name the file, as decode does
+        raise type(e)(f"{file}: {e}") from None
     if as_json:
         click.echo(json.dumps(d))
         return

@@ -20,7 +20,7 @@ from PIL import Image
 from . import bitstream, entropy, tiles
 from .checks import integer
 from .degrade import Degradation
-from .errors import ConfigError, CorruptError, ImageError
+from .errors import ConfigError, CorruptError, FormatError, ImageError
 from .fit import ADAM_BETAS, FitConfig, mse_per_image, optimise
 from .images import check_ddc_name, check_image, check_image_name, check_output, decoded_name, image_bytes, read_image, write_atomic
 from .metrics import bpp as bits_per_pixel, psnr
@@ -479,6 +479,9 @@ def decode_file(src, dst=None, force: bool = False, device: str = "cpu") -> np.n
         data = src.read_bytes()
     except OSError as e:
         raise ImageError(f"{src}: {e.strerror}") from None
-    img = decode(data, device=device)
+    try:
+        img = decode(data, device=device)
+    except FormatError as e:  # the same error, naming the file it came from
+        raise type(e)(f"{src}: {e}") from None
     write_atomic(dst, image_bytes(img, dst), force, inputs=[src])
     return img

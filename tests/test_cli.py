@@ -66,7 +66,10 @@ def test_corrupted_file_is_one_line_error_and_no_output(tmp_path, ddc_bytes):
 def test_not_a_ddc_file_and_missing_file_are_one_line_errors(tmp_path):
     f = tmp_path / "x.ddc"
     f.write_bytes(b"hello world, not a codec file")
-    _one_line_error(run("decode", f))
+    for cmd in ("decode", "info"):  # each names the file it could not read
+        res = run(cmd, f)
+        _one_line_error(res)
+        assert f"{f}: not a DDC file" in res.output, cmd
     _one_line_error(run("info", tmp_path / "missing.ddc"))
 
 
