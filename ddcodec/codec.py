@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import bitstream, entropy, tiles
+from . import bitstream, entropy, exact, tiles
 from .checks import integer
 from .degrade import Degradation
 from .errors import ConfigError, CorruptError, FormatError, ImageError
@@ -26,7 +26,7 @@ from .images import check_ddc_name, check_image, check_image_name, check_output,
 from .metrics import bpp as bits_per_pixel, psnr
 from .nets import Architecture, build, param_count, seeded_input, tensor_shapes, work
 from .rate import budgets_for_psnr, budgets_for_rate, channels_for_image
-from .quant import QuantConfig, dequantize, quantize, search_steps, steps_tensor, straight_through
+from .quant import QuantConfig, dequantize, quantize, search_steps, step_from_code, steps_tensor, straight_through
 
 
 @dataclass
@@ -387,29 +387,46 @@ def decode(data: bytes, device: str = "cpu", max_work: int = bitstream.MAX_WORK)
                 raise CorruptError("the tiles of a file differ in their channels")
             out[top:bottom, left:right] = part
         return out
-    header, model = load_model(data, max_work)
+    header, ints = _parse(data, max_work)
     dev = resolve_device(device)
     h, w = header.height, header.width
     if header.flags & bitstream.FLAG_TRANSPOSED:
         h, w = w, h
+    z = seeded_input(header.arch, h, w, header.seed)
     with torch.no_grad():
-        z = seeded_input(header.arch, h, w, header.seed)[None].to(dev)
-        out = _to_uint8(model.to(dev)(z)[..., :h, :w])[0]
-    return _unorient(out, header.flags)
+        if header.arch.kind == "deep-decoder":  # the same pixels on every machine (ddcodec.exact)
+            steps = [float(s) for s in step_from_code(np.asarray(header.step_codes))]
+            levels = exact.render(header.arch, ints, steps, z.to(dev))[:, :h, :w].permute(1, 2, 0).cpu().numpy()
+            out = levels[..., 0] if levels.shape[-1] == 1 else levels
+        else:  # the DIP skip net, in float32: a device may move a pixel by one level
+            out = _to_uint8(_with_weights(header, ints).to(dev)(z[None].to(dev))[..., :h, :w])[0]
+    return _unorient(np.ascontiguousarray(out), header.flags)
 
 
-def load_model(data: bytes, max_work: int = bitstream.MAX_WORK):
-    """.ddc bytes -> (Header, the network with the dequantized weights), on the CPU. Parsing
-    and dequantization are exact: the weights are bit-identical on every machine."""
+def _parse(data: bytes, max_work: int):
+    """.ddc bytes -> (Header, the integer tensors in file order). Exact on every machine."""
     header, payload = bitstream.unpack(data, max_work)
     shapes = [s for _, s in tensor_shapes(header.arch)]
     ints = entropy.decode(payload, header.models, [int(np.prod(s)) for s in shapes])
+    return header, [q.reshape(s) for q, s in zip(ints, shapes)]
+
+
+def load_model(data: bytes, max_work: int = bitstream.MAX_WORK):
+    """.ddc bytes -> (Header, the network with the float32 dequantized weights), on the CPU.
+    Parsing and dequantization are exact: the weights are bit-identical on every machine.
+    (decode() renders the Deep Decoder with ddcodec.exact, not with this network.)"""
+    header, ints = _parse(data, max_work)
+    return header, _with_weights(header, ints)
+
+
+def _with_weights(header, ints: list):
+    shapes = [s for _, s in tensor_shapes(header.arch)]
     steps = steps_tensor(np.asarray(header.step_codes)[:, None], torch.device("cpu"))
     model = build(header.arch, (header.seed,))
     with torch.no_grad():
         for (_, t), q, s, shape in zip(model.named_tensors(), ints, steps, shapes):
             t.copy_(dequantize(torch.from_numpy(q.astype(np.float32)).view(1, *shape), s))
-    return header, model
+    return model
 
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:

@@ -1,0 +1,141 @@
+"""Bit-exact reconstruction of the Deep Decoder: the same pixels on every machine and device.
+
+A float32 forward pass differs between machines in its last bits, since each BLAS library,
+thread count and vector width sums in its own order, and each maths library has its own exp.
+An 8-bit pixel near a rounding edge then moves by one. This decoder leaves no such freedom:
+
+- Every 1x1 convolution multiplies integers. The weights are the file's integers q, and the
+  activations are rounded to a fixed-point grid of 2^-S. Integers below 2^53 are exact in
+  float64, and every partial sum here stays below 2^53: the bound is checked, and S shrinks
+  if it would not hold. So a matrix product is exact whatever order the library sums in.
+  The step of the tensor, and 2^-S, are applied afterwards, with one rounding.
+- All else is elementwise IEEE-754 arithmetic (+, -, *, / and sqrt are correctly rounded on
+  every conforming machine), each operation its own kernel, so nothing gets fused into an FMA.
+  Sums over pixels follow one fixed pairwise order, and per-channel scalars are computed in
+  Python floats.
+- The sigmoid and the rounding to 8 bits together are a comparison with 255 thresholds,
+  logit((m - 0.5) / 255). These are computed once with the decimal module, which rounds
+  correctly, so no exp is evaluated at all.
+
+The encoder reports the PSNR of this decode. The weights used are the exact q * step, not the
+float32 products that fitting used, and the activations are rounded to 2^-20 (relative errors
+near 1e-6), which moves the output far less than one level. docs/format.md gives the rules.
+"""
+import math
+from decimal import Decimal, localcontext
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from .nets import BN_EPS, Architecture, upsample2x
+
+FRACTION_BITS = 20  # S: activations are rounded to multiples of 2^-S before each product
+EXACT_LIMIT = 2**53  # integers below this are exact in float64
+F64 = torch.float64
+
+
+@lru_cache(maxsize=1)
+def thresholds() -> torch.Tensor:
+    """logit((m - 0.5) / 255) for m = 1..255, as float64: an output y decodes to the number of
+    thresholds at or below it (255 * sigmoid(y), rounded half up)."""
+    out = []
+    with localcontext() as ctx:
+        ctx.prec = 40
+        for m in range(1, 256):
+            p = Decimal(2 * m - 1) / Decimal(510)
+            out.append(float((p / (1 - p)).ln()))  # Decimal -> float is correctly rounded
+    return torch.tensor(out, dtype=F64)
+
+
+def pairwise_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum of each row of [rows, n] in one fixed order on every machine: halve the row, add the
+    two halves elementwise, repeat (an odd length first gains a trailing zero, which is exact)."""
+    while x.shape[1] > 1:
+        if x.shape[1] % 2:
+            x = torch.cat([x, x.new_zeros(x.shape[0], 1)], 1)
+        half = x.shape[1] // 2
+        x = x[:, :half] + x[:, half:]
+    return x[:, 0]
+
+
+def to_grid(x: torch.Tensor, q: torch.Tensor) -> tuple:
+    """x [k, n] rounded to the fixed-point grid for a product with integer-valued q [m, k],
+    in place (x is overwritten): (integers x * 2^S, S). S = FRACTION_BITS unless the product
+    could reach 2^53."""
+    top, bottom = (float(x.max()), float(x.min())) if x.numel() else (0.0, 0.0)
+    if not (math.isfinite(top) and math.isfinite(bottom)):  # only a damaged file overflows
+        x = torch.nan_to_num_(x)  # NaN -> 0, infinities -> the largest floats
+        top, bottom = float(x.max()), float(x.min())
+    largest = max(top, -bottom)
+    row_l1 = int(q.abs().sum(1).max()) if q.numel() else 0  # integers: exact in any order
+    s = FRACTION_BITS
+    while s > -1000:  # below S only for activations or weights far beyond any fit's
+        scaled = largest * 2.0**s
+        if math.isfinite(scaled) and row_l1 * (math.floor(scaled) + 1) < EXACT_LIMIT:
+            break
+        s -= 1
+    return x.mul_(2.0**s).round_(), s  # a power of two: the multiplication itself is exact
+
+
+def fixed_product(q: torch.Tensor, step: float, x: torch.Tensor) -> torch.Tensor:
+    """(q * step) @ x for integer-valued q [m, k] and x [k, n] (overwritten), exactly as the
+    module says: x rounded to 2^-S, an integer product below 2^53, one scaling by step * 2^-S."""
+    xi, s = to_grid(x, q)
+    return (q @ xi).mul_(step * 2.0**-s)
+
+
+def normalise(x: torch.Tensor, out=None) -> torch.Tensor:
+    """Channel normalisation of [k, n] over its n pixels, as batch_norm in training mode
+    (biased variance, eps BN_EPS), without affine, into out if given. One pixel gives 0."""
+    inv_n = 1.0 / x.shape[1]
+    centred = x - (pairwise_sum(x) * inv_n)[:, None]
+    var = pairwise_sum(centred * centred) * inv_n
+    scale = torch.tensor([1.0 / math.sqrt(v + BN_EPS) for v in var.tolist()], dtype=F64, device=x.device)
+    return torch.mul(centred, scale[:, None], out=out)
+
+
+CHUNK = 8  # output channels per pass: a block works channel by channel after its product
+
+
+def render(arch: Architecture, ints: list, steps: list, z: torch.Tensor) -> torch.Tensor:
+    """The Deep Decoder's output as uint8 [c, H, W] (before cropping). ints: the file's integer
+    tensors in file order (numpy), steps: their steps (Python floats), z: the seeded input
+    [k, h, w] (its float32 values are exact in float64).
+
+    Each block runs CHUNK output channels at a time: every operation after the product is
+    per channel, so the pixels are the same as for the whole block at once, and the
+    temporaries at full resolution are CHUNK channels, not k."""
+    if arch.kind != "deep-decoder":
+        raise ValueError("the exact decoder is the Deep Decoder's")
+    dev = z.device
+    q = [torch.from_numpy(np.asarray(t, dtype=np.float64)).to(dev) for t in ints]
+    d, k = arch.layers, arch.channels
+    per_block = 1 if arch.folded else 3
+    x = z.to(F64, copy=True).reshape(k, -1)  # to_grid rounds it in place
+    h, w = z.shape[1:]
+    for i in range(d):
+        weight, step = q[per_block * i], steps[per_block * i]
+        xi, s = to_grid(x, weight)
+        up = i < d - 1
+        x = torch.empty(k, (4 if up else 1) * h * w, dtype=F64, device=dev)
+        for c0 in range(0, k, CHUNK):
+            c1 = min(c0 + CHUNK, k)
+            y = (weight[c0:c1] @ xi).mul_(step * 2.0**-s)
+            if arch.folded and i > 0:  # the biases of blocks 1..d-1 are one [d-1, k] tensor
+                y.add_((q[d][i - 1, c0:c1] * steps[d])[:, None])
+            if up:
+                y = upsample2x(y.view(c1 - c0, h, w)).reshape(c1 - c0, -1)
+            y = normalise(y.relu_(), out=x[c0:c1])
+            if not arch.folded:  # the stored normalisation's own scale and shift
+                g, b = q[3 * i + 1][c0:c1] * steps[3 * i + 1], q[3 * i + 2][c0:c1] * steps[3 * i + 2]
+                y.mul_(g[:, None]).add_(b[:, None])
+        if up:
+            h, w = 2 * h, 2 * w
+    out = -2 if arch.folded else -1  # the output conv: followed by its bias when folded
+    y = fixed_product(q[out], steps[out], x)
+    if arch.folded:
+        y.add_((q[-1] * steps[-1])[:, None])
+    y = torch.nan_to_num(y, nan=0.0)  # NaN (only from a damaged file) decodes as sigmoid(0)
+    levels = torch.searchsorted(thresholds().to(dev), y.contiguous(), right=True)
+    return levels.to(torch.uint8).view(-1, h, w)

@@ -1,0 +1,124 @@
+"""The exact decoder: each piece does the arithmetic its docstring promises, so the pixels
+cannot depend on the machine, the thread count or how the work is split."""
+import hashlib
+import json
+import math
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import ddcodec
+from ddcodec import exact
+from ddcodec.codec import _to_uint8, load_model
+from ddcodec.nets import Architecture, seeded_input, tensor_shapes
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_thresholds_are_the_sigmoid_rounding_edges_symmetric_about_zero():
+    t = exact.thresholds()
+    assert t.shape == (255,) and bool((t[1:] > t[:-1]).all())
+    assert float(t[127]) == 0.0  # logit(127.5 / 255) = logit(1/2)
+    assert torch.equal(t, -t.flip(0))  # logit(1 - p) = -logit(p), correctly rounded both ways
+    for m in (1, 60, 200, 255):
+        p = 1 / (1 + math.exp(-float(t[m - 1])))
+        assert abs(255 * p - (m - 0.5)) < 1e-9
+
+
+@settings(deadline=None, max_examples=200)
+@given(st.floats(-30, 30))
+def test_a_logit_decodes_to_255_sigmoid_rounded(y):
+    level = int(torch.searchsorted(exact.thresholds(), torch.tensor([y], dtype=torch.float64), right=True))
+    v = 255 / (1 + math.exp(-y))
+    if abs(v - math.floor(v) - 0.5) > 1e-6:  # away from an edge, where float rounding may decide
+        assert level == round(v)
+
+
+def _tree(values):
+    """The documented order, in Python floats: halve, add the halves elementwise, repeat."""
+    while len(values) > 1:
+        if len(values) % 2:
+            values = values + [0.0]
+        h = len(values) // 2
+        values = [a + b for a, b in zip(values[:h], values[h:])]
+    return values[0]
+
+
+@settings(deadline=None, max_examples=100)
+@given(st.lists(st.floats(-1e6, 1e6, allow_subnormal=False), min_size=1, max_size=300))
+def test_pairwise_sum_adds_in_the_one_documented_order(values):
+    x = torch.tensor([values, values[::-1]], dtype=torch.float64)
+    got = exact.pairwise_sum(x)
+    assert float(got[0]) == _tree(list(values))  # bit for bit, not approximately
+    assert float(got[1]) == _tree(list(values[::-1]))
+
+
+@settings(deadline=None, max_examples=60)
+@given(st.integers(1, 6), st.integers(1, 6), st.integers(1, 40), st.integers(0, 2**32 - 1),
+       st.sampled_from([2.0**-7, 0.0123, 3.5, 2.0**20]))
+def test_fixed_product_is_the_exact_product_of_the_grid_values_rounded_once(m, k, n, seed, step):
+    rng = np.random.default_rng(seed)
+    q = torch.from_numpy(rng.integers(-3000, 3000, (m, k)).astype(np.float64))
+    x = torch.from_numpy(rng.normal(0, 3, (k, n)))
+    grid = [[Fraction(round(float(v) * 2**exact.FRACTION_BITS), 2**exact.FRACTION_BITS) for v in row] for row in x.tolist()]
+    got = exact.fixed_product(q, step, x.clone())
+    for i in range(m):
+        for j in range(n):
+            dot = sum(Fraction(int(q[i, c])) * grid[c][j] for c in range(k))
+            assert float(got[i, j]) == float(dot * Fraction(step))  # one rounding: of the exact value
+
+
+def test_the_grid_gets_coarser_only_when_the_product_could_pass_2_to_the_53():
+    q = torch.full((1, 4), 2.0**30)
+    x = torch.full((4, 3), 2.0**5)
+    xi, s = exact.to_grid(x.clone(), q)
+    assert s < exact.FRACTION_BITS
+    assert 4 * 2.0**30 * float(xi.abs().max()) < exact.EXACT_LIMIT
+    _, s = exact.to_grid(torch.full((4, 3), 0.5), torch.ones(1, 4))
+    assert s == exact.FRACTION_BITS
+
+
+def _random_file_tensors(arch, seed, scale=300):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(-scale, scale, s) for _, s in tensor_shapes(arch)]
+
+
+@pytest.mark.parametrize("folded", [True, False])
+def test_splitting_a_block_into_channel_chunks_leaves_every_pixel_as_it_was(folded, monkeypatch):
+    arch = Architecture(channels=11, layers=4, folded=folded)
+    ints, steps = _random_file_tensors(arch, 1), [0.004] * len(tensor_shapes(arch))
+    z = seeded_input(arch, 40, 56, 3)
+    outs = []
+    for chunk in (1, 4, 8, 64):
+        monkeypatch.setattr(exact, "CHUNK", chunk)
+        outs.append(exact.render(arch, ints, steps, z))
+    for o in outs[1:]:
+        assert torch.equal(o, outs[0])
+
+
+def test_a_full_size_file_decodes_to_its_stored_pixel_hash_on_any_machine():
+    """A file where the float32 network is not exact (788 of its 1.2 M values one level away
+    on the machine that made the hash): a float decode elsewhere would not reproduce the
+    hash, and the exact one must. CI runs this on another machine."""
+    expect = json.loads((DATA / "exact-kodim02-tiles.json").read_text())
+    img = ddcodec.decode((DATA / "exact-kodim02-tiles.ddc").read_bytes())
+    assert hashlib.sha256(img.tobytes()).hexdigest() == expect["pixels_sha256"]
+
+
+def test_the_exact_decode_is_within_a_level_of_the_float_network(encoded):
+    header, model = load_model(encoded.data)
+    z = seeded_input(header.arch, header.height, header.width, header.seed)[None]
+    with torch.no_grad():
+        ref = _to_uint8(model(z)[..., :header.height, :header.width])[0]
+    assert np.abs(ddcodec.decode(encoded.data).astype(int) - ref).max() <= 1
+
+
+def test_weights_large_enough_to_overflow_still_decode_to_an_image():
+    arch = Architecture(channels=4, layers=3, folded=True)
+    ints = [np.full(s, 2**31 - 1, np.int64) for _, s in tensor_shapes(arch)]
+    out = exact.render(arch, ints, [2.0**100] * len(ints), seeded_input(arch, 8, 8, 0))
+    assert out.dtype == torch.uint8 and out.shape == (3, 8, 8)
