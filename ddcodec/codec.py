@@ -282,7 +282,7 @@ def _encode_tiled(images, channels, layers, fit, quant, device, progress, tile) 
         parts = [coded[i, j] for j in range(rows * cols)]
         data = parts[0].data if len(parts) == 1 else tiles.pack(im.shape[1], im.shape[0], rows, cols,
                                                                 [r.data for r in parts])
-        decoded = decode(data, device="cpu")
+        decoded = decode(data, device=parts[0].device)  # exact: the same pixels on any device
         # the float PSNR of the whole from the tiles': their MSEs weighted by their pixels
         mse = sum(r.width * r.height * 10 ** (-r.psnr_float / 10) for r in parts) / (im.shape[0] * im.shape[1])
         results.append(EncodeResult(

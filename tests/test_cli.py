@@ -355,3 +355,37 @@ def test_an_empty_folder_or_output_name_is_refused(tmp_path, monkeypatch):
         lines = [line for line in res.output.splitlines() if line.strip()]
         assert res.exit_code == 2 and len(lines) == 1 and "empty name" in lines[0], (args, res.output)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+def test_an_interrupt_dropped_in_a_weakref_callback_prints_no_traceback(tmp_path, monkeypatch):
+    """Python reports an exception raised in a finaliser ("Exception ignored in ...") with a
+    traceback, and torch.compile's guards hold weakref callbacks: a Ctrl-C landing there must
+    still end the run with its one line."""
+    import signal
+    import sys
+    import weakref
+
+    import ddcodec.codec
+
+    real = ddcodec.codec.optimise
+
+    class Guarded:
+        pass
+
+    def dropped_in_a_callback(*a, **kw):
+        obj = Guarded()
+        ref = weakref.ref(obj, lambda _: signal.getsignal(signal.SIGINT)(signal.SIGINT, None))
+        del obj  # the callback runs here; its KeyboardInterrupt becomes "unraisable"
+        assert ref() is None
+        return real(*a, **kw)
+    monkeypatch.setattr(ddcodec.codec, "optimise", dropped_in_a_callback)
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)  # Python's, not pytest's
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        Image.fromarray(small(40, 24)).save(tmp_path / "a.png")
+        res = run("encode", tmp_path / "a.png", *FAST)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert res.exit_code == 130, res.output
+    assert [line for line in res.output.splitlines() if line.strip()] == ["ddc: interrupted; no partial output was left"]
+    assert not (tmp_path / "a.ddc").exists()
