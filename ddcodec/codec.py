@@ -231,7 +231,7 @@ def quantize_bank(bank: FittedBank, quant: QuantConfig = QuantConfig(), progress
     compile_ = bank.fit.compile_for(z.device, bank.compression, z.shape[0] * H * W * bank.arch.channels * quant.qat_iters)
     optimise(model, z, loss_fn, quant.qat_iters, quant.qat_lr,
              transform=lambda p: straight_through(p, steps), progress=_stage(progress, "qat"),
-             betas=bank.betas, compile=compile_)
+             betas=bank.betas, mode=bank.fit.precision, compile=compile_)  # the fit's precision
     results = []
     for b, img in enumerate(bank.originals):
         data = write(b, codes[:, b])

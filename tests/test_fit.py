@@ -219,3 +219,17 @@ def test_an_encode_compiles_by_the_work_rule(monkeypatch, image):
     monkeypatch.setattr(fit_module, "COMPILE_WORK", work)
     encode(image, channels=4, layers=3, fit=FitConfig(iters=10), quant=QuantConfig(qat_iters=0), device="cpu")
     assert len(seen) == 1
+
+
+def test_fine_tuning_runs_at_the_fits_precision(monkeypatch, image):
+    import ddcodec.codec as codec_module
+    seen = []
+    real = codec_module.optimise
+
+    def recording(*a, **kw):
+        seen.append((kw.get("transform") is not None, kw.get("mode")))
+        return real(*a, **kw)
+    monkeypatch.setattr(codec_module, "optimise", recording)
+    encode(image, channels=4, layers=3, fit=FitConfig(iters=10, precision="tf32"), quant=QuantConfig(qat_iters=3), device="cpu")
+    assert (True, "tf32") in seen  # the straight-through fine-tuning, not fp32 after a tf32 fit
+    assert {mode for _, mode in seen} == {"tf32"}
