@@ -5,9 +5,13 @@
 # it. The speed rows are saved one by one (a cut-short step keeps the rows it finished); a
 # dataset run (one bank of 24) and an rd bank are saved whole or not at all.
 # Check it on the CPU first:  GPU_DRY=1 bash benchmarks/gpu_session.sh
-# On the device machine (constriction comes as a carried wheel, see the README):
+# On the device machine (constriction, pytorch-msssim and bjontegaard come as carried wheels in
+# .whl, the Kodak images as a carried copy in .kodak; both ignored by git, see the README):
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \
-#   export PYTHONPATH=/tmp/site:$PWD; bash benchmarks/gpu_session.sh
+#   export PYTHONPATH=/tmp/site:$PWD; DATA=.kodak LIMIT=450 bash benchmarks/gpu_session.sh
+# The fourteenth session ran it so on an H200 (start included, 551 s of device time); the rows
+# it measured are kept in benchmarks/results/speed_gpu.json, so on the same card step 2 now
+# measures only new rows and the profile and the dataset runs get the time.
 # Results land in $OUT (or benchmarks/results) and come back with the run.
 set -uo pipefail
 DATA=${DATA:-../shared/data/kodak}
@@ -21,6 +25,7 @@ if [ -n "${GPU_DRY:-}" ]; then  # the same steps, tiny, on the CPU
   OUT=/tmp/gpu_dry; rm -rf "$OUT"; LIMIT=${DRY_LIMIT:-1200}  # a CPU is ~100x slower
   python3 -m pytest -q tests/test_robustness.py -k "gpu or thread" -p no:warnings
   timeout -k 5 "$(cap 300)" python3 -m benchmarks.speed --data "$DATA" --iters 3 --warmup 1 --quality-iters 5 --resume --out "$OUT"
+  timeout -k 5 "$(cap 100)" python3 -m benchmarks.speed --data "$DATA" --part profile --warmup 2 --profile-steps 3 --out "$OUT"
   timeout -k 5 "$(cap 200)" python3 -m benchmarks.speed --data "$DATA" --part dataset --part tiled --fit-iters 30 --dataset-images 2 --out "$OUT"
   timeout -k 5 "$(cap 300)" python3 -m benchmarks.rd --profile kodak-mini --data "$DATA" --images 1 --bank 1 --codecs ddcodec --iters 30 --points 1.0 --out "$OUT"
   exit
@@ -30,6 +35,8 @@ nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
 timeout -k 5 "$(cap 60)" python3 -m pytest -q tests/test_robustness.py -k gpu -p no:warnings 2>&1 | tail -3 | tee "$OUT/gpu_determinism.txt"
 # 2. per configuration (banks of 24 first): ms per image-iteration, images/s, PSNR, memory, floor
 timeout -k 5 "$(cap 230)" python3 -m benchmarks.speed --data "$DATA" --quality-iters 300 --iters 100 --resume --out "$OUT"
+# 2b. where the fastest faithful bank's step spends its time, kernel by kernel
+timeout -k 5 "$(cap 60)" python3 -m benchmarks.speed --data "$DATA" --part profile --warmup 10 --profile-steps 10 --out "$OUT"
 # 3. all 24 images at the default rate point, files written, wall clock (issue 3's 60 s);
 #    then the same at --bpp 0.5 with tiles
 timeout -k 5 "$(cap 150)" python3 -m benchmarks.speed --data "$DATA" --part dataset --out "$OUT"

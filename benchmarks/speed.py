@@ -7,7 +7,8 @@ measured matrix rate and copy bandwidth).
     python -m benchmarks.speed --part dataset --part tiled  # only those, from the rows on file
 
 Parts: rows (the per-configuration table), dataset (every image at the default rate point,
-with the fastest faithful row's settings), tiled (the same at --bpp 0.5). Each part saves
+with the fastest faithful row's settings), tiled (the same at --bpp 0.5), profile (the
+fastest faithful bank's fit steps under torch.profiler, to profile_<device>.txt). Each part saves
 as it goes and --resume keeps rows already on file, so a run cut short by a time limit can
 be continued, or its later parts run on their own (benchmarks/gpu_session.sh does so).
 
@@ -44,7 +45,7 @@ CPU_CONFIGS = [("cpu fp32 B=1 192x128 k=16", 1, "fp32", False, 4, 16),
                # a full-size image's tiles: 3x3 of 256x171 (here 256x170, Kodak / 3) at 0.5 bpp's k
                ("cpu fp32 B=9 256x170 k=22", 9, "fp32", False, 3, 22),
                ("cpu fp32+compile B=9 256x170 k=22", 9, "fp32", True, 3, 22)]
-PARTS = ["rows", "dataset", "tiled"]
+PARTS = ["rows", "dataset", "tiled", "profile"]
 QUALITY_TOLERANCE_DB = 0.05  # issue 3: a faster configuration may cost at most this much PSNR
 
 
@@ -91,14 +92,41 @@ def _sync(dev):
         torch.cuda.synchronize()
 
 
-def measure(imgs, k, precision, compile_, dev, iters, warmup, quality_iters) -> dict:
+def _bank(imgs, k, dev):
+    """A bank of the images at width k: (architecture, seeds, z, loss, a fresh model)."""
     arch = Architecture("deep-decoder", k, 6, 3)
     h, w = imgs[0].shape[:2]
     target = torch.from_numpy(np.stack([im.transpose(2, 0, 1) for im in imgs])).to(dev).float() / 255
     seeds = [0] * len(imgs)
     z = torch.stack([seeded_input(arch, h, w, s) for s in seeds]).to(dev)
     loss = lambda out: mse_per_image(out[..., :h, :w], target)  # noqa: E731
-    model = build(arch, seeds).to(dev)
+    return arch, seeds, z, loss, build(arch, seeds).to(dev)
+
+
+def profile_steps(imgs, k, precision, compile_, dev, warmup: int, steps: int) -> str:
+    """torch.profiler's table of one configuration's fit steps: where the time goes, kernel
+    by kernel (the device's time on a GPU), the top 30 by their own time."""
+    _, _, z, loss, model = _bank(imgs, k, dev)
+    opts = dict(mode=precision, compile=compile_)
+    optimise(model, z, loss, warmup, 0.01, **opts)
+    _sync(dev)
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if dev.type == "cuda":
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=acts) as prof:
+        optimise(model, z, loss, steps, 0.01, **opts)
+        _sync(dev)
+    table = prof.key_averages()
+    for key in (["self_device_time_total", "self_cuda_time_total"] if dev.type == "cuda" else []) + ["self_cpu_time_total"]:
+        try:  # the device column's name changed between torch versions
+            return table.table(sort_by=key, row_limit=30)
+        except (AttributeError, KeyError, ValueError):
+            continue
+    return table.table(row_limit=30)
+
+
+def measure(imgs, k, precision, compile_, dev, iters, warmup, quality_iters) -> dict:
+    arch, seeds, z, loss, model = _bank(imgs, k, dev)
     opts = dict(mode=precision, compile=compile_)
     skips = _graph_skips()
     optimise(model, z, loss, warmup, 0.01, **opts)  # the warm-up also compiles
@@ -165,6 +193,7 @@ def main(argv=None):
     ap.add_argument("--dataset", action="store_true", help="also run the dataset and tiled parts")
     ap.add_argument("--part", action="append", choices=PARTS, help="run only these parts (repeatable)")
     ap.add_argument("--resume", action="store_true", help="keep the rows on file; measure only the others")
+    ap.add_argument("--profile-steps", type=int, default=10, help="steps the profile part records")
     ap.add_argument("--fit-iters", type=int, default=FitConfig.iters, help="the dataset parts' fitting iterations")
     ap.add_argument("--dataset-images", type=int, default=0, help="on the CPU: the first N images only (0: all)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -210,6 +239,17 @@ def main(argv=None):
                          mb_per_iter=bytes_ / 1e6, floor_ms=floor_ms, x_floor=r["ms_per_image_iter"] / floor_ms))
         print(_line(rows[-1]), flush=True)
         save(result, a.out, tag)  # after every row: a run cut short keeps what it measured
+    if "profile" in parts:  # the fastest faithful bank's steps, kernel by kernel
+        best = fastest_faithful(rows)
+        name, bank, prec, comp, down, k = next(c for c in (GPU_CONFIGS if gpu else CPU_CONFIGS)
+                                              if c[2] == best["precision"] and c[3] == best["compile"] and c[1] > 1)
+        imgs = load_images(a.data, down)
+        land = [im for im in imgs.values() if im.shape[0] < im.shape[1]][:bank]
+        text = f"{name}, {a.profile_steps} steps after {a.warmup} of warm-up\n" + \
+            profile_steps(land, k, prec, comp, dev, a.warmup, a.profile_steps)
+        a.out.mkdir(parents=True, exist_ok=True)
+        (a.out / f"profile_{tag}.txt").write_text(text + "\n")
+        print(text, flush=True)
     for part, key, bpp in (("dataset", "dataset", None), ("tiled", "dataset_tiled", 0.5)):
         if part not in parts:
             continue

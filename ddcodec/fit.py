@@ -97,12 +97,15 @@ class FitConfig:
         """Whether a fit goes through torch.compile. work: pixels x channels x iterations of
         the bank. On the CPU the fused kernels ran 1.8-2.1x faster than eager (one thread,
         192x128 k=16 up to nine 256x171 tiles at k=22), and a new shape compiles in ~3-20 s,
-        so "auto" compiles once the eager fit would take about a minute (COMPILE_WORK). On a
-        GPU "auto" stays eager until benchmarks/speed.py has measured compile there.
-        Restoration keeps eager kernels: its stopping rules were tuned with them."""
+        so "auto" compiles once the eager fit would take about a minute (COMPILE_WORK). On an
+        H200 (benchmarks/speed.py) compiling took a 768x512 k=64 step from 9.33 to 3.69 ms
+        alone and from 3.98 to 2.05 ms per image in a bank of 24 (TF32), within 0.05 dB,
+        after a compile of ~10-25 s: "auto" compiles from about one such image's whole fit
+        (COMPILE_WORK_GPU). Restoration keeps eager kernels: its stopping rules were tuned
+        with them."""
         if self.compile != "auto":
             return bool(self.compile)
-        return compression and device.type == "cpu" and work >= COMPILE_WORK
+        return compression and work >= (COMPILE_WORK if device.type == "cpu" else COMPILE_WORK_GPU)
 
     def schedule(self, channels: int, compression: bool = True) -> dict:
         """optimise's keyword arguments for this recipe: the learning rate and its floor, the
@@ -145,6 +148,9 @@ def default_lr(channels: int) -> float:
 # Eager CPU fits cost about 0.03-0.05 us per pixel, channel and step (one thread), and
 # compiling saves about half of that; at 2e9 the saving is ~30 s, above a cold compile.
 COMPILE_WORK = 2e9
+# On a GPU a compiled full-size k=64 step saves ~5.6 ms alone (H200, TF32): a cold compile of
+# ~20 s pays after ~3,500 steps, i.e. pixels x k x steps of about 8e10 (one image's default fit).
+COMPILE_WORK_GPU = 8e10
 REPORT_EVERY = 10
 STOP_EVERY = 10  # an early-stop test reads a GPU value: not every step
 ROLLBACK_EVERY = 50  # likewise the blow-up test

@@ -5,7 +5,7 @@ from hypothesis import given, strategies as st
 
 from ddcodec.codec import encode, fit_bank
 from ddcodec.errors import ConfigError
-from ddcodec.fit import ADAM_BETAS, BETA1_COMPRESSION, BETA2_COMPRESSION, COMPILE_WORK, ROLLBACK_EVERY, STOP_EVERY, FitConfig, default_lr, mse_per_image, optimise
+from ddcodec.fit import ADAM_BETAS, BETA1_COMPRESSION, BETA2_COMPRESSION, COMPILE_WORK, COMPILE_WORK_GPU, ROLLBACK_EVERY, STOP_EVERY, FitConfig, default_lr, mse_per_image, optimise
 from ddcodec.nets import Architecture, build, seeded_input
 from ddcodec.quant import QuantConfig
 
@@ -161,7 +161,9 @@ def test_auto_compiles_only_large_cpu_compression_fits():
     assert auto.compile_for(cpu, True, COMPILE_WORK)
     assert not auto.compile_for(cpu, True, COMPILE_WORK - 1)  # the compile would not pay
     assert not auto.compile_for(cpu, False, 1e12)  # restoration keeps the kernels it was tuned with
-    assert not auto.compile_for(cuda, True, 1e12)  # unmeasured on a GPU
+    assert auto.compile_for(cuda, True, COMPILE_WORK_GPU)  # a full-size image's fit, measured on an H200
+    assert not auto.compile_for(cuda, True, COMPILE_WORK_GPU - 1)
+    assert not auto.compile_for(cuda, False, 1e15)
     assert FitConfig(compile=True).compile_for(cpu, False, 1)
     assert not FitConfig(compile=False).compile_for(cpu, True, 1e12)
 
