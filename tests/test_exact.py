@@ -73,12 +73,12 @@ def test_fixed_product_is_the_exact_product_of_the_grid_values_rounded_once(m, k
 
 
 def test_the_grid_gets_coarser_only_when_the_product_could_pass_2_to_the_53():
-    q = torch.full((1, 4), 2.0**30)
-    x = torch.full((4, 3), 2.0**5)
+    q = torch.full((1, 4), 2.0**30, dtype=torch.float64)
+    x = torch.full((4, 3), 2.0**5, dtype=torch.float64)
     xi, s = exact.to_grid(x.clone(), q)
-    assert s < exact.FRACTION_BITS
+    assert s == 15  # 2^32 * (2^(5+S) + 1) < 2^53 holds for S = 15, not for 16
     assert 4 * 2.0**30 * float(xi.abs().max()) < exact.EXACT_LIMIT
-    _, s = exact.to_grid(torch.full((4, 3), 0.5), torch.ones(1, 4))
+    _, s = exact.to_grid(torch.full((4, 3), 0.5, dtype=torch.float64), torch.ones(1, 4, dtype=torch.float64))
     assert s == exact.FRACTION_BITS
 
 
@@ -122,3 +122,11 @@ def test_weights_large_enough_to_overflow_still_decode_to_an_image():
     ints = [np.full(s, 2**31 - 1, np.int64) for _, s in tensor_shapes(arch)]
     out = exact.render(arch, ints, [2.0**100] * len(ints), seeded_input(arch, 8, 8, 0))
     assert out.dtype == torch.uint8 and out.shape == (3, 8, 8)
+
+
+def test_non_finite_activations_reach_the_grid_as_zero_and_the_largest_floats():
+    x = torch.tensor([[math.nan, math.inf, -math.inf, 1.0]], dtype=torch.float64)
+    xi, s = exact.to_grid(x, torch.ones(1, 1, dtype=torch.float64))
+    assert bool(torch.isfinite(xi).all()) and float(xi[0, 0]) == 0.0
+    assert float(xi[0, 1]) == -float(xi[0, 2]) > 0
+    assert s < exact.FRACTION_BITS  # the largest float forced a coarser grid
