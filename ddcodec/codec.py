@@ -393,13 +393,11 @@ def decode(data: bytes, device: str = "cpu", max_work: int = bitstream.MAX_WORK)
     if header.flags & bitstream.FLAG_TRANSPOSED:
         h, w = w, h
     z = seeded_input(header.arch, h, w, header.seed)
-    with torch.no_grad():
-        if header.arch.kind == "deep-decoder":  # the same pixels on every machine (ddcodec.exact)
-            steps = [float(s) for s in step_from_code(np.asarray(header.step_codes))]
-            levels = exact.render(header.arch, ints, steps, z.to(dev))[:, :h, :w].permute(1, 2, 0).cpu().numpy()
-            out = levels[..., 0] if levels.shape[-1] == 1 else levels
-        else:  # the DIP skip net, in float32: a device may move a pixel by one level
-            out = _to_uint8(_with_weights(header, ints).to(dev)(z[None].to(dev))[..., :h, :w])[0]
+    steps = [float(s) for s in step_from_code(np.asarray(header.step_codes))]
+    render = exact.render if header.arch.kind == "deep-decoder" else exact.render_skip
+    with torch.no_grad():  # the same pixels on every machine and device (ddcodec.exact)
+        levels = render(header.arch, ints, steps, z.to(dev))[:, :h, :w].permute(1, 2, 0).cpu().numpy()
+    out = levels[..., 0] if levels.shape[-1] == 1 else levels
     return _unorient(np.ascontiguousarray(out), header.flags)
 
 

@@ -139,3 +139,67 @@ def render(arch: Architecture, ints: list, steps: list, z: torch.Tensor) -> torc
     y = torch.nan_to_num(y, nan=0.0)  # NaN (only from a damaged file) decodes as sigmoid(0)
     levels = torch.searchsorted(thresholds().to(dev), y.contiguous(), right=True)
     return levels.to(torch.uint8).view(-1, h, w)
+
+
+BAND_VALUES = 1 << 24  # im2col values per band of output rows: bounds a 3x3 conv's temporaries
+
+
+def conv2d(x: torch.Tensor, q: torch.Tensor, step: float, stride: int = 1) -> torch.Tensor:
+    """(q * step) convolved with x [cin, H, W] (overwritten: rounded to the grid), q integer-valued
+    [cout, cin, kh, kw]; a 3x3 kernel pads by 1 (reflect, or replicate for a one-pixel side), as
+    the skip net does. Exact as fixed_product: the columns are copies of grid values, and the
+    bound over q's flattened rows holds for every output. Bands of output rows keep the
+    columns to about BAND_VALUES values."""
+    cout, cin, kh, kw = q.shape
+    qm = q.reshape(cout, -1)
+    xi, s = to_grid(x.reshape(cin, -1), qm)
+    xi = xi.view(1, cin, *x.shape[1:])
+    if kh == 3:
+        xi = torch.nn.functional.pad(xi, (1, 1, 1, 1), mode="reflect" if min(x.shape[1:]) > 1 else "replicate")
+    hp, wp = xi.shape[2:]
+    ho, wo = (hp - kh) // stride + 1, (wp - kw) // stride + 1
+    out = torch.empty(cout, ho, wo, dtype=F64, device=x.device)
+    rows = max(1, BAND_VALUES // (cin * kh * kw * wo))
+    for r0 in range(0, ho, rows):
+        r1 = min(r0 + rows, ho)
+        band = xi[:, :, r0 * stride:(r1 - 1) * stride + kh]
+        cols = torch.nn.functional.unfold(band, (kh, kw), stride=stride)[0]
+        out[:, r0:r1] = (qm @ cols).view(cout, r1 - r0, wo)
+    return out.mul_(step * 2.0**-s)
+
+
+def render_skip(arch: Architecture, ints: list, steps: list, z: torch.Tensor) -> torch.Tensor:
+    """The DIP skip net's output as uint8 [c, H, W], by the same rules as render: integer
+    convolutions (conv2d), elementwise IEEE arithmetic, normalise, and the thresholds.
+    LeakyReLU(0.2) is max(x, 0.2 * x) elementwise."""
+    from .skip import _PER_SCALE
+    dev = z.device
+    q = [torch.from_numpy(np.asarray(t, dtype=np.float64)).to(dev) for t in ints]
+
+    def real(at):  # a bias, scale or shift: exact values for |q| < 2^29
+        return q[at] * steps[at]
+
+    def affine(x, at):  # normalisation over each channel's pixels, then its scale and shift
+        c = x.shape[0]
+        y = normalise(x.reshape(c, -1)).view(x.shape)
+        return y.mul_(real(at)[:, None, None]).add_(real(at + 1)[:, None, None])
+
+    def conv(x, at, stride=1):
+        y = conv2d(x.clone(), q[at], steps[at], stride).add_(real(at + 1)[:, None, None])
+        y = affine(y, at + 2)
+        return torch.maximum(y, y * 0.2)
+
+    def level(x, i):
+        at = _PER_SCALE * i  # skip, down1, down2 (4 tensors each), cat (2), up, up1 (4 each)
+        skip = conv(x, at)
+        d = conv(conv(x, at + 4, stride=2), at + 8)
+        if i + 1 < arch.layers:
+            d = level(d, i + 1)
+        d = upsample2x(d)[..., :skip.shape[-2], :skip.shape[-1]]
+        y = affine(torch.cat([skip, d], 0), at + 12)
+        return conv(conv(y, at + 14), at + 18)
+
+    y = conv2d(level(z.to(F64, copy=True), 0), q[-2], steps[-2]).add_(real(len(q) - 1)[:, None, None])
+    y = torch.nan_to_num(y, nan=0.0)
+    levels = torch.searchsorted(thresholds().to(dev), y.contiguous(), right=True)
+    return levels.to(torch.uint8)

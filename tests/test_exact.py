@@ -14,7 +14,7 @@ from hypothesis import given, settings, strategies as st
 import ddcodec
 from ddcodec import exact
 from ddcodec.codec import _to_uint8, load_model
-from ddcodec.nets import Architecture, seeded_input, tensor_shapes
+from ddcodec.nets import Architecture, build, seeded_input, tensor_shapes
 
 DATA = Path(__file__).parent / "data"
 
@@ -130,3 +130,19 @@ def test_non_finite_activations_reach_the_grid_as_zero_and_the_largest_floats():
     assert bool(torch.isfinite(xi).all()) and float(xi[0, 0]) == 0.0
     assert float(xi[0, 1]) == -float(xi[0, 2]) > 0
     assert s < exact.FRACTION_BITS  # the largest float forced a coarser grid
+
+
+def test_the_skip_net_decodes_within_a_level_of_its_float_network_whatever_the_bands(monkeypatch):
+    arch = Architecture(kind="skip", channels=12, layers=3)
+    ints, steps = _random_file_tensors(arch, 2, 60), [0.01] * len(tensor_shapes(arch))
+    z = seeded_input(arch, 24, 40, 1)
+    model = build(arch)
+    with torch.no_grad():
+        for (_, t), q, s in zip(model.named_tensors(), ints, steps):
+            t.copy_(torch.from_numpy(q[None].astype(np.float32)) * np.float32(s))
+        ref = _to_uint8(model(z[None]))[0]
+    whole = exact.render_skip(arch, ints, steps, z)
+    assert np.abs(whole.permute(1, 2, 0).numpy().astype(int) - ref).max() <= 1
+    assert whole.float().std() > 0  # an image, not a constant
+    monkeypatch.setattr(exact, "BAND_VALUES", 64)  # a band of one output row per product
+    assert torch.equal(exact.render_skip(arch, ints, steps, z), whole)
