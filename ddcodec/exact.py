@@ -48,6 +48,18 @@ def thresholds() -> torch.Tensor:
     return torch.tensor(out, dtype=F64)
 
 
+def to_levels(y: torch.Tensor) -> torch.Tensor:
+    """Output-layer values -> uint8: how many thresholds are at most each value. NaN (only
+    from a damaged file) decodes as sigmoid(0)."""
+    y = torch.nan_to_num(y, nan=0.0)
+    return torch.searchsorted(thresholds().to(y.device), y.contiguous(), right=True).to(torch.uint8)
+
+
+def _tensors(ints: list, device) -> list:
+    """The file's integer tensors as float64 (exact: every |q| is far below 2^53)."""
+    return [torch.from_numpy(np.asarray(t, dtype=np.float64)).to(device) for t in ints]
+
+
 def pairwise_sum(x: torch.Tensor) -> torch.Tensor:
     """Sum of each row of [rows, n] in one fixed order on every machine: halve the row, add the
     two halves elementwise, repeat (an odd length first gains a trailing zero, which is exact)."""
@@ -109,7 +121,7 @@ def render(arch: Architecture, ints: list, steps: list, z: torch.Tensor) -> torc
     if arch.kind != "deep-decoder":
         raise ValueError("the exact decoder is the Deep Decoder's")
     dev = z.device
-    q = [torch.from_numpy(np.asarray(t, dtype=np.float64)).to(dev) for t in ints]
+    q = _tensors(ints, dev)
     d, k = arch.layers, arch.channels
     per_block = 1 if arch.folded else 3
     x = z.to(F64, copy=True).reshape(k, -1)  # to_grid rounds it in place
@@ -136,9 +148,7 @@ def render(arch: Architecture, ints: list, steps: list, z: torch.Tensor) -> torc
     y = fixed_product(q[out], steps[out], x)
     if arch.folded:
         y.add_((q[-1] * steps[-1])[:, None])
-    y = torch.nan_to_num(y, nan=0.0)  # NaN (only from a damaged file) decodes as sigmoid(0)
-    levels = torch.searchsorted(thresholds().to(dev), y.contiguous(), right=True)
-    return levels.to(torch.uint8).view(-1, h, w)
+    return to_levels(y).view(-1, h, w)
 
 
 BAND_VALUES = 1 << 24  # im2col values per band of output rows: bounds a 3x3 conv's temporaries
@@ -173,8 +183,7 @@ def render_skip(arch: Architecture, ints: list, steps: list, z: torch.Tensor) ->
     convolutions (conv2d), elementwise IEEE arithmetic, normalise, and the thresholds.
     LeakyReLU(0.2) is max(x, 0.2 * x) elementwise."""
     from .skip import _PER_SCALE
-    dev = z.device
-    q = [torch.from_numpy(np.asarray(t, dtype=np.float64)).to(dev) for t in ints]
+    q = _tensors(ints, z.device)
 
     def real(at):  # a bias, scale or shift: exact values for |q| < 2^29
         return q[at] * steps[at]
@@ -200,6 +209,4 @@ def render_skip(arch: Architecture, ints: list, steps: list, z: torch.Tensor) ->
         return conv(conv(y, at + 14), at + 18)
 
     y = conv2d(level(z.to(F64, copy=True), 0), q[-2], steps[-2]).add_(real(len(q) - 1)[:, None, None])
-    y = torch.nan_to_num(y, nan=0.0)
-    levels = torch.searchsorted(thresholds().to(dev), y.contiguous(), right=True)
-    return levels.to(torch.uint8)
+    return to_levels(y)
