@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 import ddcodec
-from ddcodec.fit import GRAPH_MODES, FitConfig, mse_per_image, optimise, psnr_from_mse
+from ddcodec.fit import COMPILE_PRESETS, GRAPH_MODES, FitConfig, mse_per_image, optimise, psnr_from_mse
 from ddcodec.nets import Architecture, build, seeded_input
 
 from .rd import load_images
@@ -38,14 +38,23 @@ GPU_CONFIGS = [  # (name, bank, precision, torch.compile, downscale, k); the ban
     ("tf32 B=1", 1, "tf32", False, 1, 64), ("tf32+compile B=24", 24, "tf32", True, 1, 64),
     ("bf16+compile B=24", 24, "bf16", True, 1, 64), ("tf32+compile B=1", 1, "tf32", True, 1, 64),
     # one image is launch-bound (design.md): CUDA graphs replay a step's kernels in one launch
-    ("tf32+graphs B=1", 1, "tf32", "reduce-overhead", 1, 64)]
+    ("tf32+graphs B=1", 1, "tf32", "reduce-overhead", 1, 64),
+    # the fifteenth session's: fewer bytes per step (fit.FUSED_OPTIONS), and bf16 for one image
+    ("bf16+fused B=24", 24, "bf16", "fused", 1, 64), ("bf16+graphs B=1", 1, "bf16", "reduce-overhead", 1, 64),
+    ("bf16+fused-graphs B=1", 1, "bf16", "fused-graphs", 1, 64), ("bf16+compile B=1", 1, "bf16", True, 1, 64),
+    ("tf32+fused B=24", 24, "tf32", "fused", 1, 64)]
 CPU_CONFIGS = [("cpu fp32 B=1 192x128 k=16", 1, "fp32", False, 4, 16),
                ("cpu fp32+compile B=1 192x128 k=16", 1, "fp32", True, 4, 16),
                ("cpu fp32 B=4 192x128 k=16", 4, "fp32", False, 4, 16),
                # a full-size image's tiles: 3x3 of 256x171 (here 256x170, Kodak / 3) at 0.5 bpp's k
                ("cpu fp32 B=9 256x170 k=22", 9, "fp32", False, 3, 22),
-               ("cpu fp32+compile B=9 256x170 k=22", 9, "fp32", True, 3, 22)]
-PARTS = ["rows", "dataset", "tiled", "profile"]
+               ("cpu fp32+compile B=9 256x170 k=22", 9, "fp32", True, 3, 22),
+               ("cpu fp32+fused B=1 192x128 k=16", 1, "fp32", "fused", 4, 16),
+               ("cpu fp32+fused B=9 256x170 k=22", 9, "fp32", "fused", 3, 22)]
+PARTS = ["rows", "dataset", "tiled", "profile", "bytes"]
+# the bytes part: each preset's compiled step, counted by inductor at this size (half of Kodak
+# on the CPU, which counts with the GPU's lowering; full size on a GPU)
+BYTES_PRESETS = [True, "fused"]
 QUALITY_TOLERANCE_DB = 0.05  # issue 3: a faster configuration may cost at most this much PSNR
 
 
@@ -125,6 +134,53 @@ def profile_steps(imgs, k, precision, compile_, dev, warmup: int, steps: int) ->
     return table.table(row_limit=30)
 
 
+def compiled_bytes(imgs, k, precision, preset, dev) -> dict:
+    """Bytes one compiled fit step reads and writes, as inductor counts them kernel by kernel
+    (each buffer once per kernel: a kernel that passes over its input twice, as a normalisation
+    does, is counted once). On the CPU inductor lowers as it does for a GPU here (concatenation
+    fused into its consumers, the GPU's recompute limits), so the count stands in for the
+    GPU's; the counter is inductor's own, a private API, and may move between torch versions."""
+    import torch._inductor.config as ic
+    import torch._inductor.graph as graph
+    from torch._dynamo import reset
+
+    counted = []
+    real = graph.GraphLowering.count_bytes
+
+    def counting(self):
+        out = real(self)
+        counted.append(out[0])
+        return out
+    gpu_like = {} if dev.type == "cuda" else {
+        "force_pointwise_cat": True, "realize_opcount_threshold": ic._realize_opcount_threshold_default,
+        "realize_acc_reads_threshold": ic._realize_acc_reads_threshold_default}
+    _, _, z, loss, model = _bank(imgs, k, dev)
+    reset()  # a fresh compile, not one from a cache, so that the counter runs
+    graph.GraphLowering.count_bytes = counting
+    torch._logging.set_logs(inductor_metrics=True)  # inductor counts only while that log is on
+    try:
+        with ic.patch(fx_graph_cache=False, **gpu_like), \
+                torch._functorch.config.patch(enable_autograd_cache=False):
+            if dev.type != "cuda" and preset in ("fused", "fused-graphs"):
+                # the GPU's settings of the preset, which the CPU otherwise leaves out
+                from ddcodec.fit import FUSED_OPTIONS
+                with ic.patch(**FUSED_OPTIONS):
+                    optimise(model, z, loss, 1, 0.01, mode=precision, compile=preset)
+            else:
+                optimise(model, z, loss, 1, 0.01, mode=precision, compile=preset)
+    finally:
+        graph.GraphLowering.count_bytes = real
+        torch._logging.set_logs()
+    if len(counted) != 2:
+        raise RuntimeError(f"expected a forward and a backward graph, inductor counted {len(counted)}")
+    h, w = imgs[0].shape[:2]
+    per_image = sum(counted) / len(imgs)
+    return {"preset": str(preset), "size": f"{w}x{h}", "k": k, "precision": precision,
+            "mb_per_image_iter": per_image / 1e6,
+            # in widest activations: k x pixels floats of 4 bytes, the unit of NOTES.md
+            "widest_activations": per_image / (4 * k * h * w)}
+
+
 def measure(imgs, k, precision, compile_, dev, iters, warmup, quality_iters) -> dict:
     arch, seeds, z, loss, model = _bank(imgs, k, dev)
     opts = dict(mode=precision, compile=compile_)
@@ -157,7 +213,7 @@ def _graph_skips() -> int:
 def fastest_faithful(rows) -> dict:
     """The fastest bank configuration whose PSNR is within QUALITY_TOLERANCE_DB of plain fp32
     at the same bank size: what the dataset run (and the README's advice) uses."""
-    banked = [r for r in rows if r["bank"] > 1 and isinstance(r["compile"], bool)]  # what FitConfig takes
+    banked = [r for r in rows if r["bank"] > 1 and (isinstance(r["compile"], bool) or r["compile"] in COMPILE_PRESETS)]
     ref = next((r for r in banked if r["precision"] == "fp32" and not r["compile"]), None)
     if ref is None:  # the reference was not measured: nothing is known to be faithful
         return {"precision": "fp32", "compile": False}
@@ -250,6 +306,14 @@ def main(argv=None):
         a.out.mkdir(parents=True, exist_ok=True)
         (a.out / f"profile_{tag}.txt").write_text(text + "\n")
         print(text, flush=True)
+    if "bytes" in parts:
+        imgs = load_images(a.data, 1 if gpu else 2)
+        land = [im for im in imgs.values() if im.shape[0] < im.shape[1]][:1]
+        result["compiled_bytes"] = []
+        for preset in BYTES_PRESETS:
+            result["compiled_bytes"].append(compiled_bytes(land, 64, "bf16" if gpu else "fp32", preset, dev))
+            print(result["compiled_bytes"][-1], flush=True)
+            save(result, a.out, tag)
     for part, key, bpp in (("dataset", "dataset", None), ("tiled", "dataset_tiled", 0.5)):
         if part not in parts:
             continue
@@ -301,6 +365,12 @@ def table(result) -> str:
                      f"{r['gflop_per_iter']:.2f} / {r['mb_per_iter']:.0f} | {r['floor_ms']:.3f} ms | {r['x_floor']:.0f}x |")
     for name, why in result.get("failed", {}).items():
         lines.append(f"| {name} | failed: {(why.splitlines() or [''])[0][:120]} | | | | | | | | |")
+    counts = result.get("compiled_bytes")
+    if counts:
+        lines += ["", f"One compiled fit step, bytes read and written as inductor counts them "
+                  f"({counts[0]['size']}, k={counts[0]['k']}, {counts[0]['precision']}): " + "; ".join(
+                      f"{c['preset'] if c['preset'] != 'True' else 'default'} {c['mb_per_image_iter']:.0f} MB "
+                      f"({c['widest_activations']:.1f} widest activations)" for c in counts) + "."]
     d = result.get("dataset")
     if d:
         lines += ["", f"All {d['images']} images encoded at the default rate point ({d['precision']}"

@@ -7,6 +7,7 @@ back to it (rollback_db), and serves quantization-aware fine-tuning too, with ro
 through a transform.
 """
 import contextlib
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -29,7 +30,8 @@ class FitConfig:
     seed: int = 0  # seeds the initial weights and the input z
     average: float = 0.0  # restoration: keep an exponential average of the outputs (DIP: 0.99)
     # torch.compile the network: fuses the upsample/ReLU/norm chain. "auto": compile a
-    # compression fit on the CPU when its work pays for the compile (compile_for).
+    # compression fit when its work pays for the compile (compile_for). A name from
+    # COMPILE_PRESETS compiles with those settings ("fused", "reduce-overhead", ...).
     compile: Union[bool, str] = "auto"
     # Stop once every member's loss (that of the output average, when one is kept) is at most
     # this MSE (0-1 scale), checked every STOP_EVERY steps; iters is then a cap. Denoising sets
@@ -64,8 +66,9 @@ class FitConfig:
                 number(name, getattr(self, name), 0, 1, hi_open=True)
         if self.precision not in ("fp32", "tf32", "bf16"):
             raise ConfigError(f"precision must be fp32, tf32 or bf16, got {self.precision!r}")
-        if not (isinstance(self.compile, bool) or self.compile == "auto"):
-            raise ConfigError(f"compile must be True, False or 'auto', got {self.compile!r}")
+        if not (isinstance(self.compile, bool) or self.compile == "auto" or self.compile in COMPILE_PRESETS):
+            raise ConfigError(f"compile must be True, False, 'auto' or one of {', '.join(COMPILE_PRESETS)}, "
+                              f"got {self.compile!r}")
         if not (self.live_first_block is None or isinstance(self.live_first_block, bool)):
             raise ConfigError(f"live_first_block must be None, True or False, got {self.live_first_block!r}")
 
@@ -93,8 +96,8 @@ class FitConfig:
             return self.live_first_block
         return compression and channels <= input_pixels
 
-    def compile_for(self, device: torch.device, compression: bool, work: float) -> bool:
-        """Whether a fit goes through torch.compile. work: pixels x channels x iterations of
+    def compile_for(self, device: torch.device, compression: bool, work: float) -> Union[bool, str]:
+        """Whether a fit goes through torch.compile (a preset's name: yes, with its settings). work: pixels x channels x iterations of
         the bank. On the CPU the fused kernels ran 1.8-2.1x faster than eager (one thread,
         192x128 k=16 up to nine 256x171 tiles at k=22), and a new shape compiles in ~3-20 s,
         so "auto" compiles once the eager fit would take about a minute (COMPILE_WORK). On an
@@ -104,7 +107,7 @@ class FitConfig:
         (COMPILE_WORK_GPU). Restoration keeps eager kernels: its stopping rules were tuned
         with them."""
         if self.compile != "auto":
-            return bool(self.compile)
+            return self.compile
         return compression and work >= (COMPILE_WORK if device.type == "cpu" else COMPILE_WORK_GPU)
 
     def schedule(self, channels: int, compression: bool = True) -> dict:
@@ -195,7 +198,8 @@ def optimise(model, z, loss_fn, iters: int, lr: float, lr_floor: float = 1.0,
     observe(output) sees every iteration's output (detached), e.g. to average them.
     compile: run the network through torch.compile (one compilation per shape; the fused
     kernels round differently, so a compiled fit is not bit-identical to an eager one); a
-    string is torch.compile's mode, e.g. "reduce-overhead" (CUDA graphs: one launch a step).
+    string names a preset (COMPILE_PRESETS), e.g. "reduce-overhead" (CUDA graphs: one launch
+    a step) or "fused".
     stop(iterations_done, losses) -> True ends the fit early; asked every STOP_EVERY steps.
     rollback_db: a member whose loss is that many dB above its best, checked every
     ROLLBACK_EVERY steps, goes back to its best iterate with its momentum cleared (DIP's
@@ -209,9 +213,9 @@ def optimise(model, z, loss_fn, iters: int, lr: float, lr_floor: float = 1.0,
     params = [t for _, t in model.named_tensors()]
     # fused Adam: one kernel for all tensors instead of several per tensor (CUDA only)
     opt = torch.optim.Adam(params, lr=lr, betas=betas, fused=z.device.type == "cuda")
-    net = compiled(model, compile if isinstance(compile, str) else None) if compile else model
+    net = compiled(model, compile, z.device) if compile else model
     graphs = compile in GRAPH_MODES and z.device.type == "cuda"
-    best = [p.detach().clone() for p in params]
+    best = _BestIterate(params)
     best_loss = torch.full((model.bank,), math.inf, device=z.device)
     gen = torch.Generator(device=z.device).manual_seed(noise_seed) if input_noise else None
     for it in range(iters):
@@ -230,7 +234,7 @@ def optimise(model, z, loss_fn, iters: int, lr: float, lr_floor: float = 1.0,
             losses = loss_fn(out)
         if observe:
             observe(out.detach())
-        _keep_best(params, best, losses.detach(), best_loss)
+        best.keep(params, losses.detach(), best_loss)
         opt.zero_grad(set_to_none=True)
         losses.sum().backward()
         opt.step()
@@ -239,35 +243,68 @@ def optimise(model, z, loss_fn, iters: int, lr: float, lr_floor: float = 1.0,
             l = losses.detach()
             progress(it + 1, iters, float(l.mean()), float(psnr_from_mse(l).mean()))
         if rollback_db and (it + 1) % ROLLBACK_EVERY == 0:
-            _roll_back(opt, params, best, losses.detach() > best_loss * 10 ** (rollback_db / 10))
+            _roll_back(opt, params, best.tensors, losses.detach() > best_loss * 10 ** (rollback_db / 10))
         if stop and (it + 1) % STOP_EVERY == 0 and stop(it + 1, losses.detach()):
             break
     with torch.no_grad():  # the final iterate has not been scored yet
         losses = loss_fn(model(z, transform(params) if transform else params))
-        _keep_best(params, best, losses, best_loss)
-        for p, b in zip(params, best):
+        best.keep(params, losses, best_loss)
+        for p, b in zip(params, best.tensors):
             p.copy_(b)
     return best_loss
 
 
-def compiled(model, mode=None):
-    """The model's forward through torch.compile, made once per model (and mode) and kept on it.
+def compiled(model, preset=True, device=torch.device("cpu")):
+    """The model's forward through torch.compile with a preset's settings (COMPILE_PRESETS;
+    True: inductor's defaults), made once per model, preset and device type, and kept on it.
     If compiling fails (no C++ compiler on the machine, say), the fit warns once and goes on
     with the eager forward: the same function, only slower."""
+    key = (preset, torch.device(device).type)
     fn = getattr(model, "_ddc_compiled", None)
-    if fn is None or getattr(fn, "mode", None) != mode:
+    if fn is None or getattr(fn, "key", None) != key:
         import torch._dynamo.config as dynamo_config
         # Every bank shape (k, bank size, image size) is one compilation of the same forward;
         # torch's default limit of 8 sends a benchmark sweeping k back to eager half-way.
         dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
-        fn = _EagerOnFailure(torch.compile(model.forward, dynamic=False, mode=mode), model.forward)
-        fn.mode = mode
+        forward, kwargs = _compile_settings(model, preset, key[1])
+        fn = _EagerOnFailure(torch.compile(forward, dynamic=False, **kwargs), forward)
+        fn.key = key
         model._ddc_compiled = fn
     return fn
 
 
+def _compile_settings(model, preset, device_type: str) -> tuple:
+    """(the forward to compile, torch.compile's keyword arguments) of a preset."""
+    if preset is True or preset == "default":
+        return model.forward, {}
+    if preset not in COMPILE_PRESETS:
+        raise ConfigError(f"unknown compile preset {preset!r}; one of {', '.join(COMPILE_PRESETS)}")
+    if preset in TORCH_MODES:
+        return model.forward, {"mode": preset}
+    # fused: the Deep Decoder's output_conv as a reduction (nets.output_conv says why), and on
+    # a GPU inductor's recompute thresholds (FUSED_OPTIONS); the CPU keeps its own thresholds,
+    # where recomputing cost more time than the bytes it saved.
+    forward = functools.partial(model.forward, fused=True) if model.arch.kind == "deep-decoder" else model.forward
+    options = dict(FUSED_OPTIONS) if device_type == "cuda" else {}
+    if preset == "fused-graphs":
+        options["triton.cudagraphs"] = True
+    return forward, ({"options": options} if options else {})
+
+
 RECOMPILE_LIMIT = 128
-GRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile's modes that use CUDA graphs
+TORCH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile's own modes, by their names
+# "fused": fewer bytes per step (_compile_settings); "fused-graphs": that, replayed as CUDA graphs
+COMPILE_PRESETS = ("default",) + TORCH_MODES + ("fused", "fused-graphs")
+GRAPH_MODES = TORCH_MODES + ("fused-graphs",)  # the presets that use CUDA graphs
+# Recompute instead of store: inductor writes an intermediate out once it is read more than
+# 4 times, is 30 ops deep or has accumulated 8 reads (its GPU defaults). The upsampling's
+# shifted copies pass those limits, so each 2x upsampled activation was written and read back
+# whole; with these limits the kernels after it recompute it from the quarter-size tensor.
+# Inductor's own byte count of a step's compiled graphs (GPU lowering, 384x256, k=64, fp32):
+# 29.0 k x pixels floats at its defaults, 26.0 with output_conv fused, 19.3 with both
+# (benchmarks/NOTES.md).
+FUSED_OPTIONS = {"realize_reads_threshold": 16, "realize_opcount_threshold": 200,
+                 "realize_acc_reads_threshold": 64}
 
 
 class _EagerOnFailure:
@@ -305,12 +342,27 @@ def _roll_back(opt, params, best, bad):
             state["exp_avg"].masked_fill_(m, 0.0)
 
 
-@torch.no_grad()
-def _keep_best(params, best, losses, best_loss):
-    # Always select, never branch on the comparison: asking whether any member improved
-    # would wait for the GPU every step. The parameters are small; the copy is cheap.
-    better = losses < best_loss
-    best_loss.copy_(torch.where(better, losses, best_loss))
-    for p, b in zip(params, best):
-        m = better.view(-1, *([1] * (p.dim() - 1)))
-        b.copy_(torch.where(m, p, b))
+class _BestIterate:
+    """Each member's best weights, in one [B, N] tensor; .tensors are views of it shaped like
+    the parameters. Keeping the best is then a few launches a step, not two per tensor: a
+    single image on a GPU is bound by launches (design.md)."""
+
+    def __init__(self, params):
+        self.flat = self._flatten(params).clone()
+        self.tensors, start = [], 0
+        for p in params:
+            n = p[0].numel()
+            self.tensors.append(self.flat[:, start:start + n].view(p.shape))
+            start += n
+
+    @staticmethod
+    def _flatten(params):
+        return torch.cat([p.detach().reshape(p.shape[0], -1) for p in params], 1)
+
+    @torch.no_grad()
+    def keep(self, params, losses, best_loss):
+        # Always select, never branch on the comparison: asking whether any member improved
+        # would wait for the GPU every step. The parameters are small; the copy is cheap.
+        better = losses < best_loss
+        best_loss.copy_(torch.where(better, losses, best_loss))
+        self.flat.copy_(torch.where(better[:, None], self._flatten(params), self.flat))

@@ -129,6 +129,19 @@ def upsample2x(x: torch.Tensor) -> torch.Tensor:
     return _upsample_axis(_upsample_axis(x, x.dim() - 2), x.dim() - 1)
 
 
+def output_conv(w: torch.Tensor, x: torch.Tensor, fused: bool = False) -> torch.Tensor:
+    """The last 1x1 convolution, [B, c, k] on [B, k, H, W] -> [B, c, H, W].
+    fused: written as a sum over the k channels instead of a bmm. Only for torch.compile:
+    inductor makes it one reduction that reads the normalised activation as it computes it,
+    so the widest tensor of the step is neither written nor read back, and the backward
+    folds the c x k product into the normalisation's. Eager, it would build a [B, c, k, H*W]
+    temporary."""
+    bsz, k, h, wd = x.shape
+    if fused:
+        return (w[:, :, :, None] * x.reshape(bsz, 1, k, h * wd)).sum(2).view(bsz, -1, h, wd)
+    return torch.bmm(w, x.reshape(bsz, k, h * wd)).view(bsz, -1, h, wd)
+
+
 def channel_norm(x: torch.Tensor, g=None, b=None) -> torch.Tensor:
     """Per-channel normalisation of [1, C, H, W] over its pixels, then scale g and shift b
     (none: the folded net's plain normalisation).
@@ -180,9 +193,10 @@ class DeepDecoder(nn.Module):
                    for t in (self.weight[i], self.scale[i], self.shift[i])] + [self.out]
         return [(name, t) for (name, _), t in zip(tensor_shapes(self.arch), tensors)]
 
-    def forward(self, z: torch.Tensor, params=None) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, params=None, fused: bool = False) -> torch.Tensor:
         # params: optional list of tensors in named_tensors() order, used instead of the
         # module's own (quantization-aware training passes rounded copies through here).
+        # fused: output_conv's form for torch.compile.
         p = params if params is not None else [t for _, t in self.named_tensors()]
         x = z
         for i in range(self.arch.layers):
@@ -194,8 +208,7 @@ class DeepDecoder(nn.Module):
             x = F.relu(x)
             shape = x.shape
             x = channel_norm(x.reshape(1, -1, *shape[2:]), g.reshape(-1), b.reshape(-1)).view(shape)
-        bsz, k, h, wd = x.shape
-        return torch.sigmoid(torch.bmm(p[-1], x.reshape(bsz, k, h * wd)).view(bsz, -1, h, wd))
+        return torch.sigmoid(output_conv(p[-1], x, fused))
 
     @torch.no_grad()
     def fold(self) -> "FoldedDeepDecoder":
@@ -238,7 +251,7 @@ class FoldedDeepDecoder(nn.Module):
         tensors = list(self.weight) + ([self.bias] if self.arch.layers > 1 else []) + [self.out, self.out_bias]
         return [(name, t) for (name, _), t in zip(tensor_shapes(self.arch), tensors)]
 
-    def forward(self, z: torch.Tensor, params=None) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, params=None, fused: bool = False) -> torch.Tensor:
         p = params if params is not None else [t for _, t in self.named_tensors()]
         d = self.arch.layers
         bias, out_w, out_b = (p[d] if d > 1 else None), p[-2], p[-1]
@@ -253,6 +266,4 @@ class FoldedDeepDecoder(nn.Module):
             x = F.relu(x)
             shape = x.shape
             x = channel_norm(x.reshape(1, -1, *shape[2:])).view(shape)
-        bsz, k, h, wd = x.shape
-        y = torch.bmm(out_w, x.reshape(bsz, k, h * wd)).view(bsz, -1, h, wd) + out_b[:, :, None, None]
-        return torch.sigmoid(y)
+        return torch.sigmoid(output_conv(out_w, x, fused) + out_b[:, :, None, None])

@@ -1,3 +1,5 @@
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -5,6 +7,7 @@ from hypothesis import given, strategies as st
 
 from ddcodec.codec import encode, fit_bank
 from ddcodec.errors import ConfigError
+from ddcodec.fit import COMPILE_PRESETS, FUSED_OPTIONS, compiled
 from ddcodec.fit import ADAM_BETAS, BETA1_COMPRESSION, BETA2_COMPRESSION, COMPILE_WORK, COMPILE_WORK_GPU, ROLLBACK_EVERY, STOP_EVERY, FitConfig, default_lr, mse_per_image, optimise
 from ddcodec.nets import Architecture, build, seeded_input
 from ddcodec.quant import QuantConfig
@@ -209,11 +212,73 @@ def test_a_compile_mode_reaches_torch_compile_and_gets_its_own_compiled_forward(
     assert modes == [None, "reduce-overhead"]  # a compilation per change of mode, kept while it holds
 
 
+@pytest.mark.parametrize("preset,device,expect", [
+    ("fused", "cuda", dict(fused=True, options=FUSED_OPTIONS)),
+    ("fused", "cpu", dict(fused=True, options=None)),  # the CPU keeps inductor's thresholds
+    ("fused-graphs", "cuda", dict(fused=True, options={**FUSED_OPTIONS, "triton.cudagraphs": True})),
+    ("reduce-overhead", "cuda", dict(fused=False, mode="reduce-overhead")),
+    (True, "cuda", dict(fused=False, options=None, mode=None)),
+])
+def test_a_compile_preset_reaches_torch_compile_with_its_settings(monkeypatch, preset, device, expect):
+    arch = Architecture(channels=4, layers=2)
+    seen = []
+
+    def recording_compile(fn, **kw):
+        seen.append(kw)
+        return fn
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    model = build(arch)
+    fn = compiled(model, preset, torch.device(device))
+    kw = seen[0]
+    assert kw.get("options") == expect.get("options", kw.get("options"))
+    assert kw.get("mode") == expect.get("mode")
+    # the function handed to torch.compile: the forward with fused=True, or the plain one
+    fused = isinstance(fn.eager, functools.partial) and fn.eager.keywords == {"fused": True}
+    assert fused == expect["fused"] and (fused or fn.eager == model.forward)
+
+
+def test_config_takes_the_compile_presets_and_hands_them_to_the_fit():
+    cpu = torch.device("cpu")
+    for preset in COMPILE_PRESETS:
+        assert FitConfig(compile=preset).compile_for(cpu, True, 1) == preset
+    with pytest.raises(ConfigError, match="fused"):
+        FitConfig(compile="fast")
+
+
+@pytest.mark.filterwarnings("error:torch.compile failed")
+def test_a_fused_compiled_fit_lands_where_the_eager_fit_does():
+    arch = Architecture(channels=8, layers=4)
+    z = seeded_input(arch, 32, 48, 0)[None]
+    target = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(1))
+    losses = {}
+    for preset in (False, "fused"):
+        model = build(arch)
+        losses[preset] = float(optimise(model, z, lambda out: mse_per_image(out, target), 60, 0.01, compile=preset)[0])
+        assert preset is False or model._ddc_compiled.fn is not model._ddc_compiled.eager
+    assert abs(10 * np.log10(losses[False] / losses["fused"])) < 0.05  # dB
+
+
+def test_the_fit_ends_on_each_members_best_iterate():
+    # lr 0.2 makes the loss jump about, so the best iterate is seldom the last one
+    arch = Architecture(channels=6, layers=3)
+    z = torch.stack([seeded_input(arch, 16, 16, s) for s in (0, 1)])
+    target = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    loss = lambda out: mse_per_image(out, target)  # noqa: E731
+    seen = []
+    model = build(arch, (0, 1))
+    best = optimise(model, z, loss, 40, 0.2, observe=lambda out: seen.append(loss(out)))
+    lowest = torch.stack(seen).min(0).values
+    with torch.no_grad():
+        final = loss(model(z))
+    assert torch.all(best <= lowest) and torch.allclose(final, best)
+    assert not torch.allclose(seen[-1], best)  # the test is not trivial: the last step was not the best
+
+
 def test_an_encode_compiles_by_the_work_rule(monkeypatch, image):
     import ddcodec.fit as fit_module
     seen = []
     real = fit_module.compiled
-    monkeypatch.setattr(fit_module, "compiled", lambda m, mode=None: seen.append(m) or real(m, mode))
+    monkeypatch.setattr(fit_module, "compiled", lambda m, *a: seen.append(m) or real(m, *a))
     work = image.shape[0] * image.shape[1] * 4 * 10
     monkeypatch.setattr(fit_module, "COMPILE_WORK", work + 1)
     encode(image, channels=4, layers=3, fit=FitConfig(iters=10), quant=QuantConfig(qat_iters=0), device="cpu")
