@@ -76,16 +76,27 @@ def _bank_view(step: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return step.view(-1, *([1] * (t.dim() - 1)))
 
 
+def probe_generators(bank: int, device) -> list:
+    """One generator per member for sensitivities' probe noise, each seeded alike: a member
+    draws the noise it would draw alone, so its steps do not depend on the bank it is in (one
+    generator for the whole bank gave member 0 different noise in a bank of 2 than alone)."""
+    return [torch.Generator(device=device).manual_seed(PROBE_SEED) for _ in range(bank)]
+
+
+PROBE_SEED = 1234
+
+
 @torch.no_grad()
 def sensitivities(model, z, rel: float = 0.02) -> torch.Tensor:
     """S [T, B]: output MSE added per unit of uniform rounding-noise variance in each tensor."""
     params = [t for _, t in model.named_tensors()]
     ref = model(z)
-    gen = torch.Generator(device=z.device).manual_seed(1234)
+    gens = probe_generators(z.shape[0], z.device)
     out = []
     for i, p in enumerate(params):
         amp = rel * p.flatten(1).abs().amax(1).clamp_min(1e-8)  # [B]
-        noise = (torch.rand(p.shape, generator=gen, device=p.device) - 0.5) * _bank_view(amp, p)
+        u = torch.stack([torch.rand(p.shape[1:], generator=g, device=p.device) for g in gens])
+        noise = (u - 0.5) * _bank_view(amp, p)
         trial = list(params)
         trial[i] = p + noise
         dmse = (model(z, trial) - ref).pow(2).flatten(1).mean(1)

@@ -51,3 +51,35 @@ def test_chosen_steps_stay_within_the_loss_budget_even_when_the_probe_misleads(f
     sens[tensor % sens.shape[0]] *= scale
     codes = search_steps(model, z, loss_fn, QuantConfig(max_loss_db=budget), sens=sens)
     assert max(_loss_db(model, z, loss_fn, codes)) <= budget + 1e-9
+
+
+class _PerMember:
+    """A stand-in network whose members share no arithmetic: member b's output is a function
+    of member b's tensors alone, so only the probe's noise can tie it to the bank."""
+
+    def __init__(self, tensors):
+        self.tensors = tensors
+
+    def named_tensors(self):
+        return [(f"t{i}", t) for i, t in enumerate(self.tensors)]
+
+    def __call__(self, z, params=None):
+        p = self.tensors if params is None else params
+        return torch.stack([sum((t[b] ** 3).sum() + t[b].sin().sum() for t in p) for b in range(z.shape[0])])[:, None]
+
+
+@given(st.integers(1, 4), st.data())
+@settings(max_examples=10, deadline=None)
+def test_a_members_sensitivities_do_not_depend_on_its_bank(bank, data):
+    from ddcodec.quant import sensitivities
+    position = data.draw(st.integers(0, bank - 1))
+    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
+    shapes = [(4, 4), (4,), (3, 4)]
+    member = [torch.randn(s, generator=gen) for s in shapes]
+    others = [[torch.randn(s, generator=gen) for s in shapes] for _ in range(bank - 1)]
+    rows = others[:position] + [member] + others[position:]
+    banked = _PerMember([torch.stack([r[i] for r in rows]) for i in range(len(shapes))])
+    alone = _PerMember([t[None] for t in member])
+    s_bank = sensitivities(banked, torch.zeros(bank, 1))
+    s_alone = sensitivities(alone, torch.zeros(1, 1))
+    assert torch.equal(s_bank[:, position], s_alone[:, 0])
