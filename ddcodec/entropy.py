@@ -13,6 +13,9 @@ import numpy as np
 from .errors import ConfigError, CorruptError
 
 MAX_ALPHABET = 1 << 16  # symbols a tensor may span; bounds the table the decoder allocates
+# |q| at most this: the encoder's integers stay below 2^16, and with this bound every product
+# of the exact decoder stays below 2^53 (exact.to_grid, docs/format.md), whatever the file says
+MAX_INTEGER = 1 << 24
 DECAY_ONE = 1 << 16
 # candidate r: logit-spaced from 0.001 (almost every value at mu) to 0.9999 (nearly flat)
 # The grid is part of the format (version 2 stores an index into it), so it is written out
@@ -44,6 +47,8 @@ class TensorModel:
     def validate(self) -> None:
         if self.hi < self.lo or self.hi - self.lo >= MAX_ALPHABET:
             raise CorruptError(f"symbol range [{self.lo}, {self.hi}] out of bounds")
+        if max(-self.lo, self.hi) > MAX_INTEGER:
+            raise CorruptError(f"symbol range [{self.lo}, {self.hi}] beyond the integers a file may hold (+-2^24)")
         if not self.lo <= self.mu <= self.hi:
             raise CorruptError("model centre outside the symbol range")
         if self.lo != self.hi and not 0 < self.decay < DECAY_ONE:

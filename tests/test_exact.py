@@ -124,6 +124,50 @@ def test_weights_large_enough_to_overflow_still_decode_to_an_image():
     assert out.dtype == torch.uint8 and out.shape == (3, 8, 8)
 
 
+@pytest.mark.parametrize("kind,k", [("deep-decoder", 256), ("skip", 8)])
+def test_the_largest_weights_a_file_may_hold_keep_every_product_below_2_to_the_53(kind, k, monkeypatch):
+    # the reader takes integers up to +-MAX_INTEGER (spanning under 2^16 a tensor) and steps up
+    # to 2^5: with every weight there (two values, so no normalisation sees a constant), each
+    # product's bound must hold without reaching the grid's last resort
+    from ddcodec import bitstream, entropy
+    from ddcodec.quant import STEP_CODE_MAX
+    arch = Architecture(kind, k, 3, 3, folded=kind == "deep-decoder")
+    big = entropy.MAX_INTEGER
+    ints = []
+    for _, shape in tensor_shapes(arch):
+        q = np.full(shape, big, np.int64)
+        q.reshape(-1)[::2] = big - entropy.MAX_ALPHABET + 1
+        ints.append(q)
+    models = [entropy.fit_model(q) for q in ints]
+    header = bitstream.Header(16, 16, arch, 0, (STEP_CODE_MAX,) * len(ints), tuple(models), 0)
+    data = bitstream.pack(header, entropy.encode(ints, models))
+    held = []
+    real = exact.to_grid
+
+    def checked(x, q):
+        largest = float(x.abs().max()) if x.numel() else 0.0
+        xi, s = real(x, q)
+        held.append(math.isfinite(largest) and s > -1000 and
+                    int(q.abs().sum(1).max()) * (math.floor(largest * 2.0**s) + 1) < exact.EXACT_LIMIT)
+        return xi, s
+    monkeypatch.setattr(exact, "to_grid", checked)
+    out = ddcodec.decode(data)
+    assert out.shape == (16, 16, 3) and held and all(held)
+
+
+@pytest.mark.parametrize("lo,hi", [(-(1 << 24) - 3, -(1 << 24)), ((1 << 24) - 2, (1 << 24) + 1), (1 << 40, (1 << 40) + 3)])
+def test_a_file_with_integers_beyond_2_to_the_24_is_refused(lo, hi):
+    from ddcodec import bitstream, entropy
+    from ddcodec.errors import CorruptError
+    arch = Architecture(channels=2, layers=2, folded=True)
+    shapes = tensor_shapes(arch)
+    models = [entropy.TensorModel(lo, hi, lo, int(entropy.DECAYS[0]))] + [entropy.TensorModel(0, 0, 0, 0)] * (len(shapes) - 1)
+    header = bitstream.Header(4, 4, arch, 0, (0,) * len(shapes), tuple(models), 0)
+    data = bitstream.pack(header, b"\0" * 16)
+    with pytest.raises(CorruptError, match="2\\^24"):
+        ddcodec.decode(data)
+
+
 def test_non_finite_activations_reach_the_grid_as_zero_and_the_largest_floats():
     x = torch.tensor([[math.nan, math.inf, -math.inf, 1.0]], dtype=torch.float64)
     xi, s = exact.to_grid(x, torch.ones(1, 1, dtype=torch.float64))
