@@ -267,7 +267,8 @@ def compiled(model, preset=True, device=torch.device("cpu")):
         # torch's default limit of 8 sends a benchmark sweeping k back to eager half-way.
         dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
         forward, kwargs = _compile_settings(model, preset, key[1])
-        fn = _EagerOnFailure(torch.compile(forward, dynamic=False, **kwargs), forward)
+        # the fallback is the plain forward: the fused output conv is only for inductor
+        fn = _EagerOnFailure(torch.compile(forward, dynamic=False, **kwargs), model.forward)
         fn.key = key
         model._ddc_compiled = fn
     return fn
@@ -283,10 +284,15 @@ def _compile_settings(model, preset, device_type: str) -> tuple:
         return model.forward, {"mode": preset}
     # fused: the Deep Decoder's output_conv as a reduction (nets.output_conv says why), and on
     # a GPU inductor's recompute thresholds (FUSED_OPTIONS); the CPU keeps its own thresholds,
-    # where recomputing cost more time than the bytes it saved.
-    forward = functools.partial(model.forward, fused=True) if model.arch.kind == "deep-decoder" else model.forward
-    options = dict(FUSED_OPTIONS) if device_type == "cuda" else {}
-    if preset == "fused-graphs":
+    # where recomputing cost more time than the bytes it saved. The skip net has neither: the
+    # thresholds were chosen on the Deep Decoder's graph alone.
+    if model.arch.kind != "deep-decoder":
+        options = {}
+        forward = model.forward
+    else:
+        options = dict(FUSED_OPTIONS) if device_type == "cuda" else {}
+        forward = functools.partial(model.forward, fused=True)
+    if preset == "fused-graphs" and device_type == "cuda":
         options["triton.cudagraphs"] = True
     return forward, ({"options": options} if options else {})
 
@@ -348,7 +354,7 @@ class _BestIterate:
     single image on a GPU is bound by launches (design.md)."""
 
     def __init__(self, params):
-        self.flat = self._flatten(params).clone()
+        self.flat = self._flatten(params)  # cat makes a new tensor: nothing shared with params
         self.tensors, start = [], 0
         for p in params:
             n = p[0].numel()

@@ -91,7 +91,7 @@ def sensitivities(model, z, rel: float = 0.02) -> torch.Tensor:
     """S [T, B]: output MSE added per unit of uniform rounding-noise variance in each tensor."""
     params = [t for _, t in model.named_tensors()]
     ref = model(z)
-    gens = probe_generators(z.shape[0], z.device)
+    gens = probe_generators(params[0].shape[0], z.device)  # the bank, as the tensors hold it
     out = []
     for i, p in enumerate(params):
         amp = rel * p.flatten(1).abs().amax(1).clamp_min(1e-8)  # [B]

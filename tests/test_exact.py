@@ -124,8 +124,8 @@ def test_weights_large_enough_to_overflow_still_decode_to_an_image():
     assert out.dtype == torch.uint8 and out.shape == (3, 8, 8)
 
 
-@pytest.mark.parametrize("kind,k", [("deep-decoder", 256), ("skip", 8)])
-def test_the_largest_weights_a_file_may_hold_keep_every_product_below_2_to_the_53(kind, k, monkeypatch):
+@pytest.mark.parametrize("kind,k,sign", [("deep-decoder", 256, 1), ("deep-decoder", 256, -1), ("skip", 8, 1)])
+def test_the_largest_weights_a_file_may_hold_keep_every_product_below_2_to_the_53(kind, k, sign, monkeypatch):
     # the reader takes integers up to +-MAX_INTEGER (spanning under 2^16 a tensor) and steps up
     # to 2^5: with every weight there (two values, so no normalisation sees a constant), each
     # product's bound must hold without reaching the grid's last resort
@@ -137,7 +137,7 @@ def test_the_largest_weights_a_file_may_hold_keep_every_product_below_2_to_the_5
     for _, shape in tensor_shapes(arch):
         q = np.full(shape, big, np.int64)
         q.reshape(-1)[::2] = big - entropy.MAX_ALPHABET + 1
-        ints.append(q)
+        ints.append(sign * q)  # -2^24 is as legal as 2^24
     models = [entropy.fit_model(q) for q in ints]
     header = bitstream.Header(16, 16, arch, 0, (STEP_CODE_MAX,) * len(ints), tuple(models), 0)
     data = bitstream.pack(header, entropy.encode(ints, models))
