@@ -97,8 +97,8 @@ class FitConfig:
         return compression and channels <= input_pixels
 
     def compile_for(self, device: torch.device, compression: bool, work: float) -> Union[bool, str]:
-        """Whether a fit goes through torch.compile (a preset's name: yes, with its settings). work: pixels x channels x iterations of
-        the bank. On the CPU the fused kernels ran 1.8-2.1x faster than eager (one thread,
+        """Whether a fit goes through torch.compile (a preset's name: yes, with its settings).
+        work: pixels x channels x iterations of the bank. On the CPU the fused kernels ran 1.8-2.1x faster than eager (one thread,
         192x128 k=16 up to nine 256x171 tiles at k=22), and a new shape compiles in ~3-20 s,
         so "auto" compiles once the eager fit would take about a minute (COMPILE_WORK). On an
         H200 (benchmarks/speed.py) compiling took a 768x512 k=64 step from 9.33 to 3.69 ms
