@@ -155,6 +155,9 @@ def compiled_bytes(imgs, k, precision, preset, dev) -> dict:
         "force_pointwise_cat": True,
         "realize_opcount_threshold": getattr(ic, "_realize_opcount_threshold_default", 30),
         "realize_acc_reads_threshold": getattr(ic, "_realize_acc_reads_threshold_default", 8)}
+    if dev.type != "cuda" and preset in ("fused", "fused-graphs"):
+        from ddcodec.fit import FUSED_OPTIONS
+        gpu_like.update(FUSED_OPTIONS)  # the GPU's settings of the preset, which the CPU leaves out
     _, _, z, loss, model = _bank(imgs, k, dev)
     reset()  # a fresh compile, not one from a cache, so that the counter runs
     graph.GraphLowering.count_bytes = counting
@@ -162,13 +165,7 @@ def compiled_bytes(imgs, k, precision, preset, dev) -> dict:
     try:
         with ic.patch(fx_graph_cache=False, **gpu_like), \
                 torch._functorch.config.patch(enable_autograd_cache=False):
-            if dev.type != "cuda" and preset in ("fused", "fused-graphs"):
-                # the GPU's settings of the preset, which the CPU otherwise leaves out
-                from ddcodec.fit import FUSED_OPTIONS
-                with ic.patch(**FUSED_OPTIONS):
-                    optimise(model, z, loss, 1, 0.01, mode=precision, compile=preset)
-            else:
-                optimise(model, z, loss, 1, 0.01, mode=precision, compile=preset)
+            optimise(model, z, loss, 1, 0.01, mode=precision, compile=preset)
     finally:
         graph.GraphLowering.count_bytes = real
         torch._logging.set_logs()  # back to the defaults (a TORCH_LOGS setting is not restored)
