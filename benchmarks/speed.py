@@ -17,6 +17,7 @@ benchmarks/results/speed_<device>.json and a markdown table.
 """
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 
 import ddcodec
-from ddcodec.fit import COMPILE_PRESETS, GRAPH_MODES, FitConfig, mse_per_image, optimise, psnr_from_mse
+from ddcodec.fit import COMPILE_PRESETS, GRAPH_MODES, FitConfig, fell_back, mse_per_image, optimise, psnr_from_mse
 from ddcodec.nets import Architecture, build, seeded_input
 
 from .rd import load_images
@@ -184,7 +185,7 @@ def measure(imgs, k, precision, compile_, dev, iters, warmup, quality_iters) -> 
     opts = dict(mode=precision, compile=compile_)
     skips = _graph_skips()
     optimise(model, z, loss, warmup, 0.01, **opts)  # the warm-up also compiles
-    if compile_ and model._ddc_compiled.fn is model._ddc_compiled.eager:
+    if compile_ and fell_back(model):
         raise RuntimeError("torch.compile failed and the fit fell back to eager kernels")
     if compile_ in GRAPH_MODES and dev.type == "cuda" and _graph_skips() > skips:
         raise RuntimeError("inductor skipped CUDA graphs: the row would time plain compiled kernels")
@@ -221,20 +222,31 @@ def fastest_faithful(rows) -> dict:
 
 def dataset_run(images, dev, bank, fit: FitConfig, bpp=None) -> dict:
     """All images at one rate point with the default recipe, files written: wall clock. With
-    bpp, the codec's rate-targeted default instead: k from the target, tiles (ddcodec.tiles)."""
+    bpp, the codec's rate-targeted default instead: k from the target, tiles (ddcodec.tiles).
+    stages: per stage of the encode (fit, qat, ...) the seconds from the start to its first and
+    to its last progress report (every fit.REPORT_EVERY steps), over all banks. Before the
+    first fit report lie the start and the compile; between the fit and the fine-tuning, the
+    fold and the step search; after it, coding, writing and the exact decode."""
     t0 = time.perf_counter()
     names, total, db = list(images), 0, 0.0
     quant = ddcodec.QuantConfig(target_bpp=bpp)
     kw = dict(channels=None, quant=quant, tile="auto") if bpp else {}
+    stages = {}
+
+    def progress(stage, *_):
+        now = round(time.perf_counter() - t0, 2)
+        stages.setdefault(stage, [now, now])[1] = now
     with tempfile.TemporaryDirectory() as d:
         for i in range(0, len(names), bank):
             group = names[i:i + bank]
-            for n, r in zip(group, ddcodec.encode_bank([images[n] for n in group], fit=fit, device=str(dev), **kw)):
+            results = ddcodec.encode_bank([images[n] for n in group], fit=fit, device=str(dev), progress=progress, **kw)
+            for n, r in zip(group, results):
                 (Path(d) / f"{n}.ddc").write_bytes(r.data)
                 total += r.bytes
                 db += r.psnr
     return {"images": len(names), "seconds": time.perf_counter() - t0, "bytes": total, "psnr": db / len(names),
-            "target_bpp": bpp, "precision": fit.precision, "compile": fit.compile, "fit_iters": fit.iters}
+            "target_bpp": bpp, "precision": fit.precision, "compile": fit.compile, "fit_iters": fit.iters,
+            "stages": stages}
 
 
 def main(argv=None):
@@ -250,8 +262,13 @@ def main(argv=None):
     ap.add_argument("--profile-steps", type=int, default=10, help="steps the profile part records")
     ap.add_argument("--fit-iters", type=int, default=FitConfig.iters, help="the dataset parts' fitting iterations")
     ap.add_argument("--dataset-images", type=int, default=0, help="on the CPU: the first N images only (0: all)")
+    ap.add_argument("--cold", action="store_true",
+                    help="compile into a new, empty cache (every user's first run); the dataset parts' results go to *_cold")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     a = ap.parse_args(argv)
+    if a.cold:  # inductor (and Triton beneath it) read the cache folder when they first compile
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="ddc-cold-")
+        os.environ.pop("TRITON_CACHE_DIR", None)
     parts = a.part or (PARTS if a.dataset else ["rows"])
     dev = ddcodec.codec.resolve_device(a.device)
     gpu = dev.type == "cuda"
@@ -318,6 +335,7 @@ def main(argv=None):
         best = fastest_faithful(rows)
         fit = FitConfig(iters=a.fit_iters, precision=best["precision"], compile=best["compile"])
         dataset = load_images(a.data, 1 if gpu else 4, 0 if gpu else a.dataset_images)
+        key += "_cold" if a.cold else ""
         result[key] = dataset_run(dataset, dev, 24 if gpu else 8, fit, bpp=bpp)
         print(result[key], flush=True)
         save(result, a.out, tag)
@@ -351,6 +369,12 @@ def _iters_note(d) -> str:
     return "" if its == FitConfig.iters else f", {its} iterations, not the default"
 
 
+def _stages_note(d) -> str:
+    """The stages' first and last progress reports, in seconds from the start."""
+    st = d.get("stages")
+    return "" if not st else " (" + ", ".join(f"{k} {a:.1f}-{b:.1f} s" for k, (a, b) in st.items()) + ")"
+
+
 def table(result) -> str:
     mem = lambda v: "–" if v is None else f"{v:.1f} GiB"  # noqa: E731
     lines = [f"Device: {result['device']}; measured peaks: {result['peaks']['fp32_tflops']:.2f} fp32 TFLOP/s, "
@@ -369,10 +393,12 @@ def table(result) -> str:
                   f"({counts[0]['size']}, k={counts[0]['k']}, {counts[0]['precision']}): " + "; ".join(
                       f"{c['preset'] if c['preset'] != 'True' else 'default'} {c['mb_per_image_iter']:.0f} MB "
                       f"({c['widest_activations']:.1f} widest activations)" for c in counts) + "."]
-    d = result.get("dataset")
-    if d:
-        lines += ["", f"All {d['images']} images encoded at the default rate point ({d['precision']}"
-                  f"{' + compile' if d['compile'] else ''}{_iters_note(d)}), files written: {d['seconds']:.1f} s wall clock."]
+    for key, when in (("dataset_cold", "with an empty compile cache"), ("dataset", "")):
+        d = result.get(key)
+        if d:
+            lines += ["", f"All {d['images']} images encoded at the default rate point ({d['precision']}"
+                      f"{' + compile' if d['compile'] else ''}{_iters_note(d)}), files written{', ' + when if when else ''}: "
+                      f"{d['seconds']:.1f} s wall clock{_stages_note(d)}."]
     d = result.get("dataset_tiled")
     if d:
         lines += [f"The same images at --bpp {d['target_bpp']} (k from the target, tiles{_iters_note(d)}): {d['seconds']:.1f} s, "

@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -138,6 +138,7 @@ class FittedBank:
     betas: tuple = ADAM_BETAS  # the fit's Adam decays, which the fine-tuning keeps
     fit: FitConfig = FitConfig()  # the recipe, whose compile rule the fine-tuning follows too
     compression: bool = True
+    compiled: Union[bool, str] = False  # the fit's torch.compile setting (FitConfig.compile_for)
 
 
 def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitConfig(),
@@ -187,7 +188,8 @@ def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitCo
     with torch.no_grad():
         float_out = _to_uint8(model(z)[..., :H, :W])
     return FittedBank(model, z, loss_fn, originals, flags, net, fit.seed, (H, W), deg, float_out,
-                      None if ema.value is None else ema.value[..., :H, :W], ran[0], schedule["betas"], fit, compression)
+                      None if ema.value is None else ema.value[..., :H, :W], ran[0], schedule["betas"], fit,
+                      compression, compile_)
 
 
 class _Average:
@@ -228,7 +230,10 @@ def quantize_bank(bank: FittedBank, quant: QuantConfig = QuantConfig(), progress
     rate_bound = quant.target_bpp is not None
     before = [t.detach().clone() for _, t in model.named_tensors()] if rate_bound else None
     H, W = bank.size
-    compile_ = bank.fit.compile_for(z.device, bank.compression, z.shape[0] * H * W * bank.arch.channels * quant.qat_iters)
+    # After a compiled fit the fine-tuning compiles too: it runs the fit's compiled program
+    # (fit.compiled), so that costs nothing more; else its own work decides.
+    compile_ = bank.compiled or bank.fit.compile_for(
+        z.device, bank.compression, z.shape[0] * H * W * bank.arch.channels * quant.qat_iters)
     optimise(model, z, loss_fn, quant.qat_iters, quant.qat_lr,
              transform=lambda p: straight_through(p, steps), progress=_stage(progress, "qat"),
              betas=bank.betas, mode=bank.fit.precision, compile=compile_)  # the fit's precision

@@ -257,6 +257,8 @@ def optimise(model, z, loss_fn, iters: int, lr: float, lr_floor: float = 1.0,
 def compiled(model, preset=True, device=torch.device("cpu")):
     """The model's forward through torch.compile with a preset's settings (COMPILE_PRESETS;
     True: inductor's defaults), made once per model, preset and device type, and kept on it.
+    The Deep Decoder, trained or folded, runs one shared program (nets.decoder_program): the
+    fit and the fine-tuning after it then compile once between them.
     If compiling fails (no C++ compiler on the machine, say), the fit warns once and goes on
     with the eager forward: the same function, only slower."""
     key = (preset, torch.device(device).type)
@@ -266,32 +268,62 @@ def compiled(model, preset=True, device=torch.device("cpu")):
         # Every bank shape (k, bank size, image size) is one compilation of the same forward;
         # torch's default limit of 8 sends a benchmark sweeping k back to eager half-way.
         dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
-        forward, kwargs = _compile_settings(model, preset, key[1])
-        # the fallback is the plain forward: the fused output conv is only for inductor
-        fn = _EagerOnFailure(torch.compile(forward, dynamic=False, **kwargs), model.forward)
+        if model.arch.kind == "deep-decoder":
+            fn = _Program(model, _shared_program(key))
+        else:
+            forward, kwargs = _compile_settings(model.forward, False, preset, key[1])
+            fn = _EagerOnFailure(torch.compile(forward, dynamic=False, **kwargs), model.forward)
         fn.key = key
         model._ddc_compiled = fn
     return fn
 
 
-def _compile_settings(model, preset, device_type: str) -> tuple:
-    """(the forward to compile, torch.compile's keyword arguments) of a preset."""
+def fell_back(model) -> bool:
+    """Whether the model's compiled forward failed to compile and runs eager kernels."""
+    fn = getattr(model, "_ddc_compiled", None)
+    fn = getattr(fn, "shared", fn)
+    return fn is not None and fn.tried and fn.fn is fn.eager
+
+
+_PROGRAMS = {}  # (preset, device type) -> the compiled nets.decoder_program
+
+
+def _shared_program(key) -> "_EagerOnFailure":
+    if key not in _PROGRAMS:
+        from .nets import decoder_program
+        forward, kwargs = _compile_settings(decoder_program, True, *key)
+        # the fallback is the plain program: the fused output conv is only for inductor
+        _PROGRAMS[key] = _EagerOnFailure(torch.compile(forward, dynamic=False, **kwargs), decoder_program)
+    return _PROGRAMS[key]
+
+
+class _Program:
+    """A Deep Decoder's forward(z, params) through the shared compiled program."""
+
+    def __init__(self, model, shared):
+        self.model, self.shared = model, shared
+
+    def __call__(self, z, params):
+        return self.shared(z, *self.model.program_args(params))
+
+
+def _compile_settings(forward, deep_decoder: bool, preset, device_type: str) -> tuple:
+    """(the function to compile, torch.compile's keyword arguments) of a preset; forward takes
+    fused= when deep_decoder."""
     if preset is True or preset == "default":
-        return model.forward, {}
+        return forward, {}
     if preset not in COMPILE_PRESETS:
         raise ConfigError(f"unknown compile preset {preset!r}; one of {', '.join(COMPILE_PRESETS)}")
     if preset in TORCH_MODES:
-        return model.forward, {"mode": preset}
+        return forward, {"mode": preset}
     # fused: the Deep Decoder's output_conv as a reduction (nets.output_conv says why), and on
     # a GPU inductor's recompute thresholds (FUSED_OPTIONS); the CPU keeps its own thresholds,
     # where recomputing cost more time than the bytes it saved. The skip net has neither: the
     # thresholds were chosen on the Deep Decoder's graph alone.
-    if model.arch.kind != "deep-decoder":
-        options = {}
-        forward = model.forward
-    else:
+    options = {}
+    if deep_decoder:
         options = dict(FUSED_OPTIONS) if device_type == "cuda" else {}
-        forward = functools.partial(model.forward, fused=True)
+        forward = functools.partial(forward, fused=True)
     if preset == "fused-graphs" and device_type == "cuda":
         options["triton.cudagraphs"] = True
     return forward, ({"options": options} if options else {})

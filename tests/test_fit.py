@@ -7,9 +7,10 @@ from hypothesis import given, strategies as st
 
 from ddcodec.codec import encode, fit_bank
 from ddcodec.errors import ConfigError
-from ddcodec.fit import COMPILE_PRESETS, FUSED_OPTIONS, compiled
+from ddcodec import fit as fit_module
+from ddcodec.fit import COMPILE_PRESETS, FUSED_OPTIONS, compiled, fell_back
 from ddcodec.fit import ADAM_BETAS, BETA1_COMPRESSION, BETA2_COMPRESSION, COMPILE_WORK, COMPILE_WORK_GPU, ROLLBACK_EVERY, STOP_EVERY, FitConfig, default_lr, mse_per_image, optimise
-from ddcodec.nets import Architecture, build, seeded_input
+from ddcodec.nets import Architecture, build, decoder_program, seeded_input
 from ddcodec.quant import QuantConfig
 
 
@@ -187,6 +188,7 @@ def test_a_fit_whose_compile_fails_warns_and_fits_eagerly(monkeypatch):
             raise RuntimeError("no C++ compiler")
         return fail
     monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setattr("ddcodec.fit._PROGRAMS", {})  # not a program compiled by an earlier test
     eager = build(arch)
     optimise(eager, z, loss, 20, 0.01)
     model = build(arch)
@@ -206,6 +208,7 @@ def test_a_compile_mode_reaches_torch_compile_and_gets_its_own_compiled_forward(
         modes.append(kw.get("mode"))
         return fn
     monkeypatch.setattr(torch, "compile", recording_compile)
+    monkeypatch.setattr(fit_module, "_PROGRAMS", {})  # no compiled program from another test
     model = build(arch)
     for compile_ in (True, True, "reduce-overhead", "reduce-overhead"):
         optimise(model, z, lambda out: mse_per_image(out, target), 2, 0.01, compile=compile_)
@@ -230,15 +233,18 @@ def test_a_compile_preset_reaches_torch_compile_with_its_settings(monkeypatch, p
         seen.append((fn, kw))
         return fn
     monkeypatch.setattr(torch, "compile", recording_compile)
+    monkeypatch.setattr(fit_module, "_PROGRAMS", {})
     model = build(arch)
     ran = compiled(model, preset, torch.device(device))
     handed, kw = seen[0]
     assert kw.get("options") == expect["options"] and kw.get("mode") == expect.get("mode")
-    # the function handed to torch.compile: the forward with fused=True, or the plain one;
-    # a failed compile falls back to the plain one either way (the fused sum is for inductor)
+    # the function handed to torch.compile: the Deep Decoder's shared program or the skip
+    # net's forward, with fused=True or plain; a failed compile falls back to the plain one
+    # either way (the fused sum is for inductor)
+    plain = decoder_program if kind == "deep-decoder" else model.forward
     fused = isinstance(handed, functools.partial) and handed.keywords == {"fused": True}
-    assert fused == expect["fused"] and (fused or handed == model.forward)
-    assert ran.eager == model.forward
+    assert fused == expect["fused"] and (handed.func if fused else handed) == plain
+    assert getattr(ran, "shared", ran).eager == plain
 
 
 def test_config_takes_the_compile_presets_and_hands_them_to_the_fit():
@@ -258,7 +264,7 @@ def test_a_fused_compiled_fit_lands_where_the_eager_fit_does():
     for preset in (False, "fused"):
         model = build(arch)
         losses[preset] = float(optimise(model, z, lambda out: mse_per_image(out, target), 60, 0.01, compile=preset)[0])
-        assert preset is False or model._ddc_compiled.fn is not model._ddc_compiled.eager  # no fallback
+        assert preset is False or not fell_back(model)
     assert abs(10 * np.log10(losses[False] / losses["fused"])) < 0.05  # dB
 
 
@@ -289,7 +295,19 @@ def test_an_encode_compiles_by_the_work_rule(monkeypatch, image):
     assert not seen
     monkeypatch.setattr(fit_module, "COMPILE_WORK", work)
     encode(image, channels=4, layers=3, fit=FitConfig(iters=10), quant=QuantConfig(qat_iters=0), device="cpu")
-    assert len(seen) == 1
+    # the fit, then the fine-tuning of the folded net, which follows a compiled fit
+    assert [m.arch.folded for m in seen] == [False, True]
+
+
+@pytest.mark.filterwarnings("error:torch.compile failed")
+def test_the_fit_and_its_fine_tuning_share_one_compilation(image):
+    # the trained and the folded Deep Decoder run one program (nets.decoder_program) on
+    # tensors of the same shapes and kind, so the fine-tuning finds the fit's graph compiled
+    from torch._dynamo.utils import counters
+    before = counters["stats"]["unique_graphs"]
+    # a shape no other test compiles (k=7, 5 blocks), so that the fit's compilation is new
+    encode(image, channels=7, layers=5, fit=FitConfig(iters=3, compile=True), quant=QuantConfig(qat_iters=3), device="cpu")
+    assert counters["stats"]["unique_graphs"] - before == 1
 
 
 def test_fine_tuning_runs_at_the_fits_precision(monkeypatch, image):

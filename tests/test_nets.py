@@ -3,7 +3,7 @@ import torch.nn.functional as F
 from hypothesis import example, given, settings, strategies as st
 
 from ddcodec.fit import mse_per_image, optimise
-from ddcodec.nets import Architecture, DeepDecoder, build, param_count, seeded_input, upsample2x
+from ddcodec.nets import Architecture, DeepDecoder, build, decoder_program, param_count, seeded_input, upsample2x
 
 
 @given(st.integers(1, 64), st.integers(1, 8), st.sampled_from([1, 3]))
@@ -147,3 +147,23 @@ def test_the_fused_output_conv_computes_what_the_bmm_does(k, d, c, h, w, seed):
         grads.append([t.grad.clone() for _, t in net.named_tensors()])
     for ga, gb in zip(*grads):
         assert float((ga - gb).norm()) <= 1e-3 * float(ga.norm()) + 1e-6
+
+
+@given(st.integers(1, 6), st.integers(1, 4), st.sampled_from([1, 3]), st.integers(1, 2), st.integers(0, 3))
+@settings(max_examples=15, deadline=None)
+def test_the_shared_program_with_its_neutral_terms_is_each_nets_forward(k, d, c, bank, seed):
+    # the compiled path runs decoder_program(z, *program_args(p)): zero biases for the trained
+    # net, unit scales and zero shifts for the folded one; it must compute each net's forward
+    arch = Architecture(channels=k, layers=d, out_channels=c)
+    net = build(arch, tuple(range(seed, seed + bank)))
+    with torch.no_grad():  # scales and shifts away from 1 and 0, so that they matter
+        for s, b in zip(net.scale, net.shift):
+            s.uniform_(0.5, 2.0)
+            b.uniform_(-0.5, 0.5)
+    z = torch.stack([seeded_input(arch, 9, 13, seed + i) for i in range(bank)])
+    for model in (net, net.fold()):
+        p = [t for _, t in model.named_tensors()]
+        with torch.no_grad():
+            expected = model(z)
+            assert torch.allclose(decoder_program(z, *model.program_args(p)), expected, atol=1e-6)
+            assert torch.allclose(decoder_program(z, *model.program_args(p), fused=True), expected, atol=1e-6)
