@@ -132,6 +132,9 @@ def test_the_dataset_run_takes_the_fastest_bank_row_within_the_tolerance_of_fp32
     single = row("tf32", True, 1, 0.5, 30.0)  # faster, but not a bank
     assert fastest_faithful([ref, close, lossy, single]) is close
     assert fastest_faithful([close, lossy]) == {"precision": "fp32", "compile": False}  # no reference
+    # among single images: the fastest within the tolerance of fp32 for one image
+    one_ref, one_lossy = row("fp32", False, 1, 9.0, 25.0), row("bf16", True, 1, 0.4, 25.0 - 2 * QUALITY_TOLERANCE_DB)
+    assert fastest_faithful([ref, close, one_ref, one_lossy, single], banked=False) is single
 
 
 def test_speed_rows_on_file_are_reused_only_for_the_same_device_and_counts(tmp_path):
@@ -170,3 +173,13 @@ def test_a_speed_configuration_that_fails_is_reported_and_the_others_still_run(t
     assert [r["config"] for r in result["rows"]] == ["tiny eager"]  # not an eager run labelled compiled
     assert "fell back to eager" in result["failed"]["tiny compiled"]
     assert "tiny compiled | failed" in (out / "speed_cpu.md").read_text()
+
+
+def test_a_resumed_speed_run_measures_again_only_the_rechecked_rows_of_an_older_program():
+    from benchmarks.speed import PROGRAM, RECHECK, _stale
+
+    name = RECHECK[0]
+    assert _stale(dict(config=name, compile=True))  # on file from before the shared program
+    assert not _stale(dict(config=name, compile=True, program=PROGRAM))  # measured with it
+    assert not _stale(dict(config="bf16+fused B=24", compile="fused"))  # not rechecked: kept
+    assert not _stale(dict(config=name, compile=False))  # eager rows have no compiled program
