@@ -1,5 +1,6 @@
 """`ddc`: a thin click front end. Every command parses options and calls the ddcodec API; every
 DDCError becomes one line on stderr and exit code 1, Ctrl-C exit code 130."""
+import functools
 import json
 import sys
 import time
@@ -11,6 +12,7 @@ import click
 import ddcodec
 from ddcodec import FitConfig, QuantConfig, restore
 from ddcodec.errors import ConfigError, DDCError
+from ddcodec.fit import COMPILE_PRESETS
 from ddcodec.images import MAX_INPUT_PIXELS, check_outputs, decoded_name, png_bytes, read_image, write_atomic
 
 from .interrupt import latched_sigint
@@ -104,12 +106,23 @@ def fit_options(channels=64, layers=6, iters=FitConfig.iters, lr=None, restoring
 
 
 def speed_options(f):
-    """GPU speed settings of the fit (the CPU always runs plain fp32)."""
-    f = click.option("--compile/--no-compile", "compile_", default=None,
+    """GPU speed settings of the fit (the CPU always runs plain fp32). --compile-preset names
+    a FitConfig.compile preset and is handed to the command as its compile_."""
+    @functools.wraps(f)  # the options below f keep their place: wraps copies click's list
+    def with_preset(*args, compile_preset=None, **kw):
+        if compile_preset is not None:
+            if kw["compile_"] is False:
+                raise ConfigError("--no-compile and --compile-preset contradict each other")
+            kw["compile_"] = compile_preset
+        return f(*args, **kw)
+    g = click.option("--compile-preset", type=click.Choice(COMPILE_PRESETS),
+                     help="Compile with these settings: fused (fewer bytes per step on a GPU), "
+                          "reduce-overhead or fused-graphs (CUDA graphs, for one image), max-autotune, default.")(with_preset)
+    g = click.option("--compile/--no-compile", "compile_", default=None,
                      help="torch.compile the network (fused kernels; the first fit of each shape compiles). "
-                          "Default: on for CPU compression fits large enough to pay for it.")(f)
+                          "Default: on for compression fits large enough to pay for it.")(g)
     return click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16"]), default="fp32",
-                        show_default=True, help="GPU matmul precision of the fit.")(f)
+                        show_default=True, help="GPU matmul precision of the fit.")(g)
 
 
 def rate_options(f):

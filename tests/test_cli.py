@@ -390,3 +390,17 @@ def test_an_interrupt_dropped_in_a_weakref_callback_prints_no_traceback(tmp_path
     assert res.exit_code == 130, res.output
     assert [line for line in res.output.splitlines() if line.strip()] == ["ddc: interrupted; no partial output was left"]
     assert not (tmp_path / "a.ddc").exists()
+
+
+def test_a_compile_preset_reaches_the_fit_and_contradicting_no_compile_is_an_error(tmp_path, monkeypatch):
+    import ddcodec.codec
+
+    seen = []
+    real = ddcodec.codec.fit_bank
+    monkeypatch.setattr(ddcodec.codec, "fit_bank", lambda *a, **kw: seen.append(a[3].compile) or real(*a, **kw))
+    Image.fromarray(small(40, 24)).save(tmp_path / "a.png")
+    res = run("encode", tmp_path / "a.png", *FAST, "--compile-preset", "fused", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    assert seen == ["fused"]
+    _one_line_error(run("encode", tmp_path / "a.png", *FAST, "--no-compile", "--compile-preset", "fused", "--force"))
+    assert seen == ["fused"]  # refused before any fit
