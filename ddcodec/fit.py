@@ -258,9 +258,12 @@ def compiled(model, preset=True, device=torch.device("cpu")):
     """The model's forward through torch.compile with a preset's settings (COMPILE_PRESETS;
     True: inductor's defaults), made once per model, preset and device type, and kept on it.
     The Deep Decoder, trained or folded, runs one shared program (nets.decoder_program): the
-    fit and the fine-tuning after it then compile once between them.
+    fit and the fine-tuning after it then compile once between them. Not under CUDA graphs:
+    there a Parameter is a static input and a plain tensor is copied in before each replay,
+    so those presets keep each net's own forward, on its own weights.
     If compiling fails (no C++ compiler on the machine, say), the fit warns once and goes on
-    with the eager forward: the same function, only slower."""
+    with the eager forward: the same function, only slower. That is decided per model, so one
+    model's failure leaves the next to compile."""
     key = (preset, torch.device(device).type)
     fn = getattr(model, "_ddc_compiled", None)
     if fn is None or getattr(fn, "key", None) != key:
@@ -268,11 +271,15 @@ def compiled(model, preset=True, device=torch.device("cpu")):
         # Every bank shape (k, bank size, image size) is one compilation of the same forward;
         # torch's default limit of 8 sends a benchmark sweeping k back to eager half-way.
         dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
-        if model.arch.kind == "deep-decoder":
-            fn = _Program(model, _shared_program(key))
+        deep_decoder = model.arch.kind == "deep-decoder"
+        if deep_decoder and not (preset in GRAPH_MODES and key[1] == "cuda"):
+            program = _shared_program(key)
+            forward = lambda z, params: program(z, *model.program_args(params))  # noqa: E731
         else:
-            forward, kwargs = _compile_settings(model.forward, False, preset, key[1])
-            fn = _EagerOnFailure(torch.compile(forward, dynamic=False, **kwargs), model.forward)
+            forward, kwargs = _compile_settings(model.forward, deep_decoder, preset, key[1])
+            forward = torch.compile(forward, dynamic=False, **kwargs)
+        # the fallback is the plain forward: the fused output conv is only for inductor
+        fn = _EagerOnFailure(forward, model.forward)
         fn.key = key
         model._ddc_compiled = fn
     return fn
@@ -281,30 +288,18 @@ def compiled(model, preset=True, device=torch.device("cpu")):
 def fell_back(model) -> bool:
     """Whether the model's compiled forward failed to compile and runs eager kernels."""
     fn = getattr(model, "_ddc_compiled", None)
-    fn = getattr(fn, "shared", fn)
     return fn is not None and fn.tried and fn.fn is fn.eager
 
 
-_PROGRAMS = {}  # (preset, device type) -> the compiled nets.decoder_program
+_PROGRAMS = {}  # (preset, device type) -> nets.decoder_program through torch.compile
 
 
-def _shared_program(key) -> "_EagerOnFailure":
+def _shared_program(key):
     if key not in _PROGRAMS:
         from .nets import decoder_program
         forward, kwargs = _compile_settings(decoder_program, True, *key)
-        # the fallback is the plain program: the fused output conv is only for inductor
-        _PROGRAMS[key] = _EagerOnFailure(torch.compile(forward, dynamic=False, **kwargs), decoder_program)
+        _PROGRAMS[key] = torch.compile(forward, dynamic=False, **kwargs)
     return _PROGRAMS[key]
-
-
-class _Program:
-    """A Deep Decoder's forward(z, params) through the shared compiled program."""
-
-    def __init__(self, model, shared):
-        self.model, self.shared = model, shared
-
-    def __call__(self, z, params):
-        return self.shared(z, *self.model.program_args(params))
 
 
 def _compile_settings(forward, deep_decoder: bool, preset, device_type: str) -> tuple:
@@ -356,11 +351,11 @@ class _EagerOnFailure:
             return self.fn(*args)
         try:
             out = self.fn(*args)
-        except Exception as e:  # noqa: BLE001 - any compile failure; eager raises real errors again
+        except Exception as e:  # noqa: BLE001 - any compile failure
+            out = self.eager(*args)  # an error of the input, not the compiler's, raises again here
             first = (str(e).splitlines() or [""])[0][:200]
             warnings.warn(f"torch.compile failed ({type(e).__name__}: {first}); fitting with eager kernels")
             self.fn = self.eager
-            out = self.fn(*args)
         self.tried = True
         return out
 

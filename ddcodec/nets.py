@@ -201,7 +201,7 @@ class DeepDecoder(nn.Module):
         return decoder_program(z, p[0:-1:3], None, p[1:-1:3], p[2:-1:3], p[-1], None, fused)
 
     def program_args(self, params) -> tuple:
-        """decoder_program's arguments in full: the absent biases as zeros (_Neutral)."""
+        """decoder_program's arguments in full: the absent biases as zeros (_neutral)."""
         d = self.arch.layers
         p = _plain(params)
         zeros = _neutral(self, p[-1], [(self.bank, d - 1, self.arch.channels), (self.bank, self.arch.out_channels)], 0.0)
@@ -277,8 +277,8 @@ def decoder_program(z, weights, biases, scales, shifts, out_w, out_b, fused: boo
     for i, w in enumerate(weights):
         bsz, k, h, wd = x.shape
         x = torch.bmm(w, x.reshape(bsz, k, h * wd)).view(bsz, w.shape[1], h, wd)
-        if i > 0 and biases is not None:
-            x = x + biases[:, i - 1, :, None, None]
+        if i > 0 and biases is not None:  # in the activation's dtype: a bf16 fit stays bf16
+            x = x + biases[:, i - 1, :, None, None].to(x.dtype)
         if i < d - 1:
             x = upsample2x(x)
         x = F.relu(x)
@@ -287,7 +287,7 @@ def decoder_program(z, weights, biases, scales, shifts, out_w, out_b, fused: boo
         b = None if shifts is None else shifts[i].reshape(-1)
         x = channel_norm(x.reshape(1, -1, *shape[2:]), g, b).view(shape)
     y = output_conv(out_w, x, fused)
-    return torch.sigmoid(y if out_b is None else y + out_b[:, :, None, None])
+    return torch.sigmoid(y if out_b is None else y + out_b[:, :, None, None].to(y.dtype))
 
 
 def _plain(params) -> list:
@@ -299,10 +299,18 @@ def _plain(params) -> list:
 
 def _neutral(model, like: torch.Tensor, shapes, value: float, name: str = "zeros") -> list:
     """Constant tensors (ones or zeros) for the terms a parametrisation lacks, made once per
-    device and kept on the model. They require a gradient only so that the compiled graph is
-    the same as where the term is trained; nothing steps them, so they stay at their value."""
-    key = (name, like.device, tuple(shapes))
+    device and dtype and kept on the model. They require a gradient only so that the compiled
+    graph is the same as where the term is trained. Nothing steps them, and their gradient is
+    dropped as it lands (a hook): kept, it would grow every step, and under CUDA graphs it
+    would be a graph output that the next replay overwrites."""
+    key = (name, like.device, like.dtype, tuple(shapes))
     cache = model.__dict__.setdefault("_ddc_neutral", {})
     if key not in cache:
-        cache[key] = [torch.full(s, value, device=like.device).requires_grad_() for s in shapes]
+        cache[key] = [torch.full(s, value, device=like.device, dtype=like.dtype).requires_grad_() for s in shapes]
+        for t in cache[key]:
+            t.register_post_accumulate_grad_hook(_drop_grad)
     return cache[key]
+
+
+def _drop_grad(t: torch.Tensor) -> None:
+    t.grad = None

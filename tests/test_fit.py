@@ -5,10 +5,10 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from ddcodec.codec import encode, fit_bank
+from ddcodec.codec import encode, fit_bank, quantize_bank
 from ddcodec.errors import ConfigError
 from ddcodec import fit as fit_module
-from ddcodec.fit import COMPILE_PRESETS, FUSED_OPTIONS, compiled, fell_back
+from ddcodec.fit import COMPILE_PRESETS, FUSED_OPTIONS, GRAPH_MODES, compiled, fell_back
 from ddcodec.fit import ADAM_BETAS, BETA1_COMPRESSION, BETA2_COMPRESSION, COMPILE_WORK, COMPILE_WORK_GPU, ROLLBACK_EVERY, STOP_EVERY, FitConfig, default_lr, mse_per_image, optimise
 from ddcodec.nets import Architecture, build, decoder_program, seeded_input
 from ddcodec.quant import QuantConfig
@@ -238,13 +238,15 @@ def test_a_compile_preset_reaches_torch_compile_with_its_settings(monkeypatch, p
     ran = compiled(model, preset, torch.device(device))
     handed, kw = seen[0]
     assert kw.get("options") == expect["options"] and kw.get("mode") == expect.get("mode")
-    # the function handed to torch.compile: the Deep Decoder's shared program or the skip
-    # net's forward, with fused=True or plain; a failed compile falls back to the plain one
-    # either way (the fused sum is for inductor)
-    plain = decoder_program if kind == "deep-decoder" else model.forward
+    # the function handed to torch.compile: the Deep Decoder's shared program (its own forward
+    # under CUDA graphs, where Parameters are static inputs) or the skip net's forward, with
+    # fused=True or plain; a failed compile falls back to the plain forward either way (the
+    # fused sum is for inductor)
+    graphs = preset in GRAPH_MODES and device == "cuda"
+    plain = decoder_program if kind == "deep-decoder" and not graphs else model.forward
     fused = isinstance(handed, functools.partial) and handed.keywords == {"fused": True}
     assert fused == expect["fused"] and (handed.func if fused else handed) == plain
-    assert getattr(ran, "shared", ran).eager == plain
+    assert ran.eager == model.forward
 
 
 def test_config_takes_the_compile_presets_and_hands_them_to_the_fit():
@@ -306,8 +308,35 @@ def test_the_fit_and_its_fine_tuning_share_one_compilation(image):
     from torch._dynamo.utils import counters
     before = counters["stats"]["unique_graphs"]
     # a shape no other test compiles (k=7, 5 blocks), so that the fit's compilation is new
-    encode(image, channels=7, layers=5, fit=FitConfig(iters=3, compile=True), quant=QuantConfig(qat_iters=3), device="cpu")
+    bank = fit_bank([image], 7, 5, FitConfig(iters=3, compile=True), device="cpu")
+    quantize_bank(bank, QuantConfig(qat_iters=3))
+    assert bank.model.arch.folded and bank.model._ddc_compiled.tried and not fell_back(bank.model)
     assert counters["stats"]["unique_graphs"] - before == 1
+
+
+def test_one_models_failed_compile_leaves_the_next_compiled(monkeypatch):
+    # the program is shared, the fallback is not: a stand-in program that fails for 5 channels
+    def program(z, *args, **kw):
+        if z.shape[1] == 5:
+            raise RuntimeError("inductor failed")
+        return decoder_program(z, *args, **kw)
+    monkeypatch.setitem(fit_module._PROGRAMS, (True, "cpu"), program)
+    losses = lambda out: out.flatten(1).mean(1)  # noqa: E731
+    first, second = build(Architecture(channels=5, layers=3)), build(Architecture(channels=4, layers=3))
+    with pytest.warns(UserWarning, match="torch.compile failed"):
+        optimise(first, seeded_input(first.arch, 16, 16, 0)[None], losses, 2, 0.01, compile=True)
+    optimise(second, seeded_input(second.arch, 16, 16, 0)[None], losses, 2, 0.01, compile=True)
+    assert fell_back(first) and not fell_back(second)
+
+
+def test_the_neutral_terms_keep_no_gradient_after_a_fit():
+    # the zero biases of the trained net: a gradient kept there would grow with every step
+    arch = Architecture(channels=4, layers=3)
+    z = seeded_input(arch, 16, 16, 0)[None]
+    model = build(arch)
+    optimise(model, z, lambda out: out.flatten(1).mean(1), 3, 0.01, compile=True)
+    neutral = [t for ts in model._ddc_neutral.values() for t in ts]
+    assert neutral and all(t.grad is None and t.requires_grad for t in neutral)
 
 
 def test_fine_tuning_runs_at_the_fits_precision(monkeypatch, image):

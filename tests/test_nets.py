@@ -167,3 +167,17 @@ def test_the_shared_program_with_its_neutral_terms_is_each_nets_forward(k, d, c,
             expected = model(z)
             assert torch.allclose(decoder_program(z, *model.program_args(p)), expected, atol=1e-6)
             assert torch.allclose(decoder_program(z, *model.program_args(p), fused=True), expected, atol=1e-6)
+
+
+def test_the_shared_program_keeps_a_bf16_activation_in_bf16():
+    # under autocast the bmm gives bf16; the fp32 zero biases must not lift the rest of the
+    # block to fp32 (twice the bytes), so the program's output dtype is the plain forward's
+    arch = Architecture(channels=4, layers=3)
+    net = build(arch)
+    z = seeded_input(arch, 8, 8, 0)[None]
+    for model in (net, net.fold()):
+        p = [t for _, t in model.named_tensors()]
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            plain, shared = model(z), decoder_program(z, *model.program_args(p))
+        assert shared.dtype == plain.dtype == torch.bfloat16
+        assert torch.allclose(shared.float(), plain.float(), atol=1e-2)
