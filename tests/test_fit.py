@@ -165,8 +165,10 @@ def test_auto_compiles_only_large_cpu_compression_fits():
     assert auto.compile_for(cpu, True, COMPILE_WORK)
     assert not auto.compile_for(cpu, True, COMPILE_WORK - 1)  # the compile would not pay
     assert not auto.compile_for(cpu, False, 1e12)  # restoration keeps the kernels it was tuned with
-    assert auto.compile_for(cuda, True, COMPILE_WORK_GPU)  # a full-size image's fit, measured on an H200
+    assert auto.compile_for(cuda, True, COMPILE_WORK_GPU)
     assert not auto.compile_for(cuda, True, COMPILE_WORK_GPU - 1)
+    # one full-size Kodak image at the default k and iterations compiles (measured on an H200)
+    assert auto.compile_for(cuda, True, 768 * 512 * 64 * auto.iters)
     assert not auto.compile_for(cuda, False, 1e15)
     assert FitConfig(compile=True).compile_for(cpu, False, 1)
     assert not FitConfig(compile=False).compile_for(cpu, True, 1e12)
