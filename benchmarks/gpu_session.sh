@@ -11,8 +11,10 @@
 #   export PYTHONPATH=/tmp/site:$PWD; DATA=.kodak LIMIT=450 bash benchmarks/gpu_session.sh
 # The fourteenth session ran it so on an H200 (start included, 551 s of device time); the rows
 # it measured are kept in benchmarks/results/speed_gpu.json, so on the same card step 2 now
-# measures only new rows (the fifteenth session's "fused" presets and bf16 for one image), and
-# the dataset run takes the fastest faithful bank among all of them.
+# measures only new rows (the fifteenth session's "fused" presets and bf16 for one image) and
+# the two that the sixteenth session's shared compiled program may have moved (speed.py's
+# RECHECK), and the dataset run takes the fastest faithful bank among all of them. With 15
+# minutes of device time, LIMIT=540 and a timeout of 590 s leave the machine's start its share.
 # Results land in $OUT (or benchmarks/results) and come back with the run.
 set -uo pipefail
 DATA=${DATA:-../shared/data/kodak}
