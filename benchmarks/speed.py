@@ -229,11 +229,11 @@ def fastest_faithful(rows, banked: bool = True) -> dict:
     """The fastest bank configuration whose PSNR is within QUALITY_TOLERANCE_DB of plain fp32
     at the same bank size: what the dataset run (and the README's advice) uses. banked=False:
     the same among the single-image rows."""
-    banked = [r for r in rows if (r["bank"] > 1) == banked and (isinstance(r["compile"], bool) or r["compile"] in COMPILE_PRESETS)]
-    ref = next((r for r in banked if r["precision"] == "fp32" and not r["compile"]), None)
+    alike = [r for r in rows if (r["bank"] > 1) == banked and (isinstance(r["compile"], bool) or r["compile"] in COMPILE_PRESETS)]
+    ref = next((r for r in alike if r["precision"] == "fp32" and not r["compile"]), None)
     if ref is None:  # the reference was not measured: nothing is known to be faithful
         return {"precision": "fp32", "compile": False}
-    ok = [r for r in banked if r["psnr"] >= ref["psnr"] - QUALITY_TOLERANCE_DB]
+    ok = [r for r in alike if r["psnr"] >= ref["psnr"] - QUALITY_TOLERANCE_DB]
     return min(ok, key=lambda r: r["ms_per_image_iter"])
 
 

@@ -21,7 +21,7 @@ from . import bitstream, entropy, exact, tiles
 from .checks import integer
 from .degrade import Degradation
 from .errors import ConfigError, CorruptError, FormatError, ImageError
-from .fit import ADAM_BETAS, FitConfig, mse_per_image, optimise
+from .fit import ADAM_BETAS, FitConfig, fell_back, mse_per_image, optimise
 from .images import check_ddc_name, check_image, check_image_name, check_output, decoded_name, image_bytes, read_image, write_atomic
 from .metrics import bpp as bits_per_pixel, psnr
 from .nets import Architecture, build, param_count, seeded_input, tensor_shapes, work
@@ -189,7 +189,7 @@ def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitCo
         float_out = _to_uint8(model(z)[..., :H, :W])
     return FittedBank(model, z, loss_fn, originals, flags, net, fit.seed, (H, W), deg, float_out,
                       None if ema.value is None else ema.value[..., :H, :W], ran[0], schedule["betas"], fit,
-                      compression, compile_)
+                      compression, False if fell_back(model) else compile_)
 
 
 class _Average:
@@ -231,7 +231,9 @@ def quantize_bank(bank: FittedBank, quant: QuantConfig = QuantConfig(), progress
     before = [t.detach().clone() for _, t in model.named_tensors()] if rate_bound else None
     H, W = bank.size
     # After a compiled fit the fine-tuning compiles too: it runs the fit's compiled program
-    # (fit.compiled), so that costs nothing more; else its own work decides.
+    # (fit.compiled), so that costs no second compile (but for the CUDA-graph presets, whose
+    # folded net compiles its own forward); else its own work decides. A fit whose compile
+    # failed counts as eager, so the fine-tuning does not fail and warn a second time.
     compile_ = bank.compiled or bank.fit.compile_for(
         z.device, bank.compression, z.shape[0] * H * W * bank.arch.channels * quant.qat_iters)
     optimise(model, z, loss_fn, quant.qat_iters, quant.qat_lr,

@@ -151,11 +151,12 @@ def default_lr(channels: int) -> float:
 # Eager CPU fits cost about 0.03-0.05 us per pixel, channel and step (one thread), and
 # compiling saves about half of that; at 2e9 the saving is ~30 s, above a cold compile.
 COMPILE_WORK = 2e9
-# On a GPU a compiled full-size k=64 step saves ~5.6 ms alone (H200, TF32): a cold compile of
-# ~20 s pays after ~3,500 steps. The fine-tuning now runs the fit's compilation (fit.compiled),
-# so one full-size image's default fit and fine-tuning, 3,300 steps, save ~18 s against the one
-# compile; 7e10 pixels x k x fit steps is below that fit's 7.5e10 (8e10, before, was above it,
-# so a single full-size image fitted eagerly, against the rule's own intent).
+# On a GPU a compiled full-size k=64 step saves ~5.6 ms alone (H200, TF32), after a compile of
+# ~10-25 s when nothing is cached. The fine-tuning now runs the fit's compilation (fit.compiled),
+# so one full-size image's default fit and fine-tuning, 3,300 steps, save ~18 s: about even
+# with a cold compile, a clear saving once the compile is cached (every later run). 7e10 pixels
+# x k x fit steps is below that fit's 7.5e10 (8e10, before, was above it, so a single
+# full-size image fitted eagerly, against the rule's own intent).
 COMPILE_WORK_GPU = 7e10
 REPORT_EVERY = 10
 STOP_EVERY = 10  # an early-stop test reads a GPU value: not every step
@@ -353,12 +354,18 @@ class _EagerOnFailure:
         if self.tried:
             return self.fn(*args)
         try:
-            out = self.fn(*args)
+            return self._first(self.fn(*args))
         except Exception as e:  # noqa: BLE001 - any compile failure
-            out = self.eager(*args)  # an error of the input, not the compiler's, raises again here
-            first = (str(e).splitlines() or [""])[0][:200]
-            warnings.warn(f"torch.compile failed ({type(e).__name__}: {first}); fitting with eager kernels")
-            self.fn = self.eager
+            # dynamo wraps the compiler's own error; its first line is the informative one
+            inner = getattr(e, "inner_exception", None) or e
+            failure = f"{type(inner).__name__}: {(str(inner).splitlines() or [''])[0][:200]}"
+        # outside the handler, so the failed compile's frames are freed before the retry
+        out = self.eager(*args)  # an error of the input, not the compiler's, raises again here
+        warnings.warn(f"torch.compile failed ({failure}); fitting with eager kernels")
+        self.fn = self.eager
+        return self._first(out)
+
+    def _first(self, out):
         self.tried = True
         return out
 

@@ -353,3 +353,15 @@ def test_fine_tuning_runs_at_the_fits_precision(monkeypatch, image):
     encode(image, channels=4, layers=3, fit=FitConfig(iters=10, precision="tf32"), quant=QuantConfig(qat_iters=3), device="cpu")
     assert (True, "tf32") in seen  # the straight-through fine-tuning, not fp32 after a tf32 fit
     assert {mode for _, mode in seen} == {"tf32"}
+
+
+def test_a_fit_whose_compile_failed_leaves_the_fine_tuning_eager(monkeypatch, image):
+    def broken_compile(fn, **kw):
+        def fail(*a, **k):
+            raise RuntimeError("no C++ compiler")
+        return fail
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setattr("ddcodec.fit._PROGRAMS", {})
+    with pytest.warns(UserWarning, match="torch.compile failed"):
+        bank = fit_bank([image], 4, 3, FitConfig(iters=2, compile=True), device="cpu")
+    assert fell_back(bank.model) and bank.compiled is False  # no second attempt, no second warning
