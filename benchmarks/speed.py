@@ -160,7 +160,7 @@ def compiled_bytes(imgs, k, precision, preset, dev) -> dict:
 
     def counting(self):
         out = real(self)
-        counted.append(out[0])
+        counted.append(out[:2])  # the graph's bytes, and each scheduler node's (in 4-byte units)
         return out
     gpu_like = {} if dev.type == "cuda" else {  # inductor's GPU limits (private names, so with their 2.13 values)
         "force_pointwise_cat": True,
@@ -183,11 +183,15 @@ def compiled_bytes(imgs, k, precision, preset, dev) -> dict:
     if not counted:
         raise RuntimeError("inductor counted no graph (its byte counter may have moved in this torch)")
     h, w = imgs[0].shape[:2]
-    per_image = sum(counted) / len(imgs)
+    widest = 4 * k * h * w * len(imgs)  # bytes of the widest activations: the unit of NOTES.md
+    per_image = sum(total for total, _ in counted) / len(imgs)
+    # where the bytes go: each graph's share (forward, then backward) and its largest kernels
+    kernels = sorted(((g, node.get_name(), 4 * n / widest) for g, (_, nodes) in enumerate(counted)
+                      for node, n in nodes), key=lambda t: -t[2])
     return {"preset": str(preset), "size": f"{w}x{h}", "k": k, "precision": precision, "graphs": len(counted),
-            "mb_per_image_iter": per_image / 1e6,
-            # in widest activations: k x pixels floats of 4 bytes, the unit of NOTES.md
-            "widest_activations": per_image / (4 * k * h * w)}
+            "mb_per_image_iter": per_image / 1e6, "widest_activations": per_image * len(imgs) / widest,
+            "widest_per_graph": [round(total / widest, 2) for total, _ in counted],
+            "largest_kernels": [[g, name, round(x, 2)] for g, name, x in kernels[:8]]}
 
 
 def measure(imgs, k, precision, compile_, dev, iters, warmup, quality_iters) -> dict:
