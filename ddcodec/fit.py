@@ -153,7 +153,7 @@ def default_lr(channels: int) -> float:
 COMPILE_WORK = 2e9
 # On a GPU a compiled full-size k=64 step saves ~5.6 ms alone (H200, TF32), after a compile of
 # ~10-25 s when nothing is cached. The fine-tuning now runs the fit's compilation (fit.compiled),
-# so one full-size image's default fit and fine-tuning, 3,300 steps, save ~18 s: about even
+# so one full-size image's default fit and fine-tuning, 3,100 steps, save ~17 s: about even
 # with a cold compile, a clear saving once the compile is cached (every later run). 7e10 pixels
 # x k x fit steps is below that fit's 7.5e10 (8e10, before, was above it, so a single
 # full-size image fitted eagerly, against the rule's own intent).
