@@ -1,8 +1,10 @@
 """The benchmark's own arithmetic: what it reports must follow from the rows it read."""
 import math
 
+import numpy as np
 import pytest
 
+import ddcodec
 from benchmarks.rd import equal_rate
 
 
@@ -183,3 +185,18 @@ def test_a_resumed_speed_run_measures_again_only_the_rechecked_rows_of_an_older_
     assert not _stale(dict(config=name, compile=True, program=PROGRAM))  # measured with it
     assert not _stale(dict(config="bf16+fused B=24", compile="fused"))  # not rechecked: kept
     assert not _stale(dict(config=name, compile=False))  # eager rows have no compiled program
+
+
+def test_the_fine_tuning_comparison_quantizes_one_fit_and_never_loses_to_no_fine_tuning():
+    from benchmarks.qat import compare
+
+    gen = np.random.default_rng(0)
+    images = [gen.integers(0, 256, (24, 32, 3), dtype=np.uint8) for _ in range(2)]
+    row = compare(images, 4, 2.0, settings=[(0, 1e-4), (20, 0.002), (20, 1e-4)],
+                  fit=ddcodec.FitConfig(iters=30), layers=3)
+    none, *tuned = row["settings"]
+    for s in row["settings"]:
+        assert len(s["psnr"]) == 2 and s["mean_bpp"] <= 2.0  # every setting within the rate
+    # the fine-tuning keeps its best rounded iterate, the start included: it cannot lose
+    # more than the decoder's last level of rounding
+    assert all(s["mean_psnr"] >= none["mean_psnr"] - 0.01 for s in tuned)
