@@ -31,8 +31,8 @@ class QuantConfig:
     # Quantization-aware fine-tuning after the step search: Adam with straight-through rounding,
     # ending on the best rounded iterate. Its best came within the first ~30 steps and later
     # steps only wandered, and a smaller step gave more: from 300 steps at 0.002 to 100 at
-    # 1e-4, +0.04 to +0.10 dB at the same bytes on 16 kodak-mini images at 0.15-1.0 bpp
-    # (benchmarks/NOTES.md), for a third of the steps.
+    # 1e-4, +0.03 to +0.10 dB at the same bytes on 24 kodak-mini images at 0.15-1.0 bpp and
+    # the default point, every image better (benchmarks/qat.py), for a third of the steps.
     qat_iters: int = 100
     qat_lr: float = 1e-4
     search_rounds: int = 12  # bisection steps on log2(c)
