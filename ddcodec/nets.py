@@ -272,7 +272,7 @@ def decoder_program(z, weights, biases, scales, shifts, out_w, out_b, fused: boo
     Given every term (program_args), the fit and the quantization-aware fine-tuning run the
     same function on tensors of the same shapes, so torch.compile traces and compiles it once
     for both (fit.compiled): the fine-tuning used to cost a second cold compile (~11 s on an
-    H200, ~25 s on this CPU) for 300 steps."""
+    H200, ~25 s on this CPU) for a few hundred steps."""
     x, d = z, len(weights)
     for i, w in enumerate(weights):
         bsz, k, h, wd = x.shape
