@@ -20,6 +20,30 @@ def test_encode_decode_round_trips_random_integer_tensors(tensors):
     assert all(np.array_equal(a, b) for a, b in zip(out, tensors))
 
 
+def _bits(t, model):
+    """The bits an ideal coder spends on t under model: the reference fit_model must minimise."""
+    p = model.probabilities()
+    with np.errstate(divide="ignore"):
+        return -np.log2(p[t - model.lo] / p.sum()).sum()
+
+
+@given(tensor, st.sampled_from([1 << 20, 700]))
+@settings(deadline=None, max_examples=60)
+def test_fit_model_picks_the_cheapest_decay_on_the_grid(t, rows):
+    """The vectorised search (in chunks of decays when rows is small) against one decay at a time."""
+    old = entropy.DECAY_ROWS
+    entropy.DECAY_ROWS = rows
+    try:
+        m = entropy.fit_model(t)
+    finally:
+        entropy.DECAY_ROWS = old
+    if m.lo == m.hi:
+        return
+    costs = [_bits(t, entropy.TensorModel(m.lo, m.hi, m.mu, int(d))) for d in entropy.DECAYS]
+    assert (m.lo, m.hi, m.mu) == (t.min(), t.max(), int(np.median(t).round()))
+    assert _bits(t, m) <= min(costs) * (1 + 1e-12)
+
+
 def test_constant_tensor_costs_no_payload():
     t = np.full(100, 7)
     m = entropy.fit_model(t)
