@@ -32,6 +32,7 @@ if [ -n "${GPU_DRY:-}" ]; then  # the same steps, tiny, on the CPU
   timeout -k 5 "$(cap 200)" python3 -m benchmarks.speed --data "$DATA" --part dataset --cold --fit-iters 30 --dataset-images 2 --out "$OUT"
   timeout -k 5 "$(cap 200)" python3 -m benchmarks.speed --data "$DATA" --part dataset --part tiled --fit-iters 30 --dataset-images 2 --out "$OUT"
   timeout -k 5 "$(cap 200)" python3 -m benchmarks.speed --data "$DATA" --part bytes --out "$OUT"
+  timeout -k 5 "$(cap 100)" python3 -m benchmarks.speed --data "$DATA" --part decode --out "$OUT"
   timeout -k 5 "$(cap 300)" python3 -m benchmarks.rd --profile kodak-mini --data "$DATA" --images 1 --bank 1 --codecs ddcodec --iters 30 --points 1.0 --out "$OUT"
   exit
 fi
@@ -45,6 +46,9 @@ timeout -k 5 "$(cap 260)" python3 -m benchmarks.speed --data "$DATA" --quality-i
 #    rows and that run left
 timeout -k 5 "$(cap 130)" python3 -m benchmarks.speed --data "$DATA" --part dataset --cold --out "$OUT"
 timeout -k 5 "$(cap 100)" python3 -m benchmarks.speed --data "$DATA" --part dataset --out "$OUT"
+# 3a. the exact decode of one full-size file on the GPU (whole blocks per pass, and passes of 8
+#     channels as before) and on the CPU: seconds, and whether the pixels agree
+timeout -k 5 "$(cap 45)" python3 -m benchmarks.speed --data "$DATA" --part decode --out "$OUT"
 # 3b. inductor's byte count of the default and fused compiled steps with the GPU's own lowering
 #     (the CPU's count in speed_cpu.json imitates it)
 timeout -k 5 "$(cap 90)" python3 -m benchmarks.speed --data "$DATA" --part bytes --out "$OUT"

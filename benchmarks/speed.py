@@ -8,7 +8,9 @@ measured matrix rate and copy bandwidth).
 
 Parts: rows (the per-configuration table), dataset (every image at the default rate point,
 with the fastest faithful row's settings), tiled (the same at --bpp 0.5), profile (the
-fastest faithful bank's fit steps under torch.profiler, to profile_<device>.txt). Each part saves
+fastest faithful bank's fit steps under torch.profiler, to profile_<device>.txt), bytes (inductor's
+count of one compiled step), decode (the exact decode of one full-size k=64 file, here and on
+the CPU, and whether both give the same pixels). Each part saves
 as it goes and --resume keeps rows already on file, so a run cut short by a time limit can
 be continued, or its later parts run on their own (benchmarks/gpu_session.sh does so).
 
@@ -29,6 +31,7 @@ import numpy as np
 import torch
 
 import ddcodec
+from ddcodec import exact
 from ddcodec.fit import COMPILE_PRESETS, GRAPH_MODES, FitConfig, fell_back, mse_per_image, optimise, psnr_from_mse
 from ddcodec.nets import Architecture, build, seeded_input
 
@@ -54,7 +57,7 @@ CPU_CONFIGS = [("cpu fp32 B=1 192x128 k=16", 1, "fp32", False, 4, 16),
                ("cpu fp32+compile B=9 256x170 k=22", 9, "fp32", True, 3, 22),
                ("cpu fp32+fused B=1 192x128 k=16", 1, "fp32", "fused", 4, 16),
                ("cpu fp32+fused B=9 256x170 k=22", 9, "fp32", "fused", 3, 22)]
-PARTS = ["rows", "dataset", "tiled", "profile", "bytes"]
+PARTS = ["rows", "dataset", "tiled", "profile", "bytes", "decode"]
 # The sixteenth session's compiled program (nets.decoder_program, shared by the fit and the
 # fine-tuning) adds zero biases to the fit's graph: a few more small kernels a step. Rows on
 # file from before it are kept, but these two, the bank the dataset run used and the single
@@ -241,6 +244,37 @@ def fastest_faithful(rows, banked: bool = True) -> dict:
     return min(ok, key=lambda r: r["ms_per_image_iter"])
 
 
+def decode_times(img: np.ndarray, dev, reps: int = 3) -> dict:
+    """Seconds (best of reps) of ddcodec.decode for one k=64 file of img's size, on dev and on
+    the CPU, and whether the two gave the same pixels (ddcodec.exact: they must). The weights
+    come from a two-step fit: a decode's work does not depend on their values. On a GPU also
+    with passes of 8 channels, as every device decoded before the eighteenth session."""
+    res = ddcodec.encode(img, 64, 6, FitConfig(iters=2, compile=False),
+                         ddcodec.QuantConfig(qat_iters=0, search_rounds=2), device=str(dev))
+    h, w = img.shape[:2]
+
+    def best(where):
+        times, px = [], None
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            px = ddcodec.decode(res.data, device=str(where))
+            times.append(time.perf_counter() - t0)
+        return min(times), px
+
+    out = {"size": f"{w}x{h}", "k": 64, "bytes": len(res.data), "threads": torch.get_num_threads()}
+    out["cpu_s"], ref = best(torch.device("cpu"))
+    if dev.type != "cpu":
+        out[f"{dev.type}_s"], px = best(dev)
+        out["same_pixels"] = bool(np.array_equal(px, ref))
+        chunked = exact.channels_per_pass
+        exact.channels_per_pass = lambda k, pixels, device: min(k, 8)
+        try:
+            out[f"{dev.type}_s_passes_of_8"], _ = best(dev)
+        finally:
+            exact.channels_per_pass = chunked
+    return out
+
+
 def dataset_run(images, dev, bank, fit: FitConfig, bpp=None) -> dict:
     """All images at one rate point with the default recipe, files written: wall clock. With
     bpp, the codec's rate-targeted default instead: k from the target, tiles (ddcodec.tiles).
@@ -362,6 +396,11 @@ def main(argv=None):
             result["compiled_bytes"].append(compiled_bytes(land, 64, "fp32", preset, dev))
             print(result["compiled_bytes"][-1], flush=True)
             save(result, a.out, tag)
+    if "decode" in parts:
+        img = next(im for im in load_images(a.data, 1, 1).values())
+        result["decode"] = decode_times(img, dev)
+        print(result["decode"], flush=True)
+        save(result, a.out, tag)
     for part, key, bpp in (("dataset", "dataset", None), ("tiled", "dataset_tiled", 0.5)):
         if part not in parts:
             continue
@@ -442,6 +481,13 @@ def table(result) -> str:
         if d:
             lines += [f"The same images at --bpp {d['target_bpp']} (k from the target, tiles{_iters_note(d)}){when}: "
                       f"{d['seconds']:.1f} s, mean PSNR {d['psnr']:.2f} dB, {8 * d['bytes'] / 1e3:.0f} kbit in all."]
+    d = result.get("decode")
+    if d:
+        gpu = "" if "cuda_s" not in d else (
+            f"; on the GPU {1000 * d['cuda_s']:.0f} ms ({1000 * d['cuda_s_passes_of_8']:.0f} ms in passes of "
+            f"8 channels), {'the same pixels as' if d['same_pixels'] else 'NOT the same pixels as'} the CPU's")
+        lines += ["", f"Exact decode of one {d['size']} k={d['k']} file: {d['cpu_s']:.2f} s on the CPU "
+                  f"({d['threads']} threads){gpu}."]
     return "\n".join(lines)
 
 

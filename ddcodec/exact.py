@@ -107,7 +107,19 @@ def normalise(x: torch.Tensor, out=None) -> torch.Tensor:
     return torch.mul(centred, scale[:, None], out=out)
 
 
-CHUNK = 8  # output channels per pass: a block works channel by channel after its product
+# Output channels per pass: a block works channel by channel after its product, so a pass may
+# take any number of them. On a CPU, 8 keeps the temporaries near the caches (768x512, k=64, 2
+# threads: 1.2-1.3 s a decode against 1.9-2.0 s for all 64 at once). On a GPU each pass is
+# ~80 small kernels and a synchronisation whatever its width, so a pass takes as many channels
+# as GPU_VALUES allows (a whole k=64 block at 768x512: 25 M float64 values, 200 MB).
+CHUNK = 8
+GPU_VALUES = 1 << 25
+
+
+def channels_per_pass(k: int, pixels: int, device: torch.device) -> int:
+    if device.type == "cpu":
+        return min(k, CHUNK)
+    return max(1, min(k, GPU_VALUES // max(pixels, 1)))
 
 
 def render(arch: Architecture, ints: list, steps: list, z: torch.Tensor) -> torch.Tensor:
@@ -115,9 +127,9 @@ def render(arch: Architecture, ints: list, steps: list, z: torch.Tensor) -> torc
     tensors in file order (numpy), steps: their steps (Python floats), z: the seeded input
     [k, h, w] (its float32 values are exact in float64).
 
-    Each block runs CHUNK output channels at a time: every operation after the product is
-    per channel, so the pixels are the same as for the whole block at once, and the
-    temporaries at full resolution are CHUNK channels, not k."""
+    Each block runs channels_per_pass output channels at a time: every operation after the
+    product is per channel, so the pixels are the same as for the whole block at once, and
+    the temporaries at full resolution are that many channels, not k."""
     if arch.kind != "deep-decoder":
         raise ValueError("the exact decoder is the Deep Decoder's")
     dev = z.device
@@ -131,8 +143,9 @@ def render(arch: Architecture, ints: list, steps: list, z: torch.Tensor) -> torc
         xi, s = to_grid(x, weight)
         up = i < d - 1
         x = torch.empty(k, (4 if up else 1) * h * w, dtype=F64, device=dev)
-        for c0 in range(0, k, CHUNK):
-            c1 = min(c0 + CHUNK, k)
+        chunk = channels_per_pass(k, x.shape[1], dev)
+        for c0 in range(0, k, chunk):
+            c1 = min(c0 + chunk, k)
             y = (weight[c0:c1] @ xi).mul_(step * 2.0**-s)
             if arch.folded and i > 0:  # the biases of blocks 1..d-1 are one [d-1, k] tensor
                 y.add_((q[d][i - 1, c0:c1] * steps[d])[:, None])

@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 import ddcodec
 from benchmarks.rd import equal_rate
@@ -200,3 +201,22 @@ def test_the_fine_tuning_comparison_quantizes_one_fit_and_never_loses_to_no_fine
     # the fine-tuning keeps its best rounded iterate, the start included: it cannot lose
     # more than the decoder's last level of rounding
     assert all(s["mean_psnr"] >= none["mean_psnr"] - 0.01 for s in tuned)
+
+
+def test_the_decode_timing_compares_pixels_and_puts_the_pass_rule_back():
+    from benchmarks.speed import decode_times
+    from ddcodec import exact
+
+    class OtherDevice:  # stands for a GPU: its decodes run on the CPU under another name
+        type = "cuda"
+
+        def __str__(self):
+            return "cpu"
+
+    rule = exact.channels_per_pass
+    img = np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    d = decode_times(img, OtherDevice(), reps=1)
+    assert exact.channels_per_pass is rule
+    assert d["same_pixels"] is True and d["size"] == "48x32" and d["bytes"] > 0
+    assert min(d["cpu_s"], d["cuda_s"], d["cuda_s_passes_of_8"]) > 0
+    assert "cuda_s" not in decode_times(img, torch.device("cpu"), reps=1)

@@ -100,6 +100,15 @@ def test_splitting_a_block_into_channel_chunks_leaves_every_pixel_as_it_was(fold
         assert torch.equal(o, outs[0])
 
 
+def test_a_gpu_pass_takes_whole_blocks_and_a_cpu_pass_cache_sized_chunks():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")  # a device object needs no GPU
+    assert exact.channels_per_pass(64, 768 * 512, cuda) == 64
+    assert exact.channels_per_pass(64, exact.GPU_VALUES // 5, cuda) == 5  # as many as fit
+    assert exact.channels_per_pass(64, 2 * exact.GPU_VALUES, cuda) == 1
+    assert exact.channels_per_pass(64, 768 * 512, cpu) == exact.CHUNK
+    assert exact.channels_per_pass(3, 768 * 512, cpu) == 3
+
+
 def test_a_full_size_file_decodes_to_its_stored_pixel_hash_on_any_machine():
     """A file where the float32 network is not exact (788 of its 1.2 M values one level away
     on the machine that made the hash): a float decode elsewhere would not reproduce the
