@@ -248,7 +248,7 @@ def decode_times(img: np.ndarray, dev, reps: int = 3) -> dict:
     """Seconds (best of reps) of ddcodec.decode for one k=64 file of img's size, on dev and on
     the CPU, and whether the two gave the same pixels (ddcodec.exact: they must). The weights
     come from a two-step fit: a decode's work does not depend on their values. On a GPU also
-    with passes of 8 channels, as every device decoded before the eighteenth session."""
+    with passes of 8 channels, as every device decoded before the seventeenth session."""
     res = ddcodec.encode(img, 64, 6, FitConfig(iters=2, compile=False),
                          ddcodec.QuantConfig(qat_iters=0, search_rounds=2), device=str(dev))
     h, w = img.shape[:2]

@@ -203,20 +203,36 @@ def test_the_fine_tuning_comparison_quantizes_one_fit_and_never_loses_to_no_fine
     assert all(s["mean_psnr"] >= none["mean_psnr"] - 0.01 for s in tuned)
 
 
-def test_the_decode_timing_compares_pixels_and_puts_the_pass_rule_back():
+def test_the_decode_timing_compares_pixels_and_puts_the_pass_rule_back(monkeypatch):
     from benchmarks.speed import decode_times
     from ddcodec import exact
 
-    class OtherDevice:  # stands for a GPU: its decodes run on the CPU under another name
+    class OtherDevice:  # stands for a GPU: decode() is told "other" and runs on the CPU
         type = "cuda"
 
         def __str__(self):
-            return "cpu"
+            return "other"
 
+    real, widths, flip = ddcodec.decode, [], []
+
+    def decode(data, device="cpu"):  # the pass width in force for a GPU at each decode
+        if device != "other":
+            return real(data)
+        widths.append(exact.channels_per_pass(64, 16, torch.device("cuda")))
+        px = real(data).copy()
+        px[0, 0, 0] ^= 1 if flip else 0
+        return px
+
+    encode = ddcodec.encode
+    monkeypatch.setattr(ddcodec, "encode", lambda *a, device, **kw: encode(*a, device="cpu", **kw))
+    monkeypatch.setattr(ddcodec, "decode", decode)
     rule = exact.channels_per_pass
     img = np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8)
-    d = decode_times(img, OtherDevice(), reps=1)
+    d = decode_times(img, OtherDevice(), reps=2)
     assert exact.channels_per_pass is rule
+    assert widths == [64, 64, 8, 8]  # whole blocks, then passes of 8
     assert d["same_pixels"] is True and d["size"] == "48x32" and d["bytes"] > 0
     assert min(d["cpu_s"], d["cuda_s"], d["cuda_s_passes_of_8"]) > 0
+    flip.append(True)
+    assert decode_times(img, OtherDevice(), reps=1)["same_pixels"] is False
     assert "cuda_s" not in decode_times(img, torch.device("cpu"), reps=1)

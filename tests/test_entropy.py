@@ -44,6 +44,24 @@ def test_fit_model_picks_the_cheapest_decay_on_the_grid(t, rows):
     assert _bits(t, m) <= min(costs) * (1 + 1e-12)
 
 
+@pytest.mark.parametrize("kind", ["outliers", "flat"])
+def test_fit_model_picks_the_cheapest_decay_for_the_widest_alphabet(kind):
+    """65,534 symbols: the decays come in chunks, and for a tight centre with outliers at
+    both ends the small decays' probabilities underflow to 0 (infinitely expensive)."""
+    rng = np.random.default_rng(3)
+    if kind == "outliers":
+        t = np.concatenate([np.round(rng.laplace(0, 2, 3000)), [-32767, 32766]]).astype(np.int64)
+    else:
+        t = rng.integers(-32767, 32767, 3000)
+        t[:2] = -32767, 32766
+    m = entropy.fit_model(t)
+    assert m.hi - m.lo == 65533
+    costs = [_bits(t, entropy.TensorModel(m.lo, m.hi, m.mu, int(d))) for d in entropy.DECAYS]
+    assert _bits(t, m) == min(costs) and np.isfinite(min(costs))
+    if kind == "outliers":
+        assert np.isinf(costs[0])  # the narrowest decay cannot code the outliers
+
+
 def test_constant_tensor_costs_no_payload():
     t = np.full(100, 7)
     m = entropy.fit_model(t)
