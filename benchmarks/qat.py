@@ -51,7 +51,9 @@ def main(argv=None):
     images = load_images(a.data, a.downscale, names=names)
     ims = [images[n] for n in names]
     k = channels_for_image(a.bpp, ims[0].shape) if a.bpp else a.channels
-    row = {"names": names, "threads": torch.get_num_threads(), **compare(ims, k, a.bpp)}
+    h, w = ims[0].shape[:2]
+    row = {"names": names, "size": f"{max(h, w)}x{min(h, w)}", "threads": torch.get_num_threads(),
+           **compare(ims, k, a.bpp)}
     a.out.mkdir(parents=True, exist_ok=True)
     with open(a.out / "qat.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
