@@ -28,7 +28,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from .nets import BN_EPS, Architecture, upsample2x
+from .nets import BN_EPS, Architecture
 
 FRACTION_BITS = 20  # S: activations are rounded to multiples of 2^-S before each product
 EXACT_LIMIT = 2**53  # integers below this are exact in float64
@@ -107,19 +107,43 @@ def normalise(x: torch.Tensor, out=None) -> torch.Tensor:
     return torch.mul(centred, scale[:, None], out=out)
 
 
+def upsample2x(x: torch.Tensor) -> torch.Tensor:
+    """nets.upsample2x bit for bit, with less memory traffic: each output is the same single
+    IEEE sum of the same two products (0.75 x[i] + 0.25 x[i -+ 1], edges clamped), but the
+    products are formed once per axis and the sums written straight into the interleaved
+    output, with no concatenated or stacked copies (2.8x faster on the CPU)."""
+    return _upsample_axis(_upsample_axis(x, x.dim() - 2), x.dim() - 1)
+
+
+def _upsample_axis(x: torch.Tensor, dim: int) -> torch.Tensor:
+    n = x.shape[dim]
+    near, far = 0.75 * x, 0.25 * x
+    shape = list(x.shape)
+    shape[dim] *= 2
+    out = x.new_empty(shape)
+    pairs = out.unflatten(dim, (n, 2))
+    even, odd = pairs.select(dim + 1, 0), pairs.select(dim + 1, 1)
+    torch.add(near.narrow(dim, 1, n - 1), far.narrow(dim, 0, n - 1), out=even.narrow(dim, 1, n - 1))
+    torch.add(near.narrow(dim, 0, 1), far.narrow(dim, 0, 1), out=even.narrow(dim, 0, 1))
+    torch.add(near.narrow(dim, 0, n - 1), far.narrow(dim, 1, n - 1), out=odd.narrow(dim, 0, n - 1))
+    torch.add(near.narrow(dim, n - 1, 1), far.narrow(dim, n - 1, 1), out=odd.narrow(dim, n - 1, 1))
+    return out
+
+
 # Output channels per pass: a block works channel by channel after its product, so a pass may
-# take any number of them. On a CPU, 8 keeps the temporaries near the caches (768x512, k=64, 2
-# threads: 1.2-1.3 s a decode against 1.9-2.0 s for all 64 at once). On a GPU each pass is
-# ~80 small kernels and a synchronisation whatever its width, so a pass takes as many channels
-# as GPU_VALUES allows (a whole k=64 block at 768x512: 25 M float64 values, 200 MB).
-CHUNK = 8
+# take any number of them, and it takes as many as its temporaries' budget allows. On a CPU the
+# budget keeps them near the caches (8 MB of float64): a 768x512 k=64 file decoded in 0.53-0.64 s
+# with 2 channels a pass at full size, 1.05-1.22 s with 8 (2 threads, one session's runs), and a
+# file of 256x171 tiles in about 0.1 s either way. On a GPU each pass is ~80 small kernels and
+# a synchronisation whatever its width, so a pass takes up to 2^25 values (256 MB): a whole
+# k=64 block at 768x512.
+CPU_VALUES = 1 << 20
 GPU_VALUES = 1 << 25
 
 
 def channels_per_pass(k: int, pixels: int, device: torch.device) -> int:
-    if device.type == "cpu":
-        return min(k, CHUNK)
-    return max(1, min(k, GPU_VALUES // max(pixels, 1)))
+    budget = CPU_VALUES if device.type == "cpu" else GPU_VALUES
+    return max(1, min(k, budget // max(pixels, 1)))
 
 
 def render(arch: Architecture, ints: list, steps: list, z: torch.Tensor) -> torch.Tensor:
@@ -127,9 +151,10 @@ def render(arch: Architecture, ints: list, steps: list, z: torch.Tensor) -> torc
     tensors in file order (numpy), steps: their steps (Python floats), z: the seeded input
     [k, h, w] (its float32 values are exact in float64).
 
-    Each block runs channels_per_pass output channels at a time: every operation after the
-    product is per channel, so the pixels are the same as for the whole block at once, and
-    the temporaries at full resolution are that many channels, not k."""
+    Each block forms its whole product, then runs channels_per_pass output channels at a
+    time: every operation after the product is per channel, so the pixels are the same as for
+    the whole block at once, and the temporaries at full resolution are that many channels,
+    not k."""
     if arch.kind != "deep-decoder":
         raise ValueError("the exact decoder is the Deep Decoder's")
     dev = z.device
@@ -142,11 +167,16 @@ def render(arch: Architecture, ints: list, steps: list, z: torch.Tensor) -> torc
         weight, step = q[per_block * i], steps[per_block * i]
         xi, s = to_grid(x, weight)
         up = i < d - 1
-        x = torch.empty(k, (4 if up else 1) * h * w, dtype=F64, device=dev)
+        # the whole block's product at once (one large matrix product runs 2x faster than 8
+        # row slices on the CPU; exact either way); without upsampling the block's output
+        # takes its place, pass by pass
+        prod = (weight @ xi).mul_(step * 2.0**-s)
+        del xi, x
+        x = torch.empty(k, 4 * h * w, dtype=F64, device=dev) if up else prod
         chunk = channels_per_pass(k, x.shape[1], dev)
         for c0 in range(0, k, chunk):
             c1 = min(c0 + chunk, k)
-            y = (weight[c0:c1] @ xi).mul_(step * 2.0**-s)
+            y = prod[c0:c1]
             if arch.folded and i > 0:  # the biases of blocks 1..d-1 are one [d-1, k] tensor
                 y.add_((q[d][i - 1, c0:c1] * steps[d])[:, None])
             if up:

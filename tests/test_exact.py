@@ -14,7 +14,7 @@ from hypothesis import given, settings, strategies as st
 import ddcodec
 from ddcodec import exact
 from ddcodec.codec import _to_uint8, load_model
-from ddcodec.nets import Architecture, build, seeded_input, tensor_shapes
+from ddcodec.nets import Architecture, build, seeded_input, tensor_shapes, upsample2x
 
 DATA = Path(__file__).parent / "data"
 
@@ -94,10 +94,21 @@ def test_splitting_a_block_into_channel_chunks_leaves_every_pixel_as_it_was(fold
     z = seeded_input(arch, 40, 56, 3)
     outs = []
     for chunk in (1, 4, 8, 64):
-        monkeypatch.setattr(exact, "CHUNK", chunk)
+        monkeypatch.setattr(exact, "channels_per_pass", lambda k, pixels, device, c=chunk: min(k, c))
         outs.append(exact.render(arch, ints, steps, z))
     for o in outs[1:]:
         assert torch.equal(o, outs[0])
+
+
+@given(st.integers(1, 4), st.integers(1, 9), st.integers(1, 9), st.integers(0, 2**32 - 1))
+@settings(deadline=None, max_examples=40)
+def test_the_exact_upsampling_is_the_networks_bit_for_bit(c, h, w, seed):
+    """exact.upsample2x reorganises nets.upsample2x's memory traffic; every value must stay
+    the same IEEE sum of the same two products, one-pixel sides included."""
+    x = torch.randn(c, h, w, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)) * 1e3
+    ours, net = exact.upsample2x(x), upsample2x(x)
+    assert ours.shape == net.shape == (c, 2 * h, 2 * w)
+    assert torch.equal(ours.view(torch.int64), net.view(torch.int64))
 
 
 def test_a_gpu_pass_takes_whole_blocks_and_a_cpu_pass_cache_sized_chunks():
@@ -105,8 +116,9 @@ def test_a_gpu_pass_takes_whole_blocks_and_a_cpu_pass_cache_sized_chunks():
     assert exact.channels_per_pass(64, 768 * 512, cuda) == 64
     assert exact.channels_per_pass(64, exact.GPU_VALUES // 5, cuda) == 5  # as many as fit
     assert exact.channels_per_pass(64, 2 * exact.GPU_VALUES, cuda) == 1
-    assert exact.channels_per_pass(64, 768 * 512, cpu) == exact.CHUNK
-    assert exact.channels_per_pass(3, 768 * 512, cpu) == 3
+    assert exact.channels_per_pass(64, 768 * 512, cpu) == exact.CPU_VALUES // (768 * 512) < 8
+    assert exact.channels_per_pass(22, 256 * 171, cpu) == 22  # a tile's block at once
+    assert exact.channels_per_pass(64, 4 * exact.CPU_VALUES, cpu) == 1
 
 
 def test_a_full_size_file_decodes_to_its_stored_pixel_hash_on_any_machine():
