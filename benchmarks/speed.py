@@ -226,6 +226,15 @@ def _graph_skips() -> int:
     return counters["inductor"]["cudagraph_skips"]
 
 
+def _to_measure(configs, rows) -> list:
+    """The configurations still to measure: those with no row on file, then those whose row
+    is stale (_stale), each group in the configurations' order. A run cut short by its time
+    limit then has the figures never measured before the ones measured again."""
+    on_file = {r["config"]: r for r in rows}
+    todo = [c for c in configs if c[0] not in on_file or _stale(on_file[c[0]])]
+    return sorted(todo, key=lambda c: c[0] in on_file)  # a stable sort keeps each group's order
+
+
 def _stale(row) -> bool:
     """A compiled row of RECHECK measured before the Deep Decoder's compiled program became
     the one the fit and its fine-tuning share (PROGRAM): its ms may have moved since."""
@@ -343,9 +352,7 @@ def main(argv=None):
     rows, pk = result["rows"], result["peaks"]
     if "rows" in parts:
         result.pop("failed", None)  # a resumed run tries a failed configuration again
-    for name, bank, prec, comp, down, k in GPU_CONFIGS if gpu else CPU_CONFIGS:
-        if "rows" not in parts or any(r["config"] == name and not _stale(r) for r in rows):
-            continue
+    for name, bank, prec, comp, down, k in _to_measure(GPU_CONFIGS if gpu else CPU_CONFIGS, rows) if "rows" in parts else []:
         before = next((r for r in rows if r["config"] == name), None)  # a stale row, measured again
         imgs = load_images(a.data, down)
         land = [im for im in imgs.values() if im.shape[0] < im.shape[1]][:bank]

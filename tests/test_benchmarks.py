@@ -188,6 +188,18 @@ def test_a_resumed_speed_run_measures_again_only_the_rechecked_rows_of_an_older_
     assert not _stale(dict(config=name, compile=False))  # eager rows have no compiled program
 
 
+def test_a_resumed_speed_run_measures_the_rows_never_measured_before_the_stale_ones():
+    from benchmarks.speed import GPU_CONFIGS, PROGRAM, RECHECK, _to_measure
+
+    stale = [dict(config=name, compile=True) for name in RECHECK]  # on file, older program
+    fresh = dict(config=GPU_CONFIGS[0][0], compile=False)  # on file, kept
+    rechecked = dict(config=GPU_CONFIGS[1][0], compile=True, program=PROGRAM)
+    todo = [c[0] for c in _to_measure(GPU_CONFIGS, stale + [fresh, rechecked])]
+    never = [c[0] for c in GPU_CONFIGS if c[0] not in RECHECK + (fresh["config"], rechecked["config"])]
+    assert todo == never + [c[0] for c in GPU_CONFIGS if c[0] in RECHECK]
+    assert [c[0] for c in _to_measure(GPU_CONFIGS, [])] == [c[0] for c in GPU_CONFIGS]
+
+
 def test_the_fine_tuning_comparison_quantizes_one_fit_and_never_loses_to_no_fine_tuning():
     from benchmarks.qat import compare
 
