@@ -248,3 +248,20 @@ def test_the_decode_timing_compares_pixels_and_puts_the_pass_rule_back(monkeypat
     flip.append(True)
     assert decode_times(img, OtherDevice(), reps=1)["same_pixels"] is False
     assert "cuda_s" not in decode_times(img, torch.device("cpu"), reps=1)
+
+
+def test_the_adam_comparison_times_both_forms_each_round_and_restores_the_fits_own(tmp_path, monkeypatch):
+    import json
+
+    from benchmarks import adam
+    from ddcodec import fit
+
+    monkeypatch.setattr(adam, "CONFIGS", [("tiny", 2, 1, 4, False)])
+    data, out = _folder(tmp_path, ["a", "b"])
+    own = fit.adam
+    adam.main(["--data", str(data), "--rounds", "2", "--steps", "2", "--out", str(out)])
+    assert fit.adam is own
+    row = json.loads((out / "adam_cpu.json").read_text())["rows"][0]
+    assert row["config"] == "tiny" and sorted(row["ms_per_step"]) == ["fused", "plain"]
+    assert all(len(t) == 2 and min(t) > 0 for t in row["ms_per_step"].values())
+    assert len(row["ratio_per_round"]) == 2

@@ -117,6 +117,38 @@ def test_an_encode_fits_and_fine_tunes_at_the_compression_betas(field):
     assert bank.betas == FitConfig(**adams).betas_for(True) != FitConfig().betas_for(True)
 
 
+def _adam_steps(opt_of, steps=5):
+    torch.manual_seed(0)
+    params = [torch.randn(2, 5, 5, requires_grad=True), torch.randn(2, 3, requires_grad=True)]
+    opt = opt_of(params)
+    for i in range(steps):
+        opt.zero_grad()
+        sum(((p - i) ** 2).sum() for p in params).backward()
+        opt.step()
+    return opt, [p.detach() for p in params]
+
+
+def test_the_fit_steps_adam_in_its_fused_form_with_adams_update():
+    opt, fused = _adam_steps(lambda ps: fit_module.adam(ps, 0.01, (0.8, 0.99)))
+    if tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4):  # CPU fused Adam since 2.4
+        assert opt.defaults["fused"]
+    _, plain = _adam_steps(lambda ps: torch.optim.Adam(ps, lr=0.01, betas=(0.8, 0.99)))
+    for a, b in zip(fused, plain):  # the same update, rounded its own way
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_torch_without_fused_adam_for_the_device_gets_the_plain_form(monkeypatch):
+    real = torch.optim.Adam
+
+    def no_fused(params, fused=None, **kw):
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+        return real(params, **kw)
+    monkeypatch.setattr(torch.optim, "Adam", no_fused)
+    opt, _ = _adam_steps(lambda ps: fit_module.adam(ps, 0.01, (0.8, 0.99)))
+    assert not opt.defaults["fused"]
+
+
 def test_restoration_fits_at_adams_own_betas():
     from ddcodec.restore import _config
     for task in ("denoise", "inpaint", "superres"):
