@@ -8,7 +8,7 @@
 # On the device machine (constriction, pytorch-msssim and bjontegaard come as carried wheels in
 # .whl, the Kodak images as a carried copy in .kodak; both ignored by git, see the README):
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \
-#   export PYTHONPATH=/tmp/site:$PWD; DATA=.kodak LIMIT=540 bash benchmarks/gpu_session.sh
+#   export PYTHONPATH=/tmp/site:$PWD; PACK=1 DATA=.kodak LIMIT=540 bash benchmarks/gpu_session.sh 2>&1 | tee $OUT/session.log
 # The fourteenth session ran it so on an H200 (start included, 551 s of device time); the rows
 # it measured are kept in benchmarks/results/speed_gpu.json, so on the same card step 2 now
 # measures only new rows (the fifteenth session's "fused" presets and bf16 for one image) and
@@ -21,7 +21,14 @@ set -uo pipefail
 DATA=${DATA:-../shared/data/kodak}
 OUT=${OUT:-benchmarks/results}
 LIMIT=${LIMIT:-540}
-mkdir -p "$OUT"
+# PACK=1 (on the device machine): the steps write into a scratch folder, and after each step
+# its whole content is packed anew into $OUT/results.tgz. The device tool returns at most 8
+# files from $OUT, and a full run writes more (two profiles, the rd profile's folder), so
+# without it some would be left out; a run cut short still returns the steps it finished.
+FINAL=$OUT
+if [ -n "${PACK:-}" ]; then OUT=$(mktemp -d /tmp/ddc-gpu-XXXX); fi
+mkdir -p "$OUT" "$FINAL"
+pack() { [ -z "${PACK:-}" ] || { tar czf "$FINAL/results.tgz.part" -C "$OUT" . && mv "$FINAL/results.tgz.part" "$FINAL/results.tgz"; }; }
 # rows an earlier session measured on the same card are kept (speed.py --resume matches the name)
 [ "$OUT" != benchmarks/results ] && [ -f benchmarks/results/speed_gpu.json ] && cp benchmarks/results/speed_gpu.json "$OUT/"
 cap() { local left=$((LIMIT - SECONDS)); [ "$left" -lt "$1" ] && echo $((left > 1 ? left : 1)) || echo "$1"; }
@@ -39,29 +46,39 @@ if [ -n "${GPU_DRY:-}" ]; then  # the same steps, tiny, on the CPU
   exit
 fi
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
+pack
 # The caps of steps 1-5 add up to LIMIT=540, in the order issue 3 needs the figures: a step
 # that finishes early leaves its time to the later ones, and steps 6-9 run on what is left.
 # 1. a file encoded on the GPU decodes on the CPU within 0.05 dB and 1 level per pixel
 timeout -k 5 "$(cap 45)" python3 -m pytest -q tests/test_robustness.py -k gpu -p no:warnings 2>&1 | tail -3 | tee "$OUT/gpu_determinism.txt"
+pack
 # 2. per configuration: ms per image-iteration, images/s, PSNR, memory, floor; the rows never
 #    measured on this card first (the fused banks, bf16 for one image), then the RECHECK rows
 timeout -k 5 "$(cap 240)" python3 -m benchmarks.speed --data "$DATA" --quality-iters 300 --iters 100 --resume --out "$OUT"
+pack
 # 3. all 24 images at the default rate point, files written, wall clock (issue 3's 60 s), with
 #    the compile cache the rows left (the bank's program is the one the dataset compiles)
 timeout -k 5 "$(cap 95)" python3 -m benchmarks.speed --data "$DATA" --part dataset --out "$OUT"
+pack
 # 4. where the fastest faithful bank's step and the fastest faithful single image's step
 #    spend their time, kernel by kernel (one image is 2x off its target: this says why)
 timeout -k 5 "$(cap 50)" python3 -m benchmarks.speed --data "$DATA" --part profile --warmup 10 --profile-steps 10 --out "$OUT"
+pack
 # 5. the dataset again, compiling into an empty cache (every user's first run)
 timeout -k 5 "$(cap 110)" python3 -m benchmarks.speed --data "$DATA" --part dataset --cold --out "$OUT"
+pack
 # 6. the exact decode of one full-size file on the GPU (whole blocks per pass, and passes of 8
 #    channels as before) and on the CPU: seconds, and whether the pixels agree
 timeout -k 5 "$(cap 45)" python3 -m benchmarks.speed --data "$DATA" --part decode --out "$OUT"
+pack
 # 7. inductor's byte count of the default and fused compiled steps with the GPU's own lowering
 #    (the CPU's count in speed_cpu.json imitates it)
 timeout -k 5 "$(cap 90)" python3 -m benchmarks.speed --data "$DATA" --part bytes --out "$OUT"
+pack
 # 8. the same images at --bpp 0.5 with tiles
 timeout -k 5 "$(cap 100)" python3 -m benchmarks.speed --data "$DATA" --part tiled --out "$OUT"
+pack
 # 9. with what is left: what the CPU cannot afford, the iterations lever at full size (the CPU's
 #    kodak profile has 3,000 iterations; kodak-mini gained +0.76 dB at 1.0 bpp from 10,000)
 timeout -k 5 "$(cap 600)" python3 -m benchmarks.rd --profile kodak --data "$DATA" --images 4 --bank 4 --codecs ddcodec --iters 10000 --points 1.0 --out "$OUT"
+pack
