@@ -352,7 +352,8 @@ def main(argv=None):
     rows, pk = result["rows"], result["peaks"]
     if "rows" in parts:
         result.pop("failed", None)  # a resumed run tries a failed configuration again
-    for name, bank, prec, comp, down, k in _to_measure(GPU_CONFIGS if gpu else CPU_CONFIGS, rows) if "rows" in parts else []:
+    todo = _to_measure(GPU_CONFIGS if gpu else CPU_CONFIGS, rows) if "rows" in parts else []
+    for name, bank, prec, comp, down, k in todo:
         before = next((r for r in rows if r["config"] == name), None)  # a stale row, measured again
         imgs = load_images(a.data, down)
         land = [im for im in imgs.values() if im.shape[0] < im.shape[1]][:bank]
