@@ -10,7 +10,7 @@ import click
 
 import ddcodec
 from ddcodec import FitConfig, QuantConfig, restore, tiles
-from ddcodec.codec import bank_key
+from ddcodec.codec import bank_key, check_arguments
 from ddcodec.collection import IMAGE_SUFFIXES
 from ddcodec.degrade import Degradation, mask_from_image
 from ddcodec.errors import ConfigError, DDCError, ImageError, OutputError, OutputExistsError
@@ -18,7 +18,6 @@ from ddcodec.images import check_ddc_name, check_output, read_image, write_atomi
 
 from .interrupt import raise_if_interrupted
 from .progress import FitProgress
-
 
 
 def expand(args) -> list:
@@ -31,7 +30,10 @@ def expand(args) -> list:
         if p.is_dir():
             out += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
         elif not p.exists() and glob.has_magic(a):
-            out += sorted(Path(m) for m in glob.glob(a))
+            matches = sorted(Path(m) for m in glob.glob(a))
+            if not matches:  # a pattern that matches nothing is a mistyped input, not an empty one
+                raise ImageError(f"{a}: no file matches this pattern")
+            out += matches
         else:
             out.append(p)
     if not out:
@@ -78,6 +80,14 @@ def encode_command(images, output, channels, layers, arch, iters, lr, seed, devi
     restoring = denoise or mask is not None or scale > 1
     k, d = _defaults(arch, restoring, channels, layers, bpp)
     tile = tiles.tile_for(tile, bpp if k is None else None, not restoring and arch == "deep-decoder")
+    if lr is None and restoring:  # else None: by k (fit.default_lr)
+        lr = restore.RESTORE_LR
+    fit = FitConfig(iters=FitConfig.iters if iters is None else iters, lr=lr, seed=seed, precision=precision,
+                    compile="auto" if compile_ is None else compile_)
+    quant = QuantConfig(max_loss_db=max_loss, qat_iters=qat_iters, target_bpp=bpp, target_psnr=psnr)
+    # settings every bank shares, checked once before any folder is made or image read: a bad
+    # -k is one error, not one per image
+    check_arguments(k, d, fit, quant, None, tile)
     if many and output is not None:
         _make_folder(output)
     jobs, failed, claimed = [], 0, set()
@@ -94,11 +104,6 @@ def encode_command(images, output, channels, layers, arch, iters, lr, seed, devi
             click.echo(f"ddc: skipped {p}: {str(e).removeprefix(f'{p}: ')}", err=True)  # once, not twice
             failed += 1
     banks = _banks(jobs, 1 if (denoise or mask is not None) else bank)
-    if lr is None and restoring:  # else None: by k (fit.default_lr)
-        lr = restore.RESTORE_LR
-    fit = FitConfig(iters=FitConfig.iters if iters is None else iters, lr=lr, seed=seed, precision=precision,
-                    compile="auto" if compile_ is None else compile_)
-    quant = QuantConfig(max_loss_db=max_loss, qat_iters=qat_iters, target_bpp=bpp, target_psnr=psnr)
     fits = len(banks) if tile is None else sum(tiles.fits_for([j[2].shape for j in g], tile, bpp) for g in banks)
     with FitProgress(fit, quant, quiet or as_json, fits) as bar:
         for group in banks:

@@ -20,6 +20,11 @@ from .paths import named_path
 from .progress import FitProgress
 
 
+# click 8.2+ raises this for a group called without a command (older versions print the help
+# and exit themselves); an empty tuple catches nothing
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 class DDCGroup(click.Group):
     def main(self, args=None, prog_name=None, standalone_mode=True, **kw):
         # click's own usage errors (a bad option value, a missing argument) end in one line too,
@@ -28,6 +33,9 @@ class DDCGroup(click.Group):
             return super().main(args, prog_name, standalone_mode=False, **kw)
         try:
             rv = super().main(args, prog_name, standalone_mode=False, **kw)
+        except _NO_ARGS_IS_HELP as e:  # bare `ddc` or `ddc bench`: the help itself, not as an error
+            click.echo(e.ctx.get_help(), err=True)
+            sys.exit(e.exit_code)
         except click.ClickException as e:
             where = f" (see '{e.ctx.command_path} --help')" if getattr(e, "ctx", None) else ""
             click.echo(f"ddc: error: {e.format_message()}{where}", err=True)
@@ -78,18 +86,29 @@ def cli():
     """ddcodec: compress images into the weights of a Deep Decoder."""
 
 
-def fit_options(channels=64, layers=6, iters=FitConfig.iters, lr=None, restoring=True):
-    """Options every fitting command shares, with one name each across API, CLI and file."""
+# The defaults the CLI picks when -k or --iters is not given, as each command's help says them
+K_DEFAULTS = {"encode": "64; 128 for --denoise, --mask, --scale and skip; with --bpp, from the target",
+              "encode-dir": "64; 128 for skip; with --bpp, from the target",
+              "restore": "128"}
+ITERS_DEFAULTS = {"encode": f"{FitConfig.iters}; --denoise: from the estimated noise level",
+                  "denoise": "from the estimated noise level", "restore": f"{FitConfig.iters}"}
+
+
+def fit_options(channels=64, layers=6, iters=FitConfig.iters, lr=None, restoring=True, k_default="encode",
+                iters_default="encode"):
+    """Options every fitting command shares, with one name each across API, CLI and file.
+    k_default / iters_default: the K_DEFAULTS / ITERS_DEFAULTS entry the help names when
+    channels / iters is None (the command then picks it)."""
     def per_arch(default, what, otherwise):
         return f"{what} [default: {default}]" if default else f"{what} [default: {otherwise}]"
 
     opts = [
-        click.option("-k", "--channels", type=int, default=channels, help=per_arch(channels, "Channels per layer (k).", "128 for restoration and skip, else 64")),
+        click.option("-k", "--channels", type=int, default=channels, help=per_arch(channels, "Channels per layer (k).", K_DEFAULTS[k_default])),
         click.option("--layers", type=int, default=layers, help=per_arch(layers, "Blocks (d); d-1 upsamplings (skip: scales).", "6; skip: 5")),
         click.option("--arch", type=click.Choice(["deep-decoder", "skip"]), default="deep-decoder",
                      show_default=True, help="Network: the Deep Decoder, or DIP's skip net (2.2 M parameters) to compare."),
         click.option("--iters", type=click.IntRange(min=1), default=iters, show_default=bool(iters),
-                     help="Fitting iterations." + ("" if iters else f" [default: {FitConfig.iters}; denoising: from the estimated noise level]")),
+                     help="Fitting iterations." + ("" if iters else f" [default: {ITERS_DEFAULTS[iters_default]}]")),
         click.option("--lr", type=float, default=lr, show_default=bool(lr),
                      help="Adam learning rate." + ("" if lr else " [default: 0.05 for k <= 21, falling to 0.01 at k = 64"
                                                    + (f"; restoration and skip: {restore.RESTORE_LR}]" if restoring else "; skip: 0.01]"))),
@@ -155,7 +174,7 @@ def rate_options(f):
 @click.option("--mask", type=named_path(dir_okay=False), help="Inpaint: white = known pixels.")
 @click.option("--scale", type=int, default=1, show_default=True, help="Super-resolve: the file decodes at scale x the size.")
 @click.option("--bank", type=click.IntRange(min=1), default=8, show_default=True, help="Images fitted at once (several inputs).")
-@click.option("--max-pixels", default=MAX_INPUT_PIXELS, show_default=True,
+@click.option("--max-pixels", type=click.IntRange(min=1), default=MAX_INPUT_PIXELS, show_default=True,
               help="Refuse input images with more pixels than this.")
 @click.option("--force", is_flag=True, help="Replace existing outputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON result line per image.")
@@ -169,7 +188,8 @@ def encode(images, output, **opts):
 
 @cli.command()
 @click.argument("file", type=named_path(dir_okay=False))
-@click.option("-o", "--output", type=named_path(), help="Output image [default: FILE.decoded.png, so the original photo.png is never in the way].")
+@click.option("-o", "--output", type=named_path(),
+              help="Output image [default: FILE's name with .decoded.png: photo.ddc -> photo.decoded.png, so the original photo.png is never in the way].")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
 @click.option("--force", is_flag=True, help="Replace an existing output.")
 def decode(file, output, device, force):
@@ -206,6 +226,7 @@ def demo(output, iters, device, force):
     import tempfile
     from importlib.resources import files
 
+    ddcodec.codec.resolve_device(device)  # a bad --device fails before any folder is made
     if output is not None:
         try:
             output.mkdir(parents=True, exist_ok=True)
@@ -253,7 +274,9 @@ for _name, _doc in (("rd", "Rate-distortion against JPEG, WebP, JPEG 2000 and AV
                                                       "help_option_names": []})
     @click.argument("args", nargs=-1, type=click.UNPROCESSED)
     def _run(args, _name=_name):
-        _bench_module(_name).main(list(args))
+        module = _bench_module(_name)
+        sys.argv[0] = f"ddc bench {_name}"  # argparse names the program in its usage lines after argv[0]
+        module.main(list(args))
 
 
 from .restore_cmds import register  # noqa: E402

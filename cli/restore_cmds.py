@@ -48,7 +48,7 @@ def register(cli, fit_options):
     @cli.command()
     @click.argument("image", type=named_path(dir_okay=False))
     @output_options
-    @fit_options(channels=None, layers=None, iters=None, lr=restore.RESTORE_LR)
+    @fit_options(channels=None, layers=None, iters=None, lr=restore.RESTORE_LR, k_default="restore", iters_default="denoise")
     def denoise(image, output, ddc, force, quiet, **kw):
         """Denoise IMAGE: fit and stop early (iterations from the estimated noise level)."""
         run("denoised", image, output, ddc, force, quiet, restore.denoise, **kw)
@@ -61,7 +61,7 @@ def register(cli, fit_options):
                   help="Write the network's whole output (what --ddc decodes to) instead of "
                        "keeping the known pixels.")
     @output_options
-    @fit_options(channels=None, layers=None, iters=None, lr=restore.RESTORE_LR)
+    @fit_options(channels=None, layers=None, iters=None, lr=restore.RESTORE_LR, k_default="restore", iters_default="restore")
     def inpaint(image, mask, network_only, output, ddc, force, quiet, **kw):
         """Fill in the pixels of IMAGE that the mask marks black; known pixels are kept."""
         run("inpainted", image, output, ddc, force, quiet, restore.inpaint, mask_path=mask, mask=read_image(mask),
@@ -71,7 +71,7 @@ def register(cli, fit_options):
     @click.argument("image", type=named_path(dir_okay=False))
     @click.option("--scale", type=int, default=4, show_default=True, help="Upscaling factor.")
     @output_options
-    @fit_options(channels=None, layers=None, iters=None, lr=restore.RESTORE_LR)
+    @fit_options(channels=None, layers=None, iters=None, lr=restore.RESTORE_LR, k_default="restore", iters_default="restore")
     def superres(image, scale, output, ddc, force, quiet, **kw):
         """Super-resolve IMAGE by --scale."""
         run("superres", image, output, ddc, force, quiet, restore.superres, scale=scale, **kw)

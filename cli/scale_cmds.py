@@ -19,7 +19,7 @@ def register(cli, fit_options, speed_options, rate_options):
     @click.argument("folder", type=named_path(file_okay=False))
     @click.option("-o", "--output", type=named_path(file_okay=False), required=True,
                   help="Output folder; it mirrors the sub-folders of FOLDER.")
-    @fit_options(channels=None, layers=None, restoring=False)
+    @fit_options(channels=None, layers=None, restoring=False, k_default="encode-dir")
     @speed_options
     @rate_options
     @click.option("--bank", type=click.IntRange(min=1), default=8, show_default=True, help="Images fitted at once per worker.")
@@ -27,7 +27,7 @@ def register(cli, fit_options, speed_options, rate_options):
                   metavar="[ADDRESS]", help="Run on Ray: alone, a local instance; with an address "
                   "(auto, ray://host:10001), that cluster.")
     @click.option("--workers", type=click.IntRange(min=0), default=0, help="Ray workers [default: one per GPU, else one per CPU].")
-    @click.option("--max-pixels", default=MAX_INPUT_PIXELS, show_default=True,
+    @click.option("--max-pixels", type=click.IntRange(min=1), default=MAX_INPUT_PIXELS, show_default=True,
                   help="Refuse input images with more pixels than this.")
     @click.option("--force", is_flag=True, help="Re-encode and replace existing outputs.")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON line per image.")

@@ -82,7 +82,7 @@ def encode_bank(images, channels: Optional[int] = 64, layers: int = 6, fit: FitC
                 arch: str = "deep-decoder", degradation: Degradation = None, tile=None) -> list:
     """Encode B images of one size and channel count as one bank: one fit, B files. With a
     tile size, the images may differ in size: their tiles are banked by size instead."""
-    _check_arguments(channels, layers, fit, quant, progress, tile)
+    check_arguments(channels, layers, fit, quant, progress, tile)
     if len(images) == 0:
         return []
     if tile is not None:
@@ -102,8 +102,10 @@ def encode_bank(images, channels: Optional[int] = 64, layers: int = 6, fit: FitC
     return results
 
 
-def _check_arguments(channels, layers, fit, quant, progress, tile) -> None:
-    """The library's arguments, checked before any work (the CLI's are checked by click)."""
+def check_arguments(channels, layers, fit=FitConfig(), quant=QuantConfig(), progress=None, tile=None) -> None:
+    """encode_bank's arguments, checked before any work. Public so that a front end fitting many
+    banks (the CLI, ddcodec.collection) refuses a bad setting once, up front, instead of failing
+    every bank with it."""
     if not isinstance(fit, FitConfig) or not isinstance(quant, QuantConfig):
         raise ConfigError("fit must be a FitConfig and quant a QuantConfig")
     if channels is not None:

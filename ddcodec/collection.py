@@ -14,7 +14,8 @@ from typing import Callable, Iterable, Optional
 from PIL import Image
 
 from . import bitstream, tiles
-from .codec import bank_key, encode_bank
+from .checks import integer
+from .codec import bank_key, check_arguments, encode_bank
 from .errors import ConfigError, DDCError, FormatError
 from .fit import FitConfig
 from .images import MAX_INPUT_PIXELS, channels_of_mode, read_image, write_atomic
@@ -35,6 +36,12 @@ class Settings:
     device: str = "auto"
     max_pixels: int = MAX_INPUT_PIXELS
     tile: object = None  # (width, height) or "auto": each image coded as a grid (ddcodec.tiles)
+
+    def __post_init__(self):  # a bad setting fails once, here, not once per bank
+        check_arguments(self.channels, self.layers, self.fit, self.quant, None, self.tile)
+        integer("max_pixels", self.max_pixels, 1, 2**62)
+        if self.arch not in ("deep-decoder", "skip"):
+            raise ConfigError(f"unknown architecture {self.arch!r}")
 
 
 @dataclass(frozen=True)

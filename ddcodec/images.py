@@ -75,7 +75,10 @@ def read_image(path, max_pixels: int = MAX_INPUT_PIXELS) -> np.ndarray:
             if im.width * im.height > max_pixels:  # refuse before decoding any pixel data
                 raise ImageError(f"{path}: {im.width}x{im.height} has more pixels than the limit {max_pixels}")
             im.load()
-            return from_pil(im, max_pixels)
+            try:
+                return from_pil(im, max_pixels)
+            except ImageError as e:  # name the file: with a mask and an image, which one
+                raise ImageError(f"{path}: {e}") from None
     except ImageError:
         raise
     except FileNotFoundError:

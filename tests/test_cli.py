@@ -94,7 +94,21 @@ def test_info_shows_the_header(tmp_path, ddc_bytes):
 def test_version_and_help():
     assert run("--version").output.strip() == f"ddc, version {ddcodec.__version__}"
     res = run("encode", "--help")
-    assert res.exit_code == 0 and "--channels" in res.output and "else 64]" in res.output
+    assert res.exit_code == 0 and "--channels" in res.output
+    assert "[default: 64; 128 for --denoise" in " ".join(res.output.split())
+    for command, k, iters in (("denoise", "128", "from the estimated noise level"), ("inpaint", "128", "3000"),
+                              ("encode-dir", "64; 128 for skip", None)):
+        out = " ".join(run(command, "--help").output.split())  # the help wraps its lines
+        assert f"[default: {k}" in out, (command, out)
+        if iters:
+            assert f"Fitting iterations. [default: {iters}]" in out, (command, out)
+
+
+def test_bare_ddc_and_bare_bench_print_the_help_not_an_error():
+    for args in ([], ["bench"]):
+        res = run(*args)
+        assert res.exit_code == 2 and "ddc: error" not in res.output
+        assert res.output.startswith("Usage: ") and "Commands:" in res.output
 
 
 def test_bad_option_value_is_one_line_error(tmp_path):
@@ -404,3 +418,42 @@ def test_a_compile_preset_reaches_the_fit_and_contradicting_no_compile_is_an_err
     assert seen == ["fused"]
     _one_line_error(run("encode", tmp_path / "a.png", *FAST, "--no-compile", "--compile-preset", "fused", "--force"))
     assert seen == ["fused"]  # refused before any fit
+
+
+def test_a_bad_setting_for_several_inputs_is_one_error_before_any_folder_is_made(tmp_path):
+    for n in "ab":
+        Image.fromarray(small(16, 16)).save(tmp_path / f"{n}.png")
+    for opts in (["-k", "-1"], ["--layers", "99"]):
+        _one_line_error(run("encode", tmp_path / "a.png", tmp_path / "b.png", "-o", tmp_path / "out", *FAST[2:], *opts))
+        assert not (tmp_path / "out").exists()
+    (tmp_path / "in").mkdir()
+    Image.fromarray(small(16, 16)).save(tmp_path / "in" / "a.png")
+    _one_line_error(run("encode-dir", tmp_path / "in", "-o", tmp_path / "out", *FAST[2:], "-k", "-1"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_max_pixels_must_be_positive(tmp_path):
+    Image.fromarray(small(16, 16)).save(tmp_path / "a.png")
+    for command in ("encode", "encode-dir"):
+        res = run(command, tmp_path if command == "encode-dir" else tmp_path / "a.png", "-o", tmp_path / "o",
+                  "--max-pixels", "0", *FAST)
+        assert res.exit_code == 2 and "--max-pixels" in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_a_pattern_that_matches_nothing_is_an_error_not_a_silent_skip(tmp_path):
+    Image.fromarray(small(16, 16)).save(tmp_path / "a.png")
+    res = run("encode", tmp_path / "a.png", tmp_path / "nomatch*.png", "-o", tmp_path / "out", *FAST)
+    _one_line_error(res)
+    assert "nomatch*.png: no file matches" in res.output and not (tmp_path / "out").exists()
+
+
+def test_an_unsupported_image_is_named_in_its_error(tmp_path):
+    Image.fromarray(np.zeros((8, 8, 4), np.uint8)).save(tmp_path / "alpha.png")  # transparent
+    res = run("encode", tmp_path / "alpha.png", *FAST)
+    _one_line_error(res)
+    assert f"{tmp_path / 'alpha.png'}: images with transparency" in res.output
+
+
+def test_demo_with_a_bad_device_makes_no_folder(tmp_path):
+    _one_line_error(run("demo", "-o", tmp_path / "demo", "--device", "bogus"))
+    assert not (tmp_path / "demo").exists()

@@ -110,3 +110,11 @@ def test_a_rerun_skips_tiled_outputs_that_verify(tmp_path):
     assert [o.status for o in first] == ["written"] and (tmp_path / "out" / "a.ddc").read_bytes()[4] == 4
     again = encode_collection(folder_pairs(src, tmp_path / "out"), tiled)
     assert [o.status for o in again] == ["skipped"]
+
+
+@pytest.mark.parametrize("bad", [dict(channels=0), dict(layers=13), dict(max_pixels=0), dict(arch="unet"),
+                                 dict(tile=(4, 4))])
+def test_settings_refuse_a_bad_value_when_made_not_once_per_bank(bad):
+    from ddcodec.errors import ConfigError
+    with pytest.raises(ConfigError):
+        Settings(**bad)
