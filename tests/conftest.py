@@ -3,14 +3,34 @@ from importlib.resources import files
 
 import numpy as np
 import pytest
+from hypothesis import settings
 from PIL import Image
 
 import ddcodec
 from ddcodec import FitConfig, QuantConfig
 
+# No per-example deadline: how long an example takes depends on the machine (and on what else
+# runs on it), and a test here must not; the hypothesis tests assert properties, not speed.
+settings.register_profile("ddcodec", deadline=None)
+settings.load_profile("ddcodec")
+
 SAMPLE = files("ddcodec") / "data" / "kodim23-192x128.png"
 FAST_FIT = FitConfig(iters=150)
 FAST_QUANT = QuantConfig(qat_iters=20)
+
+
+def assert_decodes_like_the_fit(decoded: np.ndarray, image: np.ndarray, result, slack: float = 0.15) -> None:
+    """The decoded file is as close to the image as the float network was, less the rounding
+    budget. The float PSNR comes from the network's own output, not from the decoder, so a
+    decoder that ignored the weights (or returned grey) fails here; the encoder's reported
+    PSNR is measured through that same decoder and proves nothing about it."""
+    from ddcodec.metrics import psnr
+    assert decoded.shape == image.shape and decoded.dtype == np.uint8
+    got = psnr(decoded, image)
+    if np.isinf(result.psnr_float):  # a fit that is exact: so must the file be
+        assert np.isinf(got)
+    else:
+        assert got >= result.psnr_float - slack, (got, result.psnr_float)
 
 
 def small(width: int, height: int, mode: str = "RGB") -> np.ndarray:

@@ -5,14 +5,14 @@ import zlib
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 
 import ddcodec
 from ddcodec import bitstream
 from ddcodec.entropy import DECAYS, TensorModel
 from ddcodec.errors import (ConfigError, CorruptError, FormatError, ImageError, LimitError, NotDDCError, TruncatedError,
                             UnsupportedVersionError)
-from ddcodec.nets import Architecture, tensor_shapes
+from ddcodec.nets import Architecture, tensor_shapes, work
 from ddcodec.quant import STEP_CODE_MAX, STEP_CODE_MIN
 
 DATA = Path(__file__).parent / "data"
@@ -20,15 +20,21 @@ DATA = Path(__file__).parent / "data"
 
 @st.composite
 def headers(draw):
-    arch = Architecture("deep-decoder", draw(st.integers(1, 16)), draw(st.integers(1, 6)),
-                        draw(st.sampled_from([1, 3])), folded=draw(st.booleans()))
+    # both kinds over the whole range the reader takes: widths, depths and sides up to its
+    # limits, small values as often as large ones (a header over a limit is another test's)
+    kind = draw(st.sampled_from(["deep-decoder", "skip"]))
+    arch = Architecture(kind, draw(st.one_of(st.integers(1, 16), st.integers(1, 1024))), draw(st.integers(1, 12)),
+                        draw(st.sampled_from([1, 3])), folded=kind == "deep-decoder" and draw(st.booleans()))
+    side = st.one_of(st.integers(1, 64), st.integers(1, bitstream.MAX_SIDE))
+    width, height = draw(side), draw(side)
+    assume(width * height <= bitstream.MAX_PIXELS and work(arch, height, width) <= bitstream.MAX_WORK)
     models, codes = [], []
     for _ in tensor_shapes(arch):
         lo = draw(st.integers(-40000, 40000))
         hi = lo + draw(st.integers(0, 60000))
         models.append(TensorModel(lo, hi, draw(st.integers(lo, hi)), int(draw(st.sampled_from(DECAYS)))))
         codes.append(draw(st.integers(STEP_CODE_MIN, STEP_CODE_MAX)))
-    return bitstream.Header(draw(st.integers(1, 4000)), draw(st.integers(1, 4000)), arch,
+    return bitstream.Header(width, height, arch,
                             draw(st.integers(0, 2**64 - 1)), tuple(codes), tuple(models),
                             draw(st.sampled_from([0, bitstream.FLAG_TRANSPOSED])))
 

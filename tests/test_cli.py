@@ -116,11 +116,19 @@ def test_bad_option_value_is_one_line_error(tmp_path):
     _one_line_error(run("encode", tmp_path / "a.png", "-k", "0", "-q"))
 
 
-def test_several_images_encode_in_banks_and_a_bad_file_is_skipped(tmp_path):
+def test_several_images_encode_in_banks_and_a_bad_file_is_skipped(tmp_path, monkeypatch):
     for name, (w, h) in {"a": (40, 24), "b": (24, 40), "c": (32, 32)}.items():
         Image.fromarray(small(w, h)).save(tmp_path / f"{name}.png")
     (tmp_path / "bad.png").write_bytes(b"not an image")
+    banks, real = [], ddcodec.encode_bank
+
+    def recording(images, *args, **kw):
+        banks.append(sorted(im.shape for im in images))
+        return real(images, *args, **kw)
+    monkeypatch.setattr(ddcodec, "encode_bank", recording)
     res = run("encode", tmp_path, "-o", tmp_path / "out", *FAST, "--json")
+    # the landscape and the portrait image of one size were fitted as one bank, the square alone
+    assert sorted(banks) == [[(24, 40, 3), (40, 24, 3)], [(32, 32, 3)]]
     assert res.exit_code == 1  # one failure is reported in the exit code...
     skipped = [line for line in res.output.splitlines() if "skipped" in line]
     bad = tmp_path / "bad.png"

@@ -8,18 +8,22 @@ from ddcodec.errors import ImageError
 from ddcodec.fit import fell_back
 from ddcodec.metrics import psnr
 
-from .conftest import FAST_FIT, FAST_QUANT, small
+from .conftest import FAST_FIT, FAST_QUANT, assert_decodes_like_the_fit, small
 
 
 def test_decode_gives_the_psnr_encode_reported(image, encoded):
     decoded = ddcodec.decode(encoded.data)
-    assert decoded.shape == image.shape and decoded.dtype == np.uint8
     assert abs(psnr(decoded, image) - encoded.psnr) <= 0.05
+    assert_decodes_like_the_fit(decoded, image, encoded)
 
 
-def test_bpp_is_from_the_real_file_size(image, encoded):
-    assert encoded.bytes == len(encoded.data)
-    assert encoded.bpp == pytest.approx(8 * len(encoded.data) / (48 * 32))
+def test_bpp_is_from_the_real_file_size(image, encoded, tmp_path):
+    from PIL import Image
+    Image.fromarray(image).save(tmp_path / "a.png")
+    r = ddcodec.encode_file(tmp_path / "a.png", channels=8, fit=FAST_FIT, quant=FAST_QUANT, device="cpu")
+    on_disk = (tmp_path / "a.ddc").stat().st_size
+    assert r.data == encoded.data  # the file holds what the API returned for the same image
+    assert r.bpp == pytest.approx(8 * on_disk / (48 * 32)) and r.bytes == on_disk
 
 
 def test_reencode_is_byte_identical(image, encoded):
@@ -47,14 +51,17 @@ def test_odd_sizes_and_grayscale_round_trip(w, h, mode):
     r = ddcodec.encode(img, channels=4, layers=4, fit=FitConfig(iters=40),
                        quant=QuantConfig(qat_iters=5), device="cpu")
     out = ddcodec.decode(r.data)
-    assert out.shape == img.shape
     # approx, not a difference: a 1x1 image can be fitted exactly, and inf - inf is nan
     assert psnr(out, img) == pytest.approx(r.psnr, abs=0.05)
+    assert_decodes_like_the_fit(out, img, r)
 
 
 def test_the_input_is_not_stored_in_the_file(encoded):
+    from ddcodec import bitstream
+    header, payload = bitstream.unpack(encoded.data)
     info = ddcodec.info(encoded.data)
-    assert info["payload_bytes"] + info["header_bytes"] + 4 == len(encoded.data)
+    # the file is the header, the coded weights and its CRC, and nothing else
+    assert info["payload_bytes"] == len(payload) and len(bitstream.pack(header, payload)) == len(encoded.data)
     assert len(encoded.data) < 8 * 4 * 8 * 3  # far less than even a float z of 8x2x3
 
 
@@ -207,3 +214,20 @@ def test_a_mask_is_bools_or_zero_one_with_a_known_pixel(mask, ok):
     else:
         with pytest.raises(ConfigError):
             Degradation(mask=mask)
+
+
+@given(h=st.integers(1, 12), w=st.integers(1, 12), grey=st.booleans(), n=st.integers(1, 4),
+       turns=st.lists(st.booleans(), min_size=4, max_size=4), seed=st.integers(0, 2**16))
+def test_a_bank_orients_every_member_like_the_first_and_each_turns_back_unchanged(h, w, grey, n, turns, seed):
+    from ddcodec import bitstream
+    from ddcodec.codec import _orient, _unorient, bank_key
+    rng = np.random.default_rng(seed)
+    shape = (h, w) if grey else (h, w, 3)
+    imgs = [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(n)]
+    imgs = [imgs[0]] + [im.swapaxes(0, 1).copy() if t else im for im, t in zip(imgs[1:], turns)]
+    assert len({bank_key(im.shape) for im in imgs}) == 1  # portrait and landscape: one bank
+    oriented, flags = _orient(imgs)
+    assert all(o.shape == imgs[0].shape for o in oriented)
+    for im, o, f in zip(imgs, oriented, flags):
+        assert bool(f & bitstream.FLAG_TRANSPOSED) == (im.shape != imgs[0].shape)
+        assert np.array_equal(_unorient(o, f), im)

@@ -64,8 +64,12 @@ def test_exif_orientation_is_applied(tmp_path):
     img = small(30, 10)
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
-    p = _save(tmp_path, Image.fromarray(img), "r.jpg", exif=exif, quality=95)
-    assert read_image(p).shape == (30, 10, 3)
+    p = _save(tmp_path, Image.fromarray(img), "r.png", exif=exif)  # lossless: the pixels must match
+    got = read_image(p)
+    assert np.array_equal(got, np.rot90(img, -1))  # turned clockwise, not the other way or flipped
+    jpeg = read_image(_save(tmp_path, Image.fromarray(img), "r.jpg", exif=exif, quality=95)).astype(int)
+    err = lambda ref: np.abs(jpeg - ref).mean()  # noqa: E731  (JPEG is lossy: nearest, not equal)
+    assert jpeg.shape == (30, 10, 3) and err(got) < err(np.rot90(img, 1)) / 2 and err(got) < err(got[::-1]) / 2
 
 
 def test_truncated_png_and_jpeg_are_refused(tmp_path):
@@ -81,7 +85,8 @@ def test_truncated_png_and_jpeg_are_refused(tmp_path):
 def test_bilevel_image_reads_as_0_and_255(tmp_path):
     im = Image.fromarray(small(16, 16, "L")).convert("1")
     got = read_image(_save(tmp_path, im))
-    assert got.ndim == 2 and set(np.unique(got)) <= {0, 255}
+    assert got.ndim == 2 and np.array_equal(got, np.asarray(im.convert("L")))  # each pixel 0 or 255 as it was
+    assert set(np.unique(got)) == {0, 255}
 
 
 def test_pixel_limit_is_enforced(tmp_path):
