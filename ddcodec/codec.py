@@ -20,7 +20,7 @@ from PIL import Image
 from . import bitstream, entropy, exact, tiles
 from .checks import integer
 from .degrade import Degradation
-from .errors import ConfigError, CorruptError, FormatError, ImageError
+from .errors import ConfigError, FormatError, ImageError
 from .fit import ADAM_BETAS, FitConfig, fell_back, mse_per_image, optimise
 from .images import check_ddc_name, check_image, check_image_name, check_output, decoded_name, image_bytes, read_image, write_atomic
 from .metrics import bpp as bits_per_pixel, psnr
@@ -389,13 +389,7 @@ def decode(data: bytes, device: str = "cpu", max_work: int = bitstream.MAX_WORK)
     integer("max_work", max_work, 1, 2**62)
     if tiles.is_tiled(data):
         width, height, rows, cols, members = tiles.unpack_members(data, max_work)
-        parts = [decode(m, device, max_work) for m in members]
-        out = np.zeros((height, width) + parts[0].shape[2:], np.uint8)
-        for part, (top, bottom, left, right) in zip(parts, tiles.boxes(height, width, rows, cols)):
-            if part.shape[2:] != out.shape[2:]:
-                raise CorruptError("the tiles of a file differ in their channels")
-            out[top:bottom, left:right] = part
-        return out
+        return tiles.merge([decode(m, device, max_work) for m in members], height, width, rows, cols)
     header, ints = _parse(data, max_work)
     dev = resolve_device(device)
     h, w = header.height, header.width

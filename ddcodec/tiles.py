@@ -138,6 +138,21 @@ def split(img, rows: int, cols: int) -> list:
     return [img[t:b, l:r] for t, b, l, r in boxes(img.shape[0], img.shape[1], rows, cols)]
 
 
+def merge(parts: list, height: int, width: int, rows: int, cols: int) -> np.ndarray:
+    """split's inverse: tiles, row by row, -> the height x width image. A tile of the wrong
+    size or channels is corruption (the container's members each carry their own header)."""
+    places = boxes(height, width, rows, cols)
+    if len(parts) != len(places):
+        raise CorruptError(f"{len(parts)} tiles for a grid of {cols}x{rows}")
+    out = np.zeros((height, width) + parts[0].shape[2:], np.uint8)
+    for part, (top, bottom, left, right) in zip(parts, places):
+        if part.shape != (bottom - top, right - left) + out.shape[2:]:
+            raise CorruptError(f"a tile of {part.shape[1]}x{part.shape[0]} does not fit its {right - left}x{bottom - top} "
+                               "place, or the tiles differ in their channels")
+        out[top:bottom, left:right] = part
+    return out
+
+
 def fits_for(shapes, tile, bpp=None) -> int:
     """How many tile sizes, up to transposition, encode_bank meets for images of these shapes:
     its banks, one per tile size (and, with a rate target, per k)."""

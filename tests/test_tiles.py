@@ -181,3 +181,19 @@ def test_a_rate_target_the_grid_cannot_keep_is_refused_before_the_fit():
         ddcodec.encode(img, None, 3, ddcodec.FitConfig(iters=5), ddcodec.QuantConfig(target_bpp=4.0),
                        device="cpu", tile=(16, 12), progress=lambda stage, *a: stages.append(stage))
     assert stages == []  # no pilot, no fit
+
+
+@given(st.integers(1, 60), st.integers(1, 60), st.integers(1, 6), st.integers(1, 6), st.booleans(), st.integers(0, 2**16))
+def test_merge_puts_split_tiles_back_into_the_same_image(height, width, rows, cols, grey, seed):
+    rows, cols = min(rows, height), min(cols, width)  # every tile at least a pixel
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 256, (height, width) if grey else (height, width, 3), dtype=np.uint8)
+    parts = [p.copy() for p in tiles.split(img, rows, cols)]
+    assert len(parts) == rows * cols
+    assert np.array_equal(tiles.merge(parts, height, width, rows, cols), img)
+    if rows * cols > 1:  # a tile out of place, or one short, is corruption, not a wrong image
+        with pytest.raises(CorruptError):
+            tiles.merge(parts[:-1], height, width, rows, cols)
+        wrong = [p[:, :-1] if p.shape[1] > 1 else np.zeros((p.shape[0], 2) + p.shape[2:], np.uint8) for p in parts]
+        with pytest.raises(CorruptError):
+            tiles.merge(wrong, height, width, rows, cols)
