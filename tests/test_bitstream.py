@@ -28,6 +28,7 @@ def headers(draw):
     side = st.one_of(st.integers(1, 64), st.integers(1, bitstream.MAX_SIDE))
     width, height = draw(side), draw(side)
     assume(width * height <= bitstream.MAX_PIXELS and work(arch, height, width) <= bitstream.MAX_WORK)
+    assume(sum(int(np.prod(s)) for _, s in tensor_shapes(arch)) <= bitstream.MAX_SYMBOLS)
     models, codes = [], []
     for _ in tensor_shapes(arch):
         lo = draw(st.integers(-40000, 40000))
