@@ -18,6 +18,7 @@ from .checks import integer
 from .codec import bank_key, check_arguments, encode_bank
 from .errors import ConfigError, DDCError, FormatError
 from .fit import FitConfig
+from .nets import Architecture
 from .images import MAX_INPUT_PIXELS, channels_of_mode, read_image, write_atomic
 from .quant import QuantConfig
 
@@ -40,8 +41,7 @@ class Settings:
     def __post_init__(self):  # a bad setting fails once, here, not once per bank
         check_arguments(self.channels, self.layers, self.fit, self.quant, None, self.tile)
         integer("max_pixels", self.max_pixels, 1, 2**62)
-        if self.arch not in ("deep-decoder", "skip"):
-            raise ConfigError(f"unknown architecture {self.arch!r}")
+        Architecture(self.arch)  # its own check of the kind (ConfigError)
 
 
 @dataclass(frozen=True)
