@@ -51,11 +51,23 @@ def _outputs(paths, output, many: bool) -> list:
     return [output / (p.stem + ".ddc") for p in paths]
 
 
-def _make_folder(folder: Path) -> None:
+def _make_folder(folder: Path) -> bool:
+    """Make the output folder; True if this call made it (so an empty one may be removed)."""
+    made = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputError(f"cannot make the output folder {folder}: {e.strerror}") from None
+    return made
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """A run that wrote nothing (every input bad, or Ctrl-C before the first bank finished)
+    leaves no empty folder of its own behind; a folder that was there before stays."""
+    try:
+        folder.rmdir()  # fails, as it should, if anything is in it
+    except OSError:
+        pass
 
 
 def _defaults(arch, restoring, channels, layers, bpp=None):
@@ -88,30 +100,33 @@ def encode_command(images, output, channels, layers, arch, iters, lr, seed, devi
     # settings every bank shares, checked once before any folder is made or image read: a bad
     # -k is one error, not one per image
     check_arguments(k, d, fit, quant, None, tile)
-    if many and output is not None:
-        _make_folder(output)
-    jobs, failed, claimed = [], 0, set()
-    for p, o in zip(paths, outs):
-        try:  # check outputs and read inputs before any fit: a bad file costs nothing
-            if os.path.realpath(o) in claimed:
-                raise OutputExistsError(f"another input also maps to {o}")
-            check_output(o, force, inputs=paths + ([mask] if mask else []))
-            claimed.add(os.path.realpath(o))
-            jobs.append((p, o, read_image(p, max_pixels)))
-        except DDCError as e:
-            if not many:
-                raise
-            click.echo(f"ddc: skipped {p}: {str(e).removeprefix(f'{p}: ')}", err=True)  # once, not twice
-            failed += 1
-    banks = _banks(jobs, 1 if (denoise or mask is not None) else bank)
-    fits = len(banks) if tile is None else sum(tiles.fits_for([j[2].shape for j in g], tile, bpp) for g in banks)
-    with FitProgress(fit, quant, quiet or as_json, fits) as bar:
-        for group in banks:
-            failed += _encode_bank(group, k, d, arch, fit, quant, deg, (iters or 0) if denoise else None,
-                                   device, bar, force, as_json, many, tile)
-            bar.next_bank()
-    if failed:
-        raise DDCError(f"{failed} of {len(paths)} images failed")
+    made = _make_folder(output) if many and output is not None else False
+    try:
+        jobs, failed, claimed = [], 0, set()
+        for p, o in zip(paths, outs):
+            try:  # check outputs and read inputs before any fit: a bad file costs nothing
+                if os.path.realpath(o) in claimed:
+                    raise OutputExistsError(f"another input also maps to {o}")
+                check_output(o, force, inputs=paths + ([mask] if mask else []))
+                claimed.add(os.path.realpath(o))
+                jobs.append((p, o, read_image(p, max_pixels)))
+            except DDCError as e:
+                if not many:
+                    raise
+                click.echo(f"ddc: skipped {p}: {str(e).removeprefix(f'{p}: ')}", err=True)  # once, not twice
+                failed += 1
+        banks = _banks(jobs, 1 if (denoise or mask is not None) else bank)
+        fits = len(banks) if tile is None else sum(tiles.fits_for([j[2].shape for j in g], tile, bpp) for g in banks)
+        with FitProgress(fit, quant, quiet or as_json, fits) as bar:
+            for group in banks:
+                failed += _encode_bank(group, k, d, arch, fit, quant, deg, (iters or 0) if denoise else None,
+                                       device, bar, force, as_json, many, tile)
+                bar.next_bank()
+        if failed:
+            raise DDCError(f"{failed} of {len(paths)} images failed")
+    finally:
+        if made:
+            _remove_if_empty(output)
 
 
 def _banks(jobs, size) -> list:

@@ -468,3 +468,26 @@ def test_an_unsupported_image_is_named_in_its_error(tmp_path):
 def test_demo_with_a_bad_device_makes_no_folder(tmp_path):
     _one_line_error(run("demo", "-o", tmp_path / "demo", "--device", "bogus"))
     assert not (tmp_path / "demo").exists()
+
+
+def test_a_batch_that_writes_nothing_leaves_no_folder_of_its_own(tmp_path, monkeypatch):
+    import ddcodec.codec
+
+    for n in "ab":
+        Image.fromarray(small(16, 16)).save(tmp_path / f"{n}.png")
+    (tmp_path / "bad1.png").write_bytes(b"not an image")
+    (tmp_path / "bad2.png").write_bytes(b"nor this")
+    # every input bad: a line for each, the count as the error, and the folder it made is gone again
+    res = run("encode", tmp_path / "bad1.png", tmp_path / "bad2.png", "-o", tmp_path / "out", *FAST)
+    assert res.exit_code == 1 and res.output.strip().splitlines()[-1] == "ddc: error: 2 of 2 images failed"
+    assert not (tmp_path / "out").exists()
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(ddcodec.codec, "optimise", interrupted)
+    res = run("encode", tmp_path / "a.png", tmp_path / "b.png", "-o", tmp_path / "out", *FAST)
+    assert res.exit_code == 130, res.output
+    assert not (tmp_path / "out").exists()  # Ctrl-C before the first bank was written
+    (tmp_path / "mine").mkdir()  # a folder that was there before the run stays, empty or not
+    res = run("encode", tmp_path / "a.png", tmp_path / "b.png", "-o", tmp_path / "mine", *FAST)
+    assert res.exit_code == 130 and (tmp_path / "mine").is_dir()
