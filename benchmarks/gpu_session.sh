@@ -37,7 +37,7 @@ if [ -n "${GPU_DRY:-}" ]; then  # the same steps, tiny, on the CPU
   python3 -m pytest -q tests/test_robustness.py -k "gpu or thread" -p no:warnings
   timeout -k 5 "$(cap 300)" python3 -m benchmarks.speed --data "$DATA" --iters 3 --warmup 1 --quality-iters 5 --resume --out "$OUT"
   timeout -k 5 "$(cap 200)" python3 -m benchmarks.speed --data "$DATA" --part dataset --fit-iters 30 --dataset-images 2 --out "$OUT"
-  timeout -k 5 "$(cap 100)" python3 -m benchmarks.speed --data "$DATA" --part profile --warmup 2 --profile-steps 3 --out "$OUT"
+  timeout -k 5 "$(cap 100)" python3 -m benchmarks.speed --data "$DATA" --part profile --part bmm --warmup 2 --profile-steps 3 --out "$OUT"
   timeout -k 5 "$(cap 200)" python3 -m benchmarks.speed --data "$DATA" --part dataset --cold --fit-iters 30 --dataset-images 2 --out "$OUT"
   timeout -k 5 "$(cap 100)" python3 -m benchmarks.speed --data "$DATA" --part decode --out "$OUT"
   timeout -k 5 "$(cap 200)" python3 -m benchmarks.speed --data "$DATA" --part bytes --out "$OUT"
@@ -54,15 +54,17 @@ timeout -k 5 "$(cap 45)" python3 -m pytest -q tests/test_robustness.py -k gpu -p
 pack
 # 2. per configuration: ms per image-iteration, images/s, PSNR, memory, floor; the rows never
 #    measured on this card first (the fused banks, bf16 for one image), then the RECHECK rows
-timeout -k 5 "$(cap 240)" python3 -m benchmarks.speed --data "$DATA" --quality-iters 300 --iters 100 --resume --out "$OUT"
+timeout -k 5 "$(cap 230)" python3 -m benchmarks.speed --data "$DATA" --quality-iters 300 --iters 100 --resume --out "$OUT"
 pack
 # 3. all 24 images at the default rate point, files written, wall clock (issue 3's 60 s), with
 #    the compile cache the rows left (the bank's program is the one the dataset compiles)
 timeout -k 5 "$(cap 95)" python3 -m benchmarks.speed --data "$DATA" --part dataset --out "$OUT"
 pack
 # 4. where the fastest faithful bank's step and the fastest faithful single image's step
-#    spend their time, kernel by kernel (one image is 2x off its target: this says why)
-timeout -k 5 "$(cap 50)" python3 -m benchmarks.speed --data "$DATA" --part profile --warmup 10 --profile-steps 10 --out "$OUT"
+#    spend their time, kernel by kernel (one image is 2x off its target: this says why); then
+#    the 1x1 convs' products alone (benchmarks/products.py: is a bank's weight gradient, a
+#    batched GEMM with a k x k output per member, far from the copy bandwidth?)
+timeout -k 5 "$(cap 60)" python3 -m benchmarks.speed --data "$DATA" --part profile --part bmm --warmup 10 --profile-steps 10 --out "$OUT"
 pack
 # 5. the dataset again, compiling into an empty cache (every user's first run)
 timeout -k 5 "$(cap 110)" python3 -m benchmarks.speed --data "$DATA" --part dataset --cold --out "$OUT"

@@ -8,7 +8,8 @@ measured matrix rate and copy bandwidth).
 
 Parts: rows (the per-configuration table), dataset (every image at the default rate point,
 with the fastest faithful row's settings), tiled (the same at --bpp 0.5), profile (the
-fastest faithful bank's fit steps under torch.profiler, to profile_<device>.txt), bytes (inductor's
+fastest faithful bank's fit steps under torch.profiler, to profile_<device>.txt), bmm (the 1x1
+convs' products alone, benchmarks/products.py), bytes (inductor's
 count of one compiled step), decode (the exact decode of one full-size k=64 file, here and on
 the CPU, and whether both give the same pixels). Each part saves
 as it goes and --resume keeps rows already on file, so a run cut short by a time limit can
@@ -35,6 +36,8 @@ from ddcodec import exact
 from ddcodec.fit import COMPILE_PRESETS, GRAPH_MODES, FitConfig, fell_back, mse_per_image, optimise, psnr_from_mse
 from ddcodec.nets import Architecture, build, seeded_input
 
+from . import products
+from .products import best_seconds
 from .rd import load_images
 
 GPU_CONFIGS = [  # (name, bank, precision, torch.compile, downscale, k); the banks first, eager
@@ -57,7 +60,7 @@ CPU_CONFIGS = [("cpu fp32 B=1 192x128 k=16", 1, "fp32", False, 4, 16),
                ("cpu fp32+compile B=9 256x170 k=22", 9, "fp32", True, 3, 22),
                ("cpu fp32+fused B=1 192x128 k=16", 1, "fp32", "fused", 4, 16),
                ("cpu fp32+fused B=9 256x170 k=22", 9, "fp32", "fused", 3, 22)]
-PARTS = ["rows", "dataset", "tiled", "profile", "bytes", "decode"]
+PARTS = ["rows", "dataset", "tiled", "profile", "bmm", "bytes", "decode"]
 # The sixteenth session's compiled program (nets.decoder_program, shared by the fit and the
 # fine-tuning) adds zero biases to the fit's graph: a few more small kernels a step. Rows on
 # file from before it are kept, but these two, the bank the dataset run used and the single
@@ -86,27 +89,20 @@ def floor(k: int, layers: int, h: int, w: int, elem_bytes: int) -> tuple:
 
 
 def peaks(dev: torch.device) -> dict:
-    """Measured matrix rate (fp32 and the TF32/bf16 paths on a GPU) and copy bandwidth."""
-    def timed(fn, reps):
-        fn()
-        _sync(dev)
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        _sync(dev)
-        return (time.perf_counter() - t0) / reps
-
+    """Measured matrix rate (fp32 and the TF32/bf16 paths on a GPU) and copy bandwidth, each the
+    best of three rounds: one round on a shared CPU once read a quarter of the copy bandwidth,
+    and every row's floor is divided by it."""
     n = 4096 if dev.type == "cuda" else 1024
     a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
-    out = {"fp32_tflops": 2 * n**3 / timed(lambda: a @ b, 10) / 1e12}
+    out = {"fp32_tflops": 2 * n**3 / best_seconds(lambda: a @ b, dev, 10) / 1e12}
     x = torch.empty(64 * 2**20 if dev.type == "cuda" else 8 * 2**20, device=dev)
-    out["copy_gbs"] = 2 * x.numel() * 4 / timed(lambda: x.clone(), 10) / 1e9
+    out["copy_gbs"] = 2 * x.numel() * 4 / best_seconds(lambda: x.clone(), dev, 10) / 1e9
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-        out["tf32_tflops"] = 2 * n**3 / timed(lambda: a @ b, 10) / 1e12
+        out["tf32_tflops"] = 2 * n**3 / best_seconds(lambda: a @ b, dev, 10) / 1e12
         torch.backends.cuda.matmul.allow_tf32 = False
         ah, bh = a.bfloat16(), b.bfloat16()
-        out["bf16_tflops"] = 2 * n**3 / timed(lambda: ah @ bh, 10) / 1e12
+        out["bf16_tflops"] = 2 * n**3 / best_seconds(lambda: ah @ bh, dev, 10) / 1e12
     return out
 
 
@@ -396,6 +392,12 @@ def main(argv=None):
             a.out.mkdir(parents=True, exist_ok=True)
             (a.out / f"profile_{tag}{suffix}.txt").write_text(text + "\n")
             print(text, flush=True)
+    if "bmm" in parts:  # the 1x1 convs' products alone (benchmarks/products.py): is the weight gradient slow?
+        result["products"] = []
+        for prec in ("bf16", "tf32") if gpu else ("fp32",):
+            result["products"] += products.times(dev, prec, pk["copy_gbs"])
+            save(result, a.out, tag)
+        print(products.table(result["products"]), flush=True)
     if "bytes" in parts:
         imgs = load_images(a.data, 1 if gpu else 2, 2)
         land = [im for im in imgs.values() if im.shape[0] < im.shape[1]][:1]
@@ -478,6 +480,10 @@ def table(result) -> str:
                   f"({counts[0]['size']}, k={counts[0]['k']}, {counts[0]['precision']}): " + "; ".join(
                       f"{c['preset'] if c['preset'] != 'True' else 'default'} {c['mb_per_image_iter']:.0f} MB "
                       f"({c['widest_activations']:.1f} widest activations)" for c in counts) + "."]
+    if result.get("products"):
+        lines += ["", "The 1x1 convolutions' products alone (k x k blocks and the 3 x k output conv; "
+                  "bytes: the two operands read once), against the copy bandwidth:", "",
+                  products.table(result["products"])]
     for key, when in (("dataset_cold", "with an empty compile cache"), ("dataset", "")):
         d = result.get(key)
         if d:

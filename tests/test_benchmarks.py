@@ -265,3 +265,31 @@ def test_the_adam_comparison_times_both_forms_each_round_and_restores_the_fits_o
     assert row["config"] == "tiny" and sorted(row["ms_per_step"]) == ["fused", "plain"]
     assert all(len(t) == 2 and min(t) > 0 for t in row["ms_per_step"].values())
     assert len(row["ratio_per_round"]) == 2
+
+
+def test_every_timed_form_of_a_conv_weight_gradient_computes_the_same_product():
+    from benchmarks import products
+
+    for bank, c in ((1, 8), (3, 8), (3, 3)):  # a k x k block and a 3 x k output conv
+        forms = products._forms(bank, 8, c, 96, (4, 32), torch.float64, torch.device("cpu"))
+        grads = {name: fn() for name, (fn, _) in forms.items() if "weight grad" in name}
+        assert len(grads) == 3 + (bank == 1)  # bmm, (mm,) and both splits were timed
+        ref = grads.pop(next(n for n in grads if n.endswith("weight grad, bmm")))
+        assert ref.shape == (bank, c, 8)
+        for name, g in grads.items():
+            g = g if g.dim() == 3 else g[None]
+            assert torch.allclose(g, ref, rtol=1e-10, atol=1e-10), name
+
+
+def test_the_products_timing_reports_each_form_against_the_copy_floor():
+    from benchmarks import products
+
+    case = dict(k=8, pixels=(64,), banks=(2,), splits=(4,))
+    rows = products.times(torch.device("cpu"), "fp32", copy_gbs=10.0, case=case, reps=2)
+    assert {r["form"] for r in rows} == {f"{w} {f}" for w in ("block", "output-conv")
+                                         for f in ("forward, bmm", "weight grad, bmm", "weight grad, channels last, 4 splits")}
+    for r in rows:  # x_floor is the time over the bytes' time at the given bandwidth
+        c = 8 if r["form"].startswith("block") else 3
+        floor_ms = 2 * (c + 8) * 64 * 4 / 10e9 * 1e3
+        assert math.isclose(r["x_floor"], r["ms"] / floor_ms, rel_tol=1e-9)
+    assert "| block weight grad, bmm | 2 | 64 | fp32 |" in products.table(rows)
