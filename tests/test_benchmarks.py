@@ -146,10 +146,11 @@ def test_speed_rows_on_file_are_reused_only_for_the_same_device_and_counts(tmp_p
     from benchmarks.speed import _on_file
 
     (tmp_path / "speed_gpu.json").write_text(json.dumps(dict(device="H200", timed_iters=100, quality_iters=300, rows=[])))
-    assert _on_file(tmp_path, "gpu", "H200", (100, 300))["device"] == "H200"
+    assert _on_file(tmp_path, "gpu", "H200", (100, 300, 1))["device"] == "H200"  # a file without rounds timed one
     assert _on_file(tmp_path, "gpu", "H200", None) is not None  # the dataset parts read any counts
     assert _on_file(tmp_path, "gpu", "H100", None) is None
-    assert _on_file(tmp_path, "gpu", "H200", (200, 300)) is None
+    assert _on_file(tmp_path, "gpu", "H200", (200, 300, 1)) is None
+    assert _on_file(tmp_path, "gpu", "H200", (100, 300, 5)) is None  # best of 5 is not comparable with one
     assert _on_file(tmp_path, "cpu", "H200", None) is None
 
 
@@ -293,3 +294,17 @@ def test_the_products_timing_reports_each_form_against_the_copy_floor():
         floor_ms = 2 * (c + 8) * 64 * 4 / 10e9 * 1e3
         assert math.isclose(r["x_floor"], r["ms"] / floor_ms, rel_tol=1e-9)
     assert "| block weight grad, bmm | 2 | 64 | fp32 |" in products.table(rows)
+
+
+def test_a_speed_row_keeps_the_fastest_of_its_timing_rounds(monkeypatch):
+    from types import SimpleNamespace
+
+    import benchmarks.speed as speed
+
+    clock = iter([0.0, 3.0, 10.0, 11.0, 20.0, 22.0])  # rounds of 3 s, 1 s and 2 s
+    monkeypatch.setattr(speed, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    monkeypatch.setattr(speed, "optimise", lambda *a, **kw: torch.full((2,), 0.01))
+    imgs = [np.zeros((16, 24, 3), np.uint8)] * 2
+    r = speed.measure(imgs, 4, "fp32", False, torch.device("cpu"), iters=10, warmup=1, quality_iters=1, rounds=3)
+    assert r["ms_per_image_iter"] == 1.0 / 10 / 2 * 1000  # the 1 s round, per step and per image
+    assert next(clock, None) is None  # all three rounds were timed
