@@ -1,5 +1,6 @@
 """Fused Adam against the plain (foreach) form on this machine: ms per fit step, the two
-alternated in one process so that a shared machine's drift falls on both alike.
+alternated in one process so that a shared machine's drift falls on both alike
+(benchmarks/alternate.py).
 
     python -m benchmarks.adam --data ../shared/data/kodak
 
@@ -7,8 +8,9 @@ Rows: the CPU speed table's compiled configurations (192x128 k=16 alone, nine 25
 at k=22) and its eager single image. Results go to benchmarks/results/adam_<device>.json.
 """
 import argparse
+import functools
 import json
-import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -16,6 +18,7 @@ import torch
 import ddcodec
 from ddcodec import fit
 
+from .alternate import alternate
 from .rd import load_images
 from .speed import _bank
 
@@ -27,23 +30,21 @@ def plain_adam(params, lr, betas):
     return torch.optim.Adam(params, lr=lr, betas=betas)
 
 
-def alternate(imgs, k, compile_, dev, rounds: int, steps: int) -> dict:
-    """ms per step of each form, round by round: one fit per form, timed in turn."""
-    forms = {"fused": fit.adam, "plain": plain_adam}
-    models = {name: _bank(imgs, k, dev) for name in forms}
-    times = {name: [] for name in forms}
-    real = fit.adam
+@contextmanager
+def adam_of(make):
+    """fit.optimise's Adam is make for the duration (fit.adam is the one the fit calls)."""
+    real, fit.adam = fit.adam, make
     try:
-        for r in range(rounds + 1):  # round 0 warms up (and compiles)
-            for name, make in forms.items():
-                _, _, z, loss, model = models[name]
-                fit.adam = make
-                t0 = time.perf_counter()
-                fit.optimise(model, z, loss, 3 if r == 0 else steps, 0.01, compile=compile_)
-                if r:
-                    times[name].append((time.perf_counter() - t0) / steps * 1000)
+        yield
     finally:
         fit.adam = real
+
+
+def compare(imgs, k, compile_, dev, rounds: int, steps: int) -> dict:
+    """ms per step of each form, round by round (alternate.alternate): one fit per form."""
+    forms = {name: (_bank(imgs, k, dev), {"compile": compile_}, functools.partial(adam_of, make))
+             for name, make in (("fused", fit.adam), ("plain", plain_adam))}
+    times = alternate(forms, dev, rounds, steps)
     fused_is = fit.adam([torch.zeros(1, device=dev, requires_grad=True)], 0.01, (0.9, 0.999)).defaults["fused"]
     return {"ms_per_step": times, "fused_available": bool(fused_is),
             "ratio_per_round": [f / p for f, p in zip(times["fused"], times["plain"])]}
@@ -61,7 +62,7 @@ def main(argv=None):
     result = {"device": dev.type, "threads": torch.get_num_threads(), "torch": torch.__version__, "rows": []}
     for name, bank, down, k, compile_ in CONFIGS:
         imgs = [im for im in load_images(a.data, down).values() if im.shape[0] < im.shape[1]][:bank]
-        row = dict(config=name, **alternate(imgs, k, compile_, dev, a.rounds, a.steps or (100 if bank == 1 else 30)))
+        row = dict(config=name, **compare(imgs, k, compile_, dev, a.rounds, a.steps or (100 if bank == 1 else 30)))
         result["rows"].append(row)
         print(name, " ".join(f"{r:.2f}" for r in row["ratio_per_round"]), "(fused / plain, per round)", flush=True)
     a.out.mkdir(parents=True, exist_ok=True)

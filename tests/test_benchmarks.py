@@ -308,3 +308,44 @@ def test_a_speed_row_keeps_the_fastest_of_its_timing_rounds(monkeypatch):
     r = speed.measure(imgs, 4, "fp32", False, torch.device("cpu"), iters=10, warmup=1, quality_iters=1, rounds=3)
     assert r["ms_per_image_iter"] == 1.0 / 10 / 2 * 1000  # the 1 s round, per step and per image
     assert next(clock, None) is None  # all three rounds were timed
+
+
+def test_alternated_forms_are_each_timed_once_a_round_in_turn_inside_their_own_context(monkeypatch):
+    from contextlib import contextmanager
+
+    from benchmarks import alternate
+    from ddcodec import fit
+
+    calls, entered = [], []
+
+    def fake_optimise(model, z, loss, steps, lr, **kw):
+        calls.append((model, steps, kw["compile"]))
+
+    @contextmanager
+    def around(name):
+        entered.append(name)
+        yield
+
+    monkeypatch.setattr(fit, "optimise", fake_optimise)
+    forms = {n: ((None, None, None, None, n), {"compile": c}, lambda n=n: around(n)) for n, c in (("a", True), ("b", False))}
+    times = alternate.alternate(forms, torch.device("cpu"), rounds=2, steps=7)
+    assert calls == [("a", 3, True), ("b", 3, False)] + [("a", 7, True), ("b", 7, False)] * 2  # warm-up, then rounds
+    assert entered == ["a", "b"] * 3
+    assert {n: len(t) for n, t in times.items()} == {"a": 2, "b": 2}
+    s = alternate.summary({"a": [2.0, 4.0, 9.0], "b": [1.0, 2.0, 3.0]}, "b")
+    assert s["median_ms"] == {"a": 4.0, "b": 2.0} and s["ratio_per_round"] == {"a": [2.0, 2.0, 3.0]}
+
+
+def test_the_presets_comparison_writes_every_forms_rounds(tmp_path, monkeypatch):
+    import json
+
+    from benchmarks import alternate
+
+    monkeypatch.setattr(alternate, "CONFIGS", [("tiny", 2, 1, 4, 50)])
+    monkeypatch.setattr(alternate, "PRESETS", {"default": False, "eager": False})  # no compiler needed
+    data, out = _folder(tmp_path, ["a", "b"])
+    alternate.main(["--data", str(data), "--rounds", "2", "--steps", "2", "--out", str(out)])
+    row = json.loads((out / "presets_cpu.json").read_text())["rows"][0]
+    assert row["config"] == "tiny" and sorted(row["ms_per_step"]) == ["default", "eager"]
+    assert all(len(t) == 2 and min(t) > 0 for t in row["ms_per_step"].values())
+    assert list(row["ratio_per_round"]) == ["eager"] and len(row["ratio_per_round"]["eager"]) == 2
