@@ -7,18 +7,16 @@ alternated in one process so that a shared machine's drift falls on both alike
 Rows: the CPU speed table's compiled configurations (192x128 k=16 alone, nine 256x170 tiles
 at k=22) and its eager single image. Results go to benchmarks/results/adam_<device>.json.
 """
-import argparse
 import functools
 import json
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 
 import ddcodec
 from ddcodec import fit
 
-from .alternate import alternate
+from .alternate import alternate, parser
 from .rd import load_images
 from .speed import _bank
 
@@ -51,13 +49,7 @@ def compare(imgs, k, compile_, dev, rounds: int, steps: int) -> dict:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="fused Adam against the plain form")
-    ap.add_argument("--data", type=Path, default=Path("../shared/data/kodak"))
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=0, help="steps a round (default: 100 alone, 30 a bank)")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    a = ap.parse_args(argv)
+    a = parser("fused Adam against the plain form", 4, "100 alone, 30 a bank").parse_args(argv)
     dev = ddcodec.codec.resolve_device(a.device)
     result = {"device": dev.type, "threads": torch.get_num_threads(), "torch": torch.__version__, "rows": []}
     for name, bank, down, k, compile_ in CONFIGS:

@@ -55,14 +55,19 @@ def summary(times: dict, base: str) -> dict:
             "ratio_per_round": {n: [a / b for a, b in zip(t, times[base])] for n, t in times.items() if n != base}}
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description="compile presets, alternated round by round")
+def parser(description: str, rounds: int, steps_help: str) -> argparse.ArgumentParser:
+    """The options every alternated comparison takes."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--data", type=Path, default=Path("../shared/data/kodak"))
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--rounds", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=0, help="steps a round (default: CONFIGS')")
+    ap.add_argument("--rounds", type=int, default=rounds)
+    ap.add_argument("--steps", type=int, default=0, help=f"steps a round (default: {steps_help})")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None):
+    a = parser("compile presets, alternated round by round", 8, "CONFIGS'").parse_args(argv)
     dev = ddcodec.codec.resolve_device(a.device)
     result = {"device": dev.type, "threads": torch.get_num_threads(), "torch": torch.__version__,
               "rounds": a.rounds, "rows": []}
