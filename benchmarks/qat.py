@@ -45,15 +45,18 @@ def main(argv=None):
     ap.add_argument("--bpp", type=float, help="rate control (k from the target); else --channels at --max-loss")
     ap.add_argument("--channels", type=int, default=16)
     ap.add_argument("--downscale", type=int, default=4, help="4: kodak-mini's 192x128")
+    ap.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                    help="the fit's torch.compile (auto: the codec's rule): compiled and eager kernels round differently")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     a = ap.parse_args(argv)
+    fit = FitConfig(compile={"auto": "auto", "on": True, "off": False}[a.compile])
     names = a.names.split(",")
     images = load_images(a.data, a.downscale, names=names)
     ims = [images[n] for n in names]
     k = channels_for_image(a.bpp, ims[0].shape) if a.bpp else a.channels
     h, w = ims[0].shape[:2]
     row = {"names": names, "size": f"{max(h, w)}x{min(h, w)}", "threads": torch.get_num_threads(),
-           **compare(ims, k, a.bpp)}
+           "compile": a.compile, **compare(ims, k, a.bpp, fit=fit)}
     a.out.mkdir(parents=True, exist_ok=True)
     with open(a.out / "qat.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
