@@ -349,3 +349,27 @@ def test_the_presets_comparison_writes_every_forms_rounds(tmp_path, monkeypatch)
     assert row["config"] == "tiny" and sorted(row["ms_per_step"]) == ["default", "eager"]
     assert all(len(t) == 2 and min(t) > 0 for t in row["ms_per_step"].values())
     assert list(row["ratio_per_round"]) == ["eager"] and len(row["ratio_per_round"]["eager"]) == 2
+
+
+def test_the_adam_quality_comparison_fits_with_the_form_it_names(tmp_path, monkeypatch):
+    import json
+
+    from benchmarks import adam, adam_quality
+    from ddcodec import fit
+
+    used = []
+    real_optimise = adam_quality.optimise
+
+    def recording(*a, **kw):
+        used.append(fit.adam)
+        return real_optimise(*a, **kw)
+    monkeypatch.setattr(adam_quality, "optimise", recording)
+    monkeypatch.setattr(fit, "adam", fit.adam)  # put back after the plain run replaces it
+    monkeypatch.setattr(adam_quality, "FitConfig", lambda: ddcodec.FitConfig(iters=3))
+    data, out = _folder(tmp_path, ["a", "b"])
+    own = fit.adam
+    adam_quality.main(["--form", "fused", "--names", "a,b", "-k", "4", "--downscale", "1", "--data", str(data), "--out", str(out)])
+    adam_quality.main(["--form", "plain", "--names", "a,b", "-k", "4", "--downscale", "1", "--data", str(data), "--out", str(out)])
+    assert used == [own, adam.plain_adam]
+    rows = [json.loads(line) for line in (out / "adam_quality_cpu.jsonl").read_text().splitlines()]
+    assert [r["form"] for r in rows] == ["fused", "plain"] and all(sorted(r["psnr"]) == ["a", "b"] for r in rows)
