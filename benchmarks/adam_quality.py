@@ -9,15 +9,15 @@ benchmarks/results/adam_quality_cpu.jsonl.
 """
 import argparse
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
-from ddcodec import fit as F
 from ddcodec.fit import FitConfig, optimise, psnr_from_mse
 from ddcodec.nets import build
 
-from .adam import plain_adam
+from .adam import adam_of, plain_adam
 from .rd import load_images
 from .speed import _bank
 
@@ -31,15 +31,14 @@ def main(argv=None):
     ap.add_argument("--data", type=Path, default=Path("../shared/data/kodak"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     a = ap.parse_args(argv)
-    if a.form == "plain":
-        F.adam = plain_adam  # the fit and nothing else runs in this process
     names = a.names.split(",")
     ims = load_images(a.data, a.downscale, names=names)
     land = [ims[n] if ims[n].shape[0] < ims[n].shape[1] else ims[n].transpose(1, 0, 2) for n in names]
     arch, seeds, z, loss, _ = _bank(land, a.k, torch.device("cpu"))
     recipe = FitConfig()
     model = build(arch, seeds, recipe.live_first_block_for(True, a.k, z.shape[2] * z.shape[3]))
-    best = optimise(model, z, loss, recipe.iters, **recipe.schedule(a.k), compile=False)
+    with adam_of(plain_adam) if a.form == "plain" else nullcontext():
+        best = optimise(model, z, loss, recipe.iters, **recipe.schedule(a.k), compile=False)
     row = {"form": a.form, "k": a.k, "downscale": a.downscale, "threads": torch.get_num_threads(),
            "psnr": dict(zip(names, [round(float(p), 4) for p in psnr_from_mse(best)]))}
     a.out.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,7 @@ from ddcodec.fit import COMPILE_PRESETS, GRAPH_MODES, FitConfig, fell_back, mse_
 from ddcodec.nets import Architecture, build, seeded_input
 
 from . import products
-from .products import best_seconds
+from .products import _sync, best_seconds
 from .rd import load_images
 
 GPU_CONFIGS = [  # (name, bank, precision, torch.compile, downscale, k); the banks first, eager
@@ -104,11 +104,6 @@ def peaks(dev: torch.device) -> dict:
         ah, bh = a.bfloat16(), b.bfloat16()
         out["bf16_tflops"] = 2 * n**3 / best_seconds(lambda: ah @ bh, dev, 10) / 1e12
     return out
-
-
-def _sync(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def _bank(imgs, k, dev):
