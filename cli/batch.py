@@ -4,6 +4,7 @@ one progress bar overall, and report a bad file without losing the others."""
 import glob
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -100,21 +101,8 @@ def encode_command(images, output, channels, layers, arch, iters, lr, seed, devi
     # settings every bank shares, checked once before any folder is made or image read: a bad
     # -k is one error, not one per image
     check_arguments(k, d, fit, quant, None, tile)
-    made = _make_folder(output) if many and output is not None else False
-    try:
-        jobs, failed, claimed = [], 0, set()
-        for p, o in zip(paths, outs):
-            try:  # check outputs and read inputs before any fit: a bad file costs nothing
-                if os.path.realpath(o) in claimed:
-                    raise OutputExistsError(f"another input also maps to {o}")
-                check_output(o, force, inputs=paths + ([mask] if mask else []))
-                claimed.add(os.path.realpath(o))
-                jobs.append((p, o, read_image(p, max_pixels)))
-            except DDCError as e:
-                if not many:
-                    raise
-                click.echo(f"ddc: skipped {p}: {str(e).removeprefix(f'{p}: ')}", err=True)  # once, not twice
-                failed += 1
+    with _output_folder(output if many else None):
+        jobs, failed = _read_jobs(paths, outs, many, force, [mask] if mask else [], max_pixels)
         banks = _banks(jobs, 1 if (denoise or mask is not None) else bank)
         fits = len(banks) if tile is None else sum(tiles.fits_for([j[2].shape for j in g], tile, bpp) for g in banks)
         with FitProgress(fit, quant, quiet or as_json, fits) as bar:
@@ -124,9 +112,37 @@ def encode_command(images, output, channels, layers, arch, iters, lr, seed, devi
                 bar.next_bank()
         if failed:
             raise DDCError(f"{failed} of {len(paths)} images failed")
+
+
+@contextmanager
+def _output_folder(folder):
+    """Make the output folder of a run over many images (None: nothing to make), and remove
+    it again if this run made it and wrote nothing into it."""
+    made = _make_folder(folder) if folder is not None else False
+    try:
+        yield
     finally:
         if made:
-            _remove_if_empty(output)
+            _remove_if_empty(folder)
+
+
+def _read_jobs(paths, outs, many: bool, force: bool, other_inputs, max_pixels):
+    """(path, output, image) for every input whose output may be written, read before any fit
+    so that a bad file costs nothing; with many inputs a bad one is reported and counted."""
+    jobs, failed, claimed = [], 0, set()
+    for p, o in zip(paths, outs):
+        try:
+            if os.path.realpath(o) in claimed:
+                raise OutputExistsError(f"another input also maps to {o}")
+            check_output(o, force, inputs=paths + other_inputs)
+            claimed.add(os.path.realpath(o))
+            jobs.append((p, o, read_image(p, max_pixels)))
+        except DDCError as e:
+            if not many:
+                raise
+            click.echo(f"ddc: skipped {p}: {str(e).removeprefix(f'{p}: ')}", err=True)  # once, not twice
+            failed += 1
+    return jobs, failed
 
 
 def _banks(jobs, size) -> list:
