@@ -6,9 +6,15 @@ bank, from the same start, with eager kernels (benchmarks/adam.py times the two 
 
 Portrait images are transposed (as the codec does). One JSON line per run is appended to
 benchmarks/results/adam_quality_cpu.jsonl.
+
+    python -m benchmarks.adam_quality --summary
+
+pairs the two forms' fits of each image (the latest run of each) and prints, per k, fused
+minus plain in dB: the mean, its standard error, and how many images the fused form lost.
 """
 import argparse
 import json
+import statistics
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -24,13 +30,22 @@ from .speed import _bank
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description="fused against plain Adam: float PSNR of one fit")
-    ap.add_argument("--form", choices=["fused", "plain"], required=True)
-    ap.add_argument("--names", required=True, help="comma-separated image names: one bank")
+    ap.add_argument("--form", choices=["fused", "plain"])
+    ap.add_argument("--names", help="comma-separated image names: one bank")
+    ap.add_argument("--summary", action="store_true", help="print the paired differences on file")
     ap.add_argument("--downscale", type=int, default=4)
     ap.add_argument("-k", type=int, default=16)
     ap.add_argument("--data", type=Path, default=Path("../shared/data/kodak"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     a = ap.parse_args(argv)
+    if a.summary:
+        rows = [json.loads(line) for line in open(a.out / "adam_quality_cpu.jsonl")]
+        for key, d in summary(rows).items():
+            print("k={} downscale={} threads={}: {images} images, fused - plain {mean:+.3f} dB (standard error "
+                  "{stderr:.3f}, {min:+.3f} to {max:+.3f}), fused lower on {fused_lower}".format(*key, **d))
+        return
+    if not (a.form and a.names):
+        ap.error("--form and --names are required unless --summary")
     names = a.names.split(",")
     ims = load_images(a.data, a.downscale, names=names)
     land = [ims[n] if ims[n].shape[0] < ims[n].shape[1] else ims[n].transpose(1, 0, 2) for n in names]
@@ -45,6 +60,27 @@ def main(argv=None):
     with open(a.out / "adam_quality_cpu.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
     print(json.dumps(row), flush=True)
+
+
+def summary(rows) -> dict:
+    """{(k, downscale, threads): {"images", "mean", "stderr", "fused_lower", "min", "max"}}
+    of fused minus plain PSNR over the images both forms fitted (a later row of the same form
+    and image replaces an earlier one)."""
+    latest = {}
+    for r in rows:
+        for name, p in r["psnr"].items():
+            latest[(r["k"], r["downscale"], r["threads"], name, r["form"])] = p
+    diffs = {}
+    for (k, down, threads, name, form), p in latest.items():
+        other = latest.get((k, down, threads, name, "plain"))
+        if form == "fused" and other is not None:
+            diffs.setdefault((k, down, threads), []).append(p - other)
+    out = {}
+    for key, d in sorted(diffs.items()):
+        out[key] = {"images": len(d), "mean": statistics.fmean(d),
+                    "stderr": statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else float("nan"),
+                    "fused_lower": sum(x < 0 for x in d), "min": min(d), "max": max(d)}
+    return out
 
 
 if __name__ == "__main__":

@@ -373,3 +373,17 @@ def test_the_adam_quality_comparison_fits_with_the_form_it_names(tmp_path, monke
     assert used == [own, adam.plain_adam]
     rows = [json.loads(line) for line in (out / "adam_quality_cpu.jsonl").read_text().splitlines()]
     assert [r["form"] for r in rows] == ["fused", "plain"] and all(sorted(r["psnr"]) == ["a", "b"] for r in rows)
+
+
+def test_the_adam_quality_summary_pairs_each_images_latest_fits_per_k():
+    from benchmarks.adam_quality import summary
+
+    row = lambda form, k, psnr: {"form": form, "k": k, "downscale": 4, "threads": 1, "psnr": psnr}  # noqa: E731
+    rows = [row("fused", 8, {"a": 20.0, "b": 21.0}), row("plain", 8, {"a": 20.5, "b": 20.0}),
+            row("fused", 8, {"a": 21.0}),  # a rerun of a: replaces 20.0
+            row("fused", 16, {"a": 25.0, "c": 26.0}), row("plain", 16, {"a": 25.25})]  # c has no pair
+    s = summary(rows)
+    assert sorted(s) == [(8, 4, 1), (16, 4, 1)]
+    assert s[(8, 4, 1)]["images"] == 2 and s[(8, 4, 1)]["mean"] == 0.75 and s[(8, 4, 1)]["fused_lower"] == 0
+    assert (s[(8, 4, 1)]["min"], s[(8, 4, 1)]["max"]) == (0.5, 1.0)
+    assert s[(16, 4, 1)]["images"] == 1 and s[(16, 4, 1)]["mean"] == -0.25 and s[(16, 4, 1)]["fused_lower"] == 1
