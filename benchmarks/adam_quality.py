@@ -40,8 +40,8 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.summary:
         rows = [json.loads(line) for line in open(a.out / "adam_quality_cpu.jsonl")]
-        for key, d in summary(rows).items():
-            print("k={} downscale={} threads={}: {images} images, fused - plain {mean:+.3f} dB (standard error "
+        for key, d in [*summary(rows).items(), *summary(rows, pool=True).items()]:
+            print("k={} downscale={} threads={}: {images} fits, fused - plain {mean:+.3f} dB (standard error "
                   "{stderr:.3f}, {min:+.3f} to {max:+.3f}), fused lower on {fused_lower}".format(*key, **d))
         return
     if not (a.form and a.names):
@@ -62,10 +62,10 @@ def main(argv=None):
     print(json.dumps(row), flush=True)
 
 
-def summary(rows) -> dict:
+def summary(rows, pool: bool = False) -> dict:
     """{(k, downscale, threads): {"images", "mean", "stderr", "fused_lower", "min", "max"}}
     of fused minus plain PSNR over the images both forms fitted (a later row of the same form
-    and image replaces an earlier one)."""
+    and image replaces an earlier one). pool: every k's fits in one entry, k = "all"."""
     latest = {}
     for r in rows:
         for name, p in r["psnr"].items():
@@ -74,14 +74,14 @@ def summary(rows) -> dict:
     for (k, down, threads, name, form), p in latest.items():
         other = latest.get((k, down, threads, name, "plain"))
         if form == "fused" and other is not None:
-            diffs.setdefault((k, down, threads), []).append(p - other)
-    out = {}
-    for key, d in sorted(diffs.items()):
-        out[key] = {"images": len(d), "mean": statistics.fmean(d),
-                    "stderr": statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else float("nan"),
-                    "fused_lower": sum(x < 0 for x in d), "min": min(d), "max": max(d)}
-    return out
+            diffs.setdefault(("all" if pool else k, down, threads), []).append(p - other)
+    return {key: _stats(d) for key, d in sorted(diffs.items())}  # k: all ints, or all "all"
 
+
+def _stats(d) -> dict:
+    return {"images": len(d), "mean": statistics.fmean(d),
+            "stderr": statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else float("nan"),
+            "fused_lower": sum(x < 0 for x in d), "min": min(d), "max": max(d)}
 
 if __name__ == "__main__":
     main()

@@ -387,3 +387,6 @@ def test_the_adam_quality_summary_pairs_each_images_latest_fits_per_k():
     assert s[(8, 4, 1)]["images"] == 2 and s[(8, 4, 1)]["mean"] == 0.75 and s[(8, 4, 1)]["fused_lower"] == 0
     assert (s[(8, 4, 1)]["min"], s[(8, 4, 1)]["max"]) == (0.5, 1.0)
     assert s[(16, 4, 1)]["images"] == 1 and s[(16, 4, 1)]["mean"] == -0.25 and s[(16, 4, 1)]["fused_lower"] == 1
+    pooled = summary(rows, pool=True)  # image a at both k: two fits, not one
+    assert list(pooled) == [("all", 4, 1)] and pooled[("all", 4, 1)]["images"] == 3
+    assert abs(pooled[("all", 4, 1)]["mean"] - 1.25 / 3) < 1e-12 and pooled[("all", 4, 1)]["fused_lower"] == 1
