@@ -83,5 +83,6 @@ def _stats(d) -> dict:
             "stderr": statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else float("nan"),
             "fused_lower": sum(x < 0 for x in d), "min": min(d), "max": max(d)}
 
+
 if __name__ == "__main__":
     main()
