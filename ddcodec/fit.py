@@ -290,7 +290,12 @@ def compiled(model, preset=True, device=torch.device("cpu")):
         # torch's default limit of 8 sends a benchmark sweeping k back to eager half-way.
         dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
         deep_decoder = model.arch.kind == "deep-decoder"
-        if deep_decoder and not (preset in GRAPH_MODES and key[1] == "cuda"):
+        if preset == "triton" and not tail_supported(model.arch):
+            preset = True  # nothing for the tail kernels to do: the default compile
+        if preset == "triton":
+            head = _shared_program(("head", key[1]))
+            forward = lambda z, params: _triton_program(head, z, model.program_args(params))  # noqa: E731
+        elif deep_decoder and not (preset in GRAPH_MODES and key[1] == "cuda"):
             program = _shared_program(key)
             forward = lambda z, params: program(z, *model.program_args(params))  # noqa: E731
         else:
@@ -314,10 +319,30 @@ _PROGRAMS = {}  # (preset, device type) -> nets.decoder_program through torch.co
 
 def _shared_program(key):
     if key not in _PROGRAMS:
-        from .nets import decoder_program
-        forward, kwargs = _compile_settings(decoder_program, True, *key)
+        from .nets import decoder_head, decoder_program
+        if key[0] == "head":  # the "triton" preset's head: inductor's defaults
+            forward, kwargs = decoder_head, {}
+        else:
+            forward, kwargs = _compile_settings(decoder_program, True, *key)
         _PROGRAMS[key] = torch.compile(forward, dynamic=False, **kwargs)
     return _PROGRAMS[key]
+
+
+def tail_supported(arch) -> bool:
+    """Whether the "triton" preset's tail kernels (tail.py) cover an architecture: the Deep
+    Decoder with at least one upsampling, and k small enough for a tile's tensors to stay in
+    registers. Any other falls back to the default compile."""
+    return arch.kind == "deep-decoder" and arch.layers >= 2 and arch.channels <= TAIL_MAX_CHANNELS
+
+
+def _triton_program(head, z, args):
+    """The "triton" preset's forward: the compiled head (nets.decoder_head), then the full-size
+    tail as hand-written Triton kernels (tail.tail; imported here, so that torch alone serves
+    every other preset, and a missing Triton is a compile failure like any other)."""
+    from .tail import tail
+    weights, biases, scales, shifts, out_w, out_b = args
+    y = head(z, weights, biases, scales, shifts)
+    return tail(y, scales[-2], shifts[-2], weights[-1], biases[:, -1], scales[-1], shifts[-1], out_w, out_b)
 
 
 def _compile_settings(forward, deep_decoder: bool, preset, device_type: str) -> tuple:
@@ -344,8 +369,10 @@ def _compile_settings(forward, deep_decoder: bool, preset, device_type: str) -> 
 
 RECOMPILE_LIMIT = 128
 TORCH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile's own modes, by their names
-# "fused": fewer bytes per step (_compile_settings); "fused-graphs": that, replayed as CUDA graphs
-COMPILE_PRESETS = ("default",) + TORCH_MODES + ("fused", "fused-graphs")
+# "fused": fewer bytes per step (_compile_settings); "fused-graphs": that, replayed as CUDA graphs;
+# "triton": the full-size tail as hand-written kernels (tail.py), the rest compiled as by default
+COMPILE_PRESETS = ("default",) + TORCH_MODES + ("fused", "fused-graphs", "triton")
+TAIL_MAX_CHANNELS = 128  # [k, T] tiles of several tensors live in a program's registers at once
 GRAPH_MODES = TORCH_MODES + ("fused-graphs",)  # the presets that use CUDA graphs
 # Recompute instead of store: inductor writes an intermediate out once it is read more than
 # 4 times, is 30 ops deep or has accumulated 8 reads (its GPU defaults). The upsampling's

@@ -274,20 +274,42 @@ def decoder_program(z, weights, biases, scales, shifts, out_w, out_b, fused: boo
     for both (fit.compiled): the fine-tuning used to cost a second cold compile (~11 s on an
     H200, ~25 s on this CPU) for a few hundred steps."""
     x, d = z, len(weights)
-    for i, w in enumerate(weights):
-        bsz, k, h, wd = x.shape
-        x = torch.bmm(w, x.reshape(bsz, k, h * wd)).view(bsz, w.shape[1], h, wd)
-        if i > 0 and biases is not None:  # in the activation's dtype: a bf16 fit stays bf16
-            x = x + biases[:, i - 1, :, None, None].to(x.dtype)
-        if i < d - 1:
-            x = upsample2x(x)
-        x = F.relu(x)
-        shape = x.shape
-        g = None if scales is None else scales[i].reshape(-1)
-        b = None if shifts is None else shifts[i].reshape(-1)
-        x = channel_norm(x.reshape(1, -1, *shape[2:]), g, b).view(shape)
+    for i in range(d):
+        x = _normalised(_conv(x, i, weights, biases), i, d, scales, shifts)
     y = output_conv(out_w, x, fused)
     return torch.sigmoid(y if out_b is None else y + out_b[:, :, None, None].to(y.dtype))
+
+
+def decoder_head(z, weights, biases, scales, shifts) -> torch.Tensor:
+    """decoder_program up to the full-size tail: blocks 0..d-3 whole, then block d-2's conv
+    and bias, at half the image's size. The "triton" preset runs the rest as hand-written
+    kernels (tail.tail) that never store a full-size activation; d >= 2."""
+    x, d = z, len(weights)
+    for i in range(d - 2):
+        x = _normalised(_conv(x, i, weights, biases), i, d, scales, shifts)
+    return _conv(x, d - 2, weights, biases)
+
+
+def _conv(x, i, weights, biases):
+    """Block i's 1x1 conv and, from block 1 on, its bias."""
+    bsz, k, h, wd = x.shape
+    w = weights[i]
+    x = torch.bmm(w, x.reshape(bsz, k, h * wd)).view(bsz, w.shape[1], h, wd)
+    if i > 0 and biases is not None:  # in the activation's dtype: a bf16 fit stays bf16
+        x = x + biases[:, i - 1, :, None, None].to(x.dtype)
+    return x
+
+
+def _normalised(x, i, d, scales, shifts):
+    """The rest of block i after its conv: the upsampling (all but the last block), ReLU and
+    the normalisation with scales[i] and shifts[i]."""
+    if i < d - 1:
+        x = upsample2x(x)
+    x = F.relu(x)
+    shape = x.shape
+    g = None if scales is None else scales[i].reshape(-1)
+    b = None if shifts is None else shifts[i].reshape(-1)
+    return channel_norm(x.reshape(1, -1, *shape[2:]), g, b).view(shape)
 
 
 def _plain(params) -> list:

@@ -1,0 +1,159 @@
+"""The "triton" preset's tail kernels alone (ddcodec/tail.py; `speed.py --part tail`).
+
+First whether they compute the tail at full size (768x512, k=64) in each precision, against
+the same inputs in float64 through torch; then the tail's forward and backward timed for a
+few tile shapes against torch.compile of the same function (tail.reference), for the bank
+and for one image, with the bytes the kernels move against the copy bandwidth.
+"""
+import torch
+
+from ddcodec import tail
+
+from .products import _sync, best_seconds
+
+NAMES = ("y", "g_a", "b_a", "w_b", "c_b", "g_b", "b_b", "w_o", "c_o")
+# relative error bounds by precision (the device library's METHOD.md): fp32 far under 1e-3,
+# TF32 near 3e-4, bf16 operands 1e-3 to 1e-2
+BOUNDS = {"fp32": 1e-4, "tf32": 3e-3, "bf16": 3e-2}
+LAUNCHES = [tail.LAUNCH, tail.Launch(32, 2048, 8), tail.Launch(16, 4096, 4), tail.Launch(16, 1024, 4),
+            tail.Launch(32, 4096, 8)]
+
+
+def inputs(bsz, k, h, w, c, dev, seed=0) -> list:
+    """Random tail inputs of a plausible scale, in float64 on dev: y [B, k, h, w] (half size)
+    and the parameters."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(dev)  # noqa: E731
+    return [r(bsz, k, h, w), 1 + 0.3 * r(bsz, k), 0.2 * r(bsz, k), r(bsz, k, k) / k ** 0.5, 0.1 * r(bsz, k),
+            1 + 0.3 * r(bsz, k), 0.2 * r(bsz, k), r(bsz, c, k) / k ** 0.5, 0.1 * r(bsz, c)]
+
+
+def _cast(xs, precision):
+    """The fit's dtypes: fp32 parameters, and y in bf16 under bf16 autocast."""
+    out = [t.float() for t in xs]
+    if precision == "bf16":
+        out[0] = out[0].bfloat16()
+    return out
+
+
+class _Precision:
+    """TF32 products for the tf32 rows; the fit's own switch (fit.precision) is the same flag."""
+
+    def __init__(self, precision):
+        self.tf32 = precision == "tf32"
+
+    def __enter__(self):
+        self.old = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = self.tf32
+
+    def __exit__(self, *exc):
+        torch.backends.cuda.matmul.allow_tf32 = self.old
+
+
+def check(dev, bsz=2, k=64, h=256, w=384, c=3) -> list:
+    """Relative error of the kernels' output and of every gradient against float64 torch, at
+    full size, per precision; "ok" when each is under BOUNDS."""
+    xs = inputs(bsz, k, h, w, c, dev)
+    ref = [t.clone().requires_grad_() for t in xs]
+    expect = tail.reference(*ref)
+    gx = torch.randn(expect.shape, generator=torch.Generator(device="cpu").manual_seed(1),
+                     dtype=torch.float64).to(dev)
+    expect.backward(gx)
+    rows = []
+    for precision in ("fp32", "tf32", "bf16"):
+        err = {}
+        for form in ("tail", "torch"):  # the kernels, and torch's own in the same precision
+            ts = [t.requires_grad_() for t in _cast(xs, precision)]
+            with _Precision(precision), torch.autocast(dev.type, torch.bfloat16, enabled=form == "torch" and precision == "bf16"):
+                out = tail.tail(*ts) if form == "tail" else tail.reference(*ts)
+            out.float().backward(gx.float())
+            err[form] = {"out": _relative(out, expect)}
+            err[form].update({n: _relative(a.grad, b.grad) for n, a, b in zip(NAMES, ts, ref)})
+        rows.append({"precision": precision, "bound": BOUNDS[precision], "errors": err["tail"],
+                     "torch_errors": err["torch"], "ok": _faithful(err["tail"], err["torch"], BOUNDS[precision])})
+    return rows
+
+
+def _faithful(ours: dict, torch_own: dict, bound: float) -> bool:
+    """Each error under the precision's bound, or at most 3x torch's own in that precision: the
+    gradients through two normalisations cancel, and bf16 products leave torch itself a few
+    percent off float64 there."""
+    return all(e < max(bound, 3 * torch_own[n]) for n, e in ours.items())
+
+
+def _relative(a, b) -> float:
+    a, b = a.detach().double(), b.detach()
+    return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
+def tail_bytes(bsz, k, h, w, c, elem: int) -> int:
+    """Bytes the kernels move in a step: seven reads of y (three passes forward, three back,
+    and the adjoint's write of dy), the image written and its gradient read three times, the
+    gradient at u written once and read once."""
+    y, img, u = bsz * k * h * w * elem, bsz * c * 4 * h * w * 4, bsz * k * 4 * h * w * elem
+    return 7 * y + 4 * img + 2 * u
+
+
+def times(dev, copy_gbs: float, configs=((24, "bf16"), (1, "tf32")), launches=LAUNCHES, reps: int = 10,
+          k=64, h=256, w=384, c=3, on_row=None) -> list:
+    """ms per image for the tail's forward and backward: torch.compile of tail.reference (what
+    the default compile makes of it), then the kernels with each launch."""
+    rows = []
+    for bsz, precision in configs:
+        xs = _cast(inputs(bsz, k, h, w, c, dev), precision)
+        gx = torch.rand(bsz, c, 2 * h, 2 * w, device=dev)
+
+        def step(fn, ts):
+            for t in ts:
+                t.grad = None
+            fn(*ts).backward(gx)
+
+        ts = [t.clone().requires_grad_() for t in xs]
+        compiled = torch.compile(tail.reference, dynamic=False)
+        forms = [("torch.compile", lambda *a: compiled(*a).float())]
+        forms += [(f"tail {l.tile}/{l.chunk}/{l.warps}", lambda *a, l=l: tail.tail(*a, launch=l)) for l in launches]
+        for name, fn in forms:
+            with _Precision(precision), torch.autocast("cuda", torch.bfloat16, enabled=precision == "bf16"):
+                try:
+                    s = best_seconds(lambda: step(fn, ts), dev, reps)
+                except Exception as e:  # noqa: BLE001 - one form, not the part
+                    rows.append({"bank": bsz, "precision": precision, "form": name, "failed": str(e)[:300]})
+                    continue
+            row = {"bank": bsz, "precision": precision, "form": name, "ms_per_image": s * 1000 / bsz}
+            if name != "torch.compile":
+                moved = tail_bytes(bsz, k, h, w, c, 2 if precision == "bf16" else 4)
+                row["mb_per_image"] = moved / bsz / 1e6
+                row["x_copy"] = s / (moved / (copy_gbs * 1e9))
+            rows.append(row)
+            if on_row:
+                on_row(rows)
+        _sync(dev)
+        del ts, xs
+        torch.cuda.empty_cache() if dev.type == "cuda" else None
+    return rows
+
+
+def best_launch(rows, bank: int = 24):
+    """The launch whose bank row was fastest, or None."""
+    ok = [r for r in rows if r["bank"] == bank and r["form"].startswith("tail ") and "ms_per_image" in r]
+    if not ok:
+        return None
+    tile, chunk, warps = (int(x) for x in min(ok, key=lambda r: r["ms_per_image"])["form"][5:].split("/"))
+    return tail.Launch(tile, chunk, warps)
+
+
+def table(result) -> str:
+    lines = ["| tail form | bank | precision | ms per image (fwd+bwd) | MB per image | x copy floor |",
+             "|---|---|---|---|---|---|"]
+    for r in result.get("times", []):
+        if "failed" in r:
+            lines.append(f"| {r['form']} | {r['bank']} | {r['precision']} | failed | | |")
+            continue
+        mb = f"{r['mb_per_image']:.0f}" if "mb_per_image" in r else "–"
+        xc = f"{r['x_copy']:.1f}x" if "x_copy" in r else "–"
+        lines.append(f"| {r['form']} | {r['bank']} | {r['precision']} | {r['ms_per_image']:.3f} | {mb} | {xc} |")
+    for r in result.get("check", []):
+        worst = max(r["errors"], key=r["errors"].get)
+        lines.append(f"check {r['precision']}: worst relative error {r['errors'][worst]:.1e} ({worst}; torch's own "
+                     f"{r['torch_errors'][worst]:.1e}), bound {r['bound']:.0e} or 3x torch's: {'ok' if r['ok'] else 'FAILED'}")
+    return "\n".join(lines)

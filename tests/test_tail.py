@@ -1,0 +1,145 @@
+"""The "triton" preset's tail kernels (ddcodec/tail.py), run by Triton's interpreter on the CPU
+and compiled for an H100/H200 (sm_90) with the ptxas that Triton carries: the same kernels a
+GPU runs, checked against torch's own forward and autograd in float64."""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernels are defined: before the import
+
+import pytest
+
+triton = pytest.importorskip("triton")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from ddcodec import tail  # noqa: E402
+from ddcodec.fit import compiled, fell_back, mse_per_image, optimise, tail_supported  # noqa: E402
+from ddcodec.nets import Architecture, build, channel_norm, seeded_input, upsample2x  # noqa: E402
+
+SMALL = tail.Launch(tile=16, chunk=32, warps=4)  # several chunks and a ragged last tile at test sizes
+NAMES = ("y", "g_a", "b_a", "w_b", "c_b", "g_b", "b_b", "w_o", "c_o")
+
+
+def reference(y, g_a, b_a, w_b, c_b, g_b, b_b, w_o, c_o):
+    """The tail as decoder_program computes it, op by op."""
+    bsz, k = y.shape[:2]
+    x = F.relu(upsample2x(y))
+    shape = x.shape
+    x = channel_norm(x.reshape(1, -1, *shape[2:]), g_a.reshape(-1), b_a.reshape(-1)).view(shape)
+    x = torch.bmm(w_b, x.reshape(bsz, k, -1)).view(shape) + c_b[:, :, None, None]
+    x = channel_norm(F.relu(x).reshape(1, -1, *shape[2:]), g_b.reshape(-1), b_b.reshape(-1)).view(shape)
+    out = torch.bmm(w_o, x.reshape(bsz, k, -1)).view(bsz, -1, *shape[2:]) + c_o[:, :, None, None]
+    return torch.sigmoid(out)
+
+
+def draw(bsz, k, h, w, c, seed):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    return [r(bsz, k, h, w), 1 + 0.3 * r(bsz, k), 0.2 * r(bsz, k), r(bsz, k, k) / k ** 0.5, 0.1 * r(bsz, k),
+            1 + 0.3 * r(bsz, k), 0.2 * r(bsz, k), r(bsz, c, k) / k ** 0.5, 0.1 * r(bsz, c)]
+
+
+def relative(a, b) -> float:
+    return float((a.double() - b).norm() / b.norm().clamp_min(1e-300))
+
+
+@settings(max_examples=8)
+@given(bsz=st.integers(1, 2), k=st.integers(1, 24), h=st.integers(1, 5), w=st.integers(1, 5),
+       c=st.sampled_from([1, 3]), seed=st.integers(0, 2**31 - 1))
+def test_the_tail_and_its_gradients_match_torch(bsz, k, h, w, c, seed):
+    # one half-size pixel upsamples to four equal ones: a variance of 0, where only rounding
+    # is left of the gradients, in torch's form too
+    if h * w == 1:
+        h = 2
+    xs = draw(bsz, k, h, w, c, seed)
+    ours = [t.float().requires_grad_() for t in xs]
+    ref = [t.clone().requires_grad_() for t in xs]
+    out = tail.tail(*ours, launch=SMALL)
+    expect = reference(*ref)
+    assert out.shape == expect.shape == (bsz, c, 2 * h, 2 * w) and out.dtype == torch.float32
+    assert relative(out.detach(), expect.detach()) < 1e-5
+    gx = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    out.backward(gx.float())
+    expect.backward(gx)
+    for name, a, b in zip(NAMES, ours, ref):
+        assert a.grad is not None and a.grad.dtype == torch.float32, name
+        assert relative(a.grad, b.grad) < 1e-4, (name, relative(a.grad, b.grad))
+
+
+def test_bf16_products_cost_the_tail_no_more_than_they_cost_torch():
+    """The bf16 path (operands rounded to bf16, fp32 sums; emulated exactly under the
+    interpreter) against float64, beside torch's own bf16 autocast on the same inputs."""
+    xs = draw(2, 16, 6, 8, 3, 4)
+    ref = [t.clone().requires_grad_() for t in xs]
+    expect = reference(*ref)
+    gx = torch.randn(expect.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    expect.backward(gx)
+    errors = {}
+    for form in ("tail", "torch"):
+        ts = [t.float() for t in xs]
+        ts[0] = ts[0].bfloat16()
+        ts = [t.requires_grad_() for t in ts]
+        with torch.autocast("cpu", torch.bfloat16, enabled=form == "torch"):
+            out = tail.tail(*ts, launch=SMALL) if form == "tail" else reference(*ts)
+        out.float().backward(gx.float())
+        assert ts[0].grad.dtype == torch.bfloat16
+        errors[form] = [relative(out.detach(), expect.detach())] + [relative(a.grad, b.grad) for a, b in zip(ts, ref)]
+    for name, ours, theirs in zip(("out",) + NAMES, errors["tail"], errors["torch"]):
+        assert ours < max(0.03, 3 * theirs), (name, ours, theirs)
+    assert errors["tail"][0] < 0.01  # the image itself: a few bf16 roundings deep
+
+
+def test_the_tail_does_not_depend_on_its_tiling():
+    xs = [t.float() for t in draw(2, 16, 6, 7, 3, 1)]
+    got = []
+    for launch in (SMALL, tail.Launch(tile=32, chunk=64, warps=4), tail.LAUNCH):
+        ts = [t.clone().requires_grad_() for t in xs]
+        out = tail.tail(*ts, launch=launch)
+        out.square().sum().backward()
+        got.append([out.detach()] + [t.grad for t in ts])
+    for other in got[1:]:  # only the sums' order differs: fp32 rounding, nothing more
+        for name, a, b in zip(("out",) + NAMES, got[0], other):
+            assert relative(b, a.double()) < 1e-5, name
+
+
+def test_a_fit_through_the_triton_preset_follows_the_eager_fit():
+    arch = Architecture(channels=16, layers=4)
+    z = seeded_input(arch, 32, 48, 0)[None]
+    target = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(2))
+    fits = []
+    for preset in (False, "triton"):  # lr 0.05: each of the few steps moves the loss
+        model = build(arch, (0,))
+        best = optimise(model, z, lambda o: mse_per_image(o, target), 4, 0.05, compile=preset)
+        fits.append((model, float(best)))
+    (eager, loss_eager), (ours, loss_ours) = fits
+    assert not fell_back(ours)
+    assert getattr(ours, "_ddc_compiled").key[0] == "triton"
+    for (name, a), (_, b) in zip(eager.named_tensors(), ours.named_tensors()):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=name)
+    assert abs(loss_ours - loss_eager) < 1e-5 * loss_eager
+    start = float(mse_per_image(build(arch, (0,))(z), target))
+    assert loss_ours < start  # the steps moved the fit: a frozen one would pass the checks above
+
+
+def test_the_triton_preset_falls_back_where_the_tail_does_not_apply():
+    assert tail_supported(Architecture(channels=64, layers=6))
+    assert not tail_supported(Architecture(channels=64, layers=1))  # no upsampling
+    assert not tail_supported(Architecture(channels=256, layers=6))
+    assert not tail_supported(Architecture(kind="skip", channels=16, layers=3))
+    arch = Architecture(channels=4, layers=1)
+    model = build(arch, (0,))
+    z = seeded_input(arch, 8, 8, 0)[None]
+    out = compiled(model, "triton")(z, [t for _, t in model.named_tensors()])
+    torch.testing.assert_close(out, model(z), rtol=1e-5, atol=1e-6)
+
+
+def test_every_pass_compiles_for_sm90_without_spilling():
+    """The kernels a GPU would run, at k=64, in TF32 and bf16: Triton compiles them for an
+    H100/H200 here, no GPU needed, and ptxas reports each one's registers and spills."""
+    report = tail.sm90_report()
+    assert len(report) == 13  # six passes in two precisions, and the adjoint
+    for row in report:
+        assert row["spill_bytes"] == 0, row
+        assert row["registers"] <= 255, row
+        assert row["tensor_cores"] == (row["pass"] not in (0, "adjoint")), row
