@@ -15,7 +15,8 @@
 # the two that the sixteenth session's shared compiled program may have moved (speed.py's
 # RECHECK), and the dataset run takes the fastest faithful bank among all of them. With 15
 # minutes of device time, LIMIT=540 and a timeout of 590 s leave the machine's start its share
-# (the eighteenth session ordered the steps so that the caps of the first five fit in 540).
+# (the eighteenth session ordered the steps so that the caps of the first five fit in 540;
+# the twenty-second added step 1b, 75 s, and took it from steps 2, 4 and 5).
 # Results land in $OUT (or benchmarks/results) and come back with the run.
 set -uo pipefail
 DATA=${DATA:-../shared/data/kodak}
@@ -36,6 +37,7 @@ if [ -n "${GPU_DRY:-}" ]; then  # the same steps, tiny, on the CPU
   OUT=/tmp/gpu_dry; rm -rf "$OUT"; LIMIT=${DRY_LIMIT:-1200}  # a CPU is ~100x slower
   python3 -m pytest -q tests/test_robustness.py -k "gpu or thread" -p no:warnings
   timeout -k 5 "$(cap 300)" python3 -m benchmarks.speed --data "$DATA" --iters 3 --warmup 1 --quality-iters 5 --resume --out "$OUT"
+  timeout -k 5 "$(cap 300)" python3 -m benchmarks.speed --data "$DATA" --part tail --out "$OUT"
   timeout -k 5 "$(cap 200)" python3 -m benchmarks.speed --data "$DATA" --part dataset --fit-iters 30 --dataset-images 2 --out "$OUT"
   timeout -k 5 "$(cap 100)" python3 -m benchmarks.speed --data "$DATA" --part profile --part bmm --warmup 2 --profile-steps 3 --out "$OUT"
   timeout -k 5 "$(cap 200)" python3 -m benchmarks.speed --data "$DATA" --part dataset --cold --fit-iters 30 --dataset-images 2 --out "$OUT"
@@ -52,9 +54,16 @@ pack
 # 1. a file encoded on the GPU decodes on the CPU within 0.05 dB and 1 level per pixel
 timeout -k 5 "$(cap 45)" python3 -m pytest -q tests/test_robustness.py -k gpu -p no:warnings 2>&1 | tail -3 | tee "$OUT/gpu_determinism.txt"
 pack
+# 1b. the "triton" preset's tail kernels alone (twenty-second session, never run on a GPU):
+#    registers as compiled, a full-size check against float64 torch in fp32, TF32 and bf16,
+#    then the tail's step for a few tile shapes against torch.compile; the rows fit with the
+#    shape fastest for the bank. Its compiles stay in Triton's cache for step 2.
+timeout -k 5 "$(cap 75)" python3 -m benchmarks.speed --data "$DATA" --part tail --out "$OUT"
+pack
 # 2. per configuration: ms per image-iteration, images/s, PSNR, memory, floor; the rows never
-#    measured on this card first (the fused banks, bf16 for one image), then the RECHECK rows
-timeout -k 5 "$(cap 230)" python3 -m benchmarks.speed --data "$DATA" --quality-iters 300 --iters 100 --resume --out "$OUT"
+#    measured on this card first (the triton bank and single image, then the fused banks,
+#    bf16 for one image and the other triton rows), then the RECHECK rows
+timeout -k 5 "$(cap 200)" python3 -m benchmarks.speed --data "$DATA" --quality-iters 300 --iters 100 --resume --out "$OUT"
 pack
 # 3. all 24 images at the default rate point, files written, wall clock (issue 3's 60 s), with
 #    the compile cache the rows left (the bank's program is the one the dataset compiles)
@@ -64,10 +73,10 @@ pack
 #    spend their time, kernel by kernel (one image is 2x off its target: this says why); then
 #    the 1x1 convs' products alone (benchmarks/products.py: is a bank's weight gradient, a
 #    batched GEMM with a k x k output per member, far from the copy bandwidth?)
-timeout -k 5 "$(cap 60)" python3 -m benchmarks.speed --data "$DATA" --part profile --part bmm --warmup 10 --profile-steps 10 --out "$OUT"
+timeout -k 5 "$(cap 45)" python3 -m benchmarks.speed --data "$DATA" --part profile --part bmm --warmup 10 --profile-steps 10 --out "$OUT"
 pack
 # 5. the dataset again, compiling into an empty cache (every user's first run)
-timeout -k 5 "$(cap 110)" python3 -m benchmarks.speed --data "$DATA" --part dataset --cold --out "$OUT"
+timeout -k 5 "$(cap 80)" python3 -m benchmarks.speed --data "$DATA" --part dataset --cold --out "$OUT"
 pack
 # 6. the exact decode of one full-size file on the GPU (whole blocks per pass, and passes of 8
 #    channels as before) and on the CPU: seconds, and whether the pixels agree

@@ -78,7 +78,7 @@ PROGRAM = "shared"
 RECHECK = ("bf16+compile B=24", "tf32+compile B=1")
 # the bytes part: each preset's compiled step, counted by inductor at this size (half of Kodak
 # on the CPU, which counts with the GPU's lowering; full size on a GPU)
-BYTES_PRESETS = [True, "fused"]
+BYTES_PRESETS = [True, "fused", "triton"]
 QUALITY_TOLERANCE_DB = 0.05  # issue 3: a faster configuration may cost at most this much PSNR
 
 
@@ -167,19 +167,24 @@ def compiled_bytes(imgs, k, precision, preset, dev) -> dict:
         "force_pointwise_cat": True,
         "realize_opcount_threshold": getattr(ic, "_realize_opcount_threshold_default", 30),
         "realize_acc_reads_threshold": getattr(ic, "_realize_acc_reads_threshold_default", 8)}
-    if dev.type != "cuda" and preset in ("fused", "fused-graphs"):
+    if dev.type != "cuda" and preset in ("fused", "fused-graphs", "triton"):
         from ddcodec.fit import FUSED_OPTIONS
         gpu_like.update(FUSED_OPTIONS)  # the GPU's settings of the preset, which the CPU leaves out
     _, _, z, loss, model = _bank(imgs, k, dev)
     reset()  # a fresh compile, not one from a cache, so that the counter runs
     graph.GraphLowering.count_bytes = counting
     torch._logging.set_logs(inductor_metrics=True)  # inductor counts only while that log is on
+    import ddcodec.fit as fit_module
+    real_tail = fit_module._triton_program
+    if preset == "triton":  # inductor compiles only the head: the tail stands in (_StandInTail)
+        fit_module._triton_program = _stand_in_program
     try:
         with ic.patch(fx_graph_cache=False, **gpu_like), \
                 torch._functorch.config.patch(enable_autograd_cache=False):
             optimise(model, z, loss, 1, 0.01, mode=precision, compile=preset)
     finally:
         graph.GraphLowering.count_bytes = real
+        fit_module._triton_program = real_tail
         torch._logging.set_logs()  # back to the defaults (a TORCH_LOGS setting is not restored)
     if not counted:
         raise RuntimeError("inductor counted no graph (its byte counter may have moved in this torch)")
@@ -189,10 +194,38 @@ def compiled_bytes(imgs, k, precision, preset, dev) -> dict:
     # where the bytes go: each graph's share (forward, then backward) and its largest kernels
     kernels = sorted(((g, node.get_name(), 4 * n / widest) for g, (_, nodes) in enumerate(counted)
                       for node, n in nodes), key=lambda t: -t[2])
-    return {"preset": str(preset), "size": f"{w}x{h}", "k": k, "precision": precision, "graphs": len(counted),
+    out = {}
+    if preset == "triton":  # the head as inductor counts it, plus the tail kernels' own count
+        from .tail_kernels import tail_bytes
+        tail_total = tail_bytes(len(imgs), k, h // 2, w // 2, 3, 4)
+        out = {"head_mb_per_image_iter": per_image / 1e6, "tail_mb_per_image_iter": tail_total / len(imgs) / 1e6}
+        per_image += tail_total / len(imgs)
+    return {"preset": str(preset), "size": f"{w}x{h}", "k": k, "precision": precision, "graphs": len(counted), **out,
             "mb_per_image_iter": per_image / 1e6, "widest_activations": per_image * len(imgs) / widest,
             "widest_per_graph": [round(total / widest, 2) for total, _ in counted],
             "largest_kernels": [[g, name, round(x, 2)] for g, name, x in kernels[:8]]}
+
+
+class _StandInTail(torch.autograd.Function):
+    """In place of the tail kernels while inductor counts the "triton" preset's head: a grey
+    image forward, and backward a fixed gradient at y, which the head's backward graph reads as
+    it reads the adjoint's output. The kernels' own bytes are added by their count."""
+
+    @staticmethod
+    def forward(ctx, y, *params):
+        ctx.shape, ctx.n = y.shape, len(params)
+        bsz, _, h, w = y.shape
+        return torch.full((bsz, 3, 2 * h, 2 * w), 0.5, device=y.device)
+
+    @staticmethod
+    def backward(ctx, gx):
+        gy = torch.ones(ctx.shape, device=gx.device, dtype=gx.dtype) * gx.mean()
+        return (gy,) + (None,) * ctx.n
+
+
+def _stand_in_program(head, z, args):
+    weights, biases, scales, shifts, out_w, out_b = args
+    return _StandInTail.apply(head(z, weights, biases, scales, shifts), scales[-2], shifts[-2], weights[-1])
 
 
 def measure(imgs, k, precision, compile_, dev, iters, warmup, quality_iters, rounds: int = 1) -> dict:
@@ -482,6 +515,13 @@ def _use_tail_launch(result):
         tail.LAUNCH = tail.Launch(*launch)
 
 
+def _split(count) -> str:
+    """The triton preset's count is the head's, by inductor, and the tail kernels' own."""
+    if "tail_mb_per_image_iter" not in count:
+        return ""
+    return f": the head {count['head_mb_per_image_iter']:.0f} MB by inductor, the tail kernels {count['tail_mb_per_image_iter']:.0f} MB by their own count"
+
+
 def _on_file(out: Path, tag: str, device: str, counts):
     """The result on file if it was measured on this device (and with the same timed and
     quality iterations and timing rounds, where counts gives them; a file without rounds timed one)."""
@@ -537,7 +577,7 @@ def table(result) -> str:
         lines += ["", f"One compiled fit step, bytes read and written as inductor counts them "
                   f"({counts[0]['size']}, k={counts[0]['k']}, {counts[0]['precision']}): " + "; ".join(
                       f"{c['preset'] if c['preset'] != 'True' else 'default'} {c['mb_per_image_iter']:.0f} MB "
-                      f"({c['widest_activations']:.1f} widest activations)" for c in counts) + "."]
+                      f"({c['widest_activations']:.1f} widest activations{_split(c)})" for c in counts) + "."]
     if result.get("products"):
         lines += ["", "The 1x1 convolutions' products alone (k x k blocks and the 3 x k output conv; "
                   "bytes: the two operands read once), against the copy bandwidth:", "",

@@ -143,3 +143,39 @@ def test_every_pass_compiles_for_sm90_without_spilling():
         assert row["spill_bytes"] == 0, row
         assert row["registers"] <= 255, row
         assert row["tensor_cores"] == (row["pass"] not in (0, "adjoint")), row
+
+
+def test_without_a_gpu_the_compiled_kernels_fall_back_with_the_reason(monkeypatch):
+    """Outside the interpreter a CPU cannot run the kernels: the fit warns why and goes on
+    with eager kernels, the same function."""
+    monkeypatch.setattr(tail, "INTERPRETED", False)
+    arch = Architecture(channels=4, layers=2)
+    model = build(arch, (0,))
+    z = seeded_input(arch, 8, 8, 0)[None]
+    with pytest.warns(UserWarning, match="need a CUDA GPU"):
+        out = compiled(model, "triton")(z, [t for _, t in model.named_tensors()])
+    assert fell_back(model)
+    torch.testing.assert_close(out, model(z))
+
+
+def test_the_stored_folded_net_runs_through_the_tail_too():
+    """The fine-tuning trains the folded net (biases, no scales or shifts) through the same
+    preset: its output and gradients match its eager forward."""
+    arch = Architecture(channels=16, layers=3)
+    trained = build(arch, (0,))
+    with torch.no_grad():
+        for t in list(trained.scale) + list(trained.shift):
+            t.add_(0.1 * torch.randn(t.shape, generator=torch.Generator().manual_seed(3)))
+    folded = trained.fold()
+    z = seeded_input(arch, 16, 24, 0)[None]
+    params = [t for _, t in folded.named_tensors()]
+    ours = compiled(folded, "triton")(z, params)
+    assert not fell_back(folded)
+    ours.square().sum().backward()
+    grads = [t.grad.clone() for t in params]
+    folded.zero_grad()
+    expect = folded(z)
+    expect.square().sum().backward()
+    assert relative(ours.detach(), expect.detach().double()) < 1e-5
+    for (name, t), g in zip(folded.named_tensors(), grads):
+        assert relative(g, t.grad.double()) < 1e-4, name
