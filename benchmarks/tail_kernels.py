@@ -115,7 +115,7 @@ def times(dev, copy_gbs: float, configs=((24, "bf16"), (1, "tf32")), launches=LA
         for name, fn in forms:
             with _Precision(precision), torch.autocast("cuda", torch.bfloat16, enabled=precision == "bf16"):
                 try:
-                    s = best_seconds(lambda: step(fn, ts), dev, reps)
+                    s = best_seconds(lambda fn=fn, ts=ts: step(fn, ts), dev, reps)
                 except Exception as e:  # noqa: BLE001 - one form, not the part
                     rows.append({"bank": bsz, "precision": precision, "form": name, "failed": str(e)[:300]})
                     continue
