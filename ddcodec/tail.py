@@ -40,7 +40,7 @@ class Launch:
     """Tile shapes: T pixels a tile (a power of two, >= 16 for tl.dot), chunk pixels a
     program (a multiple of T), and the warps a program. At k=64 the default's passes all
     compile for sm_90 without spilling registers (ptxas, counted on the CPU: tests/
-    test_tail.py; 216-242 registers in the backward's widest passes). 32 pixels with 8 warps
+    test_tail.py; 229-239 registers in the backward's widest passes). 32 pixels with 8 warps
     spilled 8 bytes in one pass, with 16 warps 108-272 in three, and 64 pixels with 4 or 8
     warps hundreds. Which runs fastest is for a GPU to say (`speed.py --part tail`)."""
     tile: int = 16
@@ -168,7 +168,8 @@ def _tail_pass(y_ptr, ga_ptr, ba_ptr, ma_ptr, ra_ptr, wb_ptr, cb_ptr, gb_ptr, bb
     if PASS == 4:
         acc_wb = tl.zeros([K, K], dtype=tl.float32)
     oc = tl.arange(0, 16)
-    for s in range(0, chunk_size, T):  # a runtime bound: one compiled kernel serves every chunk size
+    # a runtime bound: one compiled kernel serves every chunk size, and the last chunk stops at P
+    for s in range(0, tl.minimum(chunk_size, P - start), T):
         p = start + s + tl.arange(0, T)
         pm = p < P
         u = _upsampled(y_ptr, b, ch, cm, p, pm, k, h, w)

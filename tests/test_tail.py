@@ -54,6 +54,7 @@ def test_the_tail_and_its_gradients_match_torch(bsz, k, h, w, c, seed):
         h = 2
     xs = draw(bsz, k, h, w, c, seed)
     ours = [t.float().requires_grad_() for t in xs]
+    theirs = [t.float().requires_grad_() for t in xs]  # torch's own fp32: how far rounding alone goes
     ref = [t.clone().requires_grad_() for t in xs]
     out = tail.tail(*ours, launch=SMALL)
     expect = reference(*ref)
@@ -61,10 +62,14 @@ def test_the_tail_and_its_gradients_match_torch(bsz, k, h, w, c, seed):
     assert relative(out.detach(), expect.detach()) < 1e-5
     gx = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     out.backward(gx.float())
+    reference(*theirs).backward(gx.float())
     expect.backward(gx)
-    for name, a, b in zip(NAMES, ours, ref):
+    for name, a, t, b in zip(NAMES, ours, theirs, ref):
         assert a.grad is not None and a.grad.dtype == torch.float32, name
-        assert relative(a.grad, b.grad) < 1e-4, (name, relative(a.grad, b.grad))
+        # a gradient that nearly cancels (one channel, two pixels) leaves fp32 a larger share
+        # of rounding: the bound follows torch's own fp32 error on the same inputs
+        bound = max(1e-4, 10 * relative(t.grad, b.grad))
+        assert relative(a.grad, b.grad) < bound, (name, relative(a.grad, b.grad), bound)
 
 
 def test_bf16_products_cost_the_tail_no_more_than_they_cost_torch():
@@ -104,9 +109,9 @@ def test_the_tail_does_not_depend_on_its_tiling():
 
 
 def test_a_fit_through_the_triton_preset_follows_the_eager_fit():
-    arch = Architecture(channels=16, layers=4)
-    z = seeded_input(arch, 32, 48, 0)[None]
-    target = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(2))
+    arch = Architecture(channels=16, layers=3)
+    z = seeded_input(arch, 16, 24, 0)[None]
+    target = torch.rand(1, 3, 16, 24, generator=torch.Generator().manual_seed(2))
     fits = []
     for preset in (False, "triton"):  # lr 0.05: each of the few steps moves the loss
         model = build(arch, (0,))
