@@ -473,8 +473,8 @@ def main(argv=None):
 
 
 def tail_part(dev, pk, save_part) -> dict:
-    """The tail kernels (benchmarks/tail_kernels.py): their registers and spills as compiled
-    for sm_90, whether they compute the tail at full size, then their times. On the CPU
+    """The tail kernels (benchmarks/tail_kernels.py): whether they compute the tail at full
+    size, their times, then their registers and spills as compiled for sm_90. On the CPU
     Triton's interpreter runs them (GPU_DRY), so the sizes shrink to a test's."""
     gpu = dev.type == "cuda"
     if not gpu:  # read when the kernels are defined, at the import
@@ -485,18 +485,21 @@ def tail_part(dev, pk, save_part) -> dict:
         from . import tail_kernels
     except ImportError as e:  # no Triton here: the preset falls back to eager kernels
         return {"unavailable": str(e)}
-    part = {"sm90": tail.sm90_report()}
-    save_part(part)
+    part = {}
     sizes = {} if gpu else dict(k=16, h=8, w=12)
     part["check"] = tail_kernels.check(dev, **sizes)
     save_part(part)
-    part["times"] = []
     kwargs = {} if gpu else dict(configs=((2, "fp32"),), launches=[tail.Launch(16, 64, 4)], reps=1)
-    part["times"] = tail_kernels.times(dev, pk["copy_gbs"], **sizes, **kwargs,
-                                       on_row=lambda rows: save_part(dict(part, times=rows)))
-    best = tail_kernels.best_launch(part["times"], 24 if gpu else 2)
-    if best is not None:
-        part["best_launch"] = [best.tile, best.chunk, best.warps]
+
+    def on_row(rows):  # saved row by row, with the fastest launch so far
+        part["times"] = rows
+        best = tail_kernels.best_launch(rows, 24 if gpu else 2)
+        if best is not None:
+            part["best_launch"] = [best.tile, best.chunk, best.warps]
+        save_part(part)
+    on_row(tail_kernels.times(dev, pk["copy_gbs"], **sizes, **kwargs, on_row=on_row))
+    # last: registers and spills as compiled for sm_90 (the CPU's tests check them already)
+    part["sm90"] = tail.sm90_report()
     return part
 
 
