@@ -321,7 +321,7 @@ def _shared_program(key):
     if key not in _PROGRAMS:
         from .nets import decoder_head, decoder_program
         if key[0] == "head":  # the "triton" preset's head, with the fused preset's limits on a GPU
-            # (inductor's count at 384x256, k=64, fp32: 148.7 -> 132.0 MB a step per image)
+            # (inductor's count of the head at 384x256, k=64, fp32: 148.7 -> 107.0 MB a step per image)
             forward, kwargs = decoder_head, ({"options": dict(FUSED_OPTIONS)} if key[1] == "cuda" else {})
         else:
             forward, kwargs = _compile_settings(decoder_program, True, *key)
