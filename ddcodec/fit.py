@@ -343,10 +343,9 @@ def _triton_program(head, z, args):
     from . import tail as kernels
     if z.device.type != "cuda" and not kernels.INTERPRETED:  # a clear reason for the fallback's warning
         raise RuntimeError("the triton preset's kernels need a CUDA GPU (or TRITON_INTERPRET=1 on a CPU, slowly)")
-    tail = kernels.tail
     weights, biases, scales, shifts, out_w, out_b = args
     y = head(z, weights, biases, scales, shifts)
-    return tail(y, scales[-2], shifts[-2], weights[-1], biases[:, -1], scales[-1], shifts[-1], out_w, out_b)
+    return kernels.tail(y, scales[-2], shifts[-2], weights[-1], biases[:, -1], scales[-1], shifts[-1], out_w, out_b)
 
 
 def _compile_settings(forward, deep_decoder: bool, preset, device_type: str) -> tuple:

@@ -163,7 +163,7 @@ def _tail_pass(y_ptr, ga_ptr, ba_ptr, ma_ptr, ra_ptr, wb_ptr, cb_ptr, gb_ptr, bb
     acc2 = zero
     acc3 = zero
     if PASS == 3:
-        acc_wo = tl.zeros([K, 16], dtype=tl.float32)  # column o: dW_o[o, :]; 16 wide for tl.dot's shapes
+        acc_wo = tl.zeros([K, 16], dtype=tl.float32)  # column o: dW_o[o, :]; 16 wide, a power of two >= C
         acc_co = tl.zeros([16], dtype=tl.float32)
     if PASS == 4:
         acc_wb = tl.zeros([K, K], dtype=tl.float32)
@@ -219,17 +219,13 @@ def _tail_pass(y_ptr, ga_ptr, ba_ptr, ma_ptr, ra_ptr, wb_ptr, cb_ptr, gb_ptr, bb
                         tl.store(o1_ptr + (b * k + ch[:, None]) * P + p[None, :],
                                  gu.to(o1_ptr.dtype.element_ty), mask=m)
     part = (b * nch + chunk) * K + ch
-    if PASS <= 1:  # this chunk's mean and sum of squared deviations
+    if PASS != 2 and PASS != 5:  # 0, 1: this chunk's mean and sum of squared deviations; 3, 4: sums
         tl.store(o1_ptr + part, acc1)
         tl.store(o2_ptr + part, acc2)
     if PASS == 3:
-        tl.store(o1_ptr + part, acc1)
-        tl.store(o2_ptr + part, acc2)
         tl.store(o3_ptr + ((b * nch + chunk) * K + ch[:, None]) * 16 + oc[None, :], acc_wo)
         tl.store(o4_ptr + (b * nch + chunk) * 16 + oc, acc_co)
     if PASS == 4:
-        tl.store(o1_ptr + part, acc1)
-        tl.store(o2_ptr + part, acc2)
         tl.store(o3_ptr + ((b * nch + chunk) * K + ch[:, None]) * K + ch[None, :], acc_wb)
         tl.store(o4_ptr + part, acc3)
 
