@@ -290,13 +290,20 @@ def compiled(model, preset=True, device=torch.device("cpu")):
         # torch's default limit of 8 sends a benchmark sweeping k back to eager half-way.
         dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
         deep_decoder = model.arch.kind == "deep-decoder"
-        if preset == "triton" and not tail_supported(model.arch):
-            preset = True  # nothing for the tail kernels to do: the default compile
+        if preset in TRITON_PRESETS and not tail_supported(model.arch):
+            # nothing for the tail kernels to do: the default compile, or its CUDA-graph form
+            preset = True if preset == "triton" else "reduce-overhead"
         if preset == "triton":
-            head = _shared_program(("head", key[1]))
-            forward = lambda z, params: _triton_program(head, z, model.program_args(params))  # noqa: E731
+            forward = _needs_kernels(lambda z, params, program=_shared_program((preset, key[1])): program(
+                z, *model.program_args(params)))
+        elif preset == "triton-graphs":
+            # each net's own terms, the absent ones made inside the graph: under CUDA graphs a
+            # Parameter is a static input, and program_args' constants would be copied in
+            options = dict(FUSED_OPTIONS, **{"triton.cudagraphs": True}) if key[1] == "cuda" else {}
+            forward = _needs_kernels(torch.compile(lambda z, params: _triton_program(z, *model.terms(params)),
+                                                   dynamic=False, options=options))
         elif deep_decoder and not (preset in GRAPH_MODES and key[1] == "cuda"):
-            program = _shared_program(key)
+            program = _shared_program((preset, key[1]))  # the preset as changed above
             forward = lambda z, params: program(z, *model.program_args(params))  # noqa: E731
         else:
             forward, kwargs = _compile_settings(model.forward, deep_decoder, preset, key[1])
@@ -314,17 +321,14 @@ def fell_back(model) -> bool:
     return fn is not None and fn.tried and fn.fn is fn.eager
 
 
-_PROGRAMS = {}  # (preset, device type) -> nets.decoder_program through torch.compile
+_PROGRAMS = {}  # (preset, device type) -> decoder_program (_triton_program) through torch.compile
 
 
 def _shared_program(key):
     if key not in _PROGRAMS:
-        from .nets import decoder_head, decoder_program
-        if key[0] == "head":  # the "triton" preset's head, with the fused preset's limits on a GPU
-            # (inductor's count of the head at 384x256, k=64, fp32: 148.7 -> 107.0 MB a step per image)
-            forward, kwargs = decoder_head, ({"options": dict(FUSED_OPTIONS)} if key[1] == "cuda" else {})
-        else:
-            forward, kwargs = _compile_settings(decoder_program, True, *key)
+        from .nets import decoder_program
+        forward = _triton_program if key[0] == "triton" else decoder_program
+        forward, kwargs = _compile_settings(forward, True, *key)
         _PROGRAMS[key] = torch.compile(forward, dynamic=False, **kwargs)
     return _PROGRAMS[key]
 
@@ -336,16 +340,33 @@ def tail_supported(arch) -> bool:
     return arch.kind == "deep-decoder" and arch.layers >= 2 and arch.channels <= TAIL_MAX_CHANNELS
 
 
-def _triton_program(head, z, args):
-    """The "triton" preset's forward: the compiled head (nets.decoder_head), then the full-size
-    tail as hand-written Triton kernels (tail.tail; imported here, so that torch alone serves
-    every other preset, and a missing Triton is a compile failure like any other)."""
+def _triton_program(z, weights, biases, scales, shifts, out_w, out_b, fused: bool = True) -> torch.Tensor:
+    """decoder_program with the full-size tail as the hand-written kernels (tail.tail; imported
+    here, so that torch alone serves every other preset): the head (nets.decoder_head) and the
+    tail trace into one graph, so inductor fuses the small ops around the kernels. A term given
+    as None (the parametrisation lacks it: nets' terms) is made here, inside the graph. fused is
+    _compile_settings' flag for decoder_program; the kernels are always fused."""
     from . import tail as kernels
-    if z.device.type != "cuda" and not kernels.INTERPRETED:  # a clear reason for the fallback's warning
-        raise RuntimeError("the triton preset's kernels need a CUDA GPU (or TRITON_INTERPRET=1 on a CPU, slowly)")
-    weights, biases, scales, shifts, out_w, out_b = args
-    y = head(z, weights, biases, scales, shifts)
-    return kernels.tail(y, scales[-2], shifts[-2], weights[-1], biases[:, -1], scales[-1], shifts[-1], out_w, out_b)
+    from .nets import decoder_head
+    y = decoder_head(z, weights, biases, scales, shifts)
+    bank, k = y.shape[:2]
+    const = lambda v, *shape: torch.full((bank, *shape), v, device=y.device)  # noqa: E731
+    g_a, b_a, g_b, b_b = ((const(1.0, k), const(0.0, k), const(1.0, k), const(0.0, k)) if scales is None
+                          else (scales[-2], shifts[-2], scales[-1], shifts[-1]))
+    c_b = const(0.0, k) if biases is None else biases[:, -1]
+    c_o = const(0.0, out_w.shape[1]) if out_b is None else out_b
+    return kernels.tail(y, g_a, b_a, weights[-1], c_b, g_b, b_b, out_w, c_o)
+
+
+def _needs_kernels(forward):
+    """forward, first refusing a device the tail kernels cannot run on, with a clear reason for
+    the fallback's warning (outside the compiled graph, which would only break on it)."""
+    def checked(z, params):
+        from . import tail as kernels
+        if z.device.type != "cuda" and not kernels.INTERPRETED:
+            raise RuntimeError("the triton preset's kernels need a CUDA GPU (or TRITON_INTERPRET=1 on a CPU, slowly)")
+        return forward(z, params)
+    return checked
 
 
 def _compile_settings(forward, deep_decoder: bool, preset, device_type: str) -> tuple:
@@ -373,10 +394,13 @@ def _compile_settings(forward, deep_decoder: bool, preset, device_type: str) -> 
 RECOMPILE_LIMIT = 128
 TORCH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile's own modes, by their names
 # "fused": fewer bytes per step (_compile_settings); "fused-graphs": that, replayed as CUDA graphs;
-# "triton": the full-size tail as hand-written kernels (tail.py), the rest compiled as by default
-COMPILE_PRESETS = ("default",) + TORCH_MODES + ("fused", "fused-graphs", "triton")
+# "triton": the full-size tail as hand-written kernels (tail.py), the head compiled with the
+# fused preset's limits (inductor's count of the head at 384x256, k=64, fp32: 148.7 -> 107.0 MB
+# a step per image); "triton-graphs": that, replayed as CUDA graphs
+TRITON_PRESETS = ("triton", "triton-graphs")
+COMPILE_PRESETS = ("default",) + TORCH_MODES + ("fused", "fused-graphs") + TRITON_PRESETS
 TAIL_MAX_CHANNELS = 128  # [k, T] tiles of several tensors live in a program's registers at once
-GRAPH_MODES = TORCH_MODES + ("fused-graphs",)  # the presets that use CUDA graphs
+GRAPH_MODES = TORCH_MODES + ("fused-graphs", "triton-graphs")  # the presets that use CUDA graphs
 # Recompute instead of store: inductor writes an intermediate out once it is read more than
 # 4 times, is 30 ops deep or has accumulated 8 reads (its GPU defaults). The upsampling's
 # shifted copies pass those limits, so each 2x upsampled activation was written and read back

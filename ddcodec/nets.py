@@ -197,8 +197,12 @@ class DeepDecoder(nn.Module):
         # params: optional list of tensors in named_tensors() order, used instead of the
         # module's own (quantization-aware training passes rounded copies through here).
         # fused: output_conv's form for torch.compile.
+        return decoder_program(z, *self.terms(params), fused)
+
+    def terms(self, params=None) -> tuple:
+        """decoder_program's arguments, None for the terms this parametrisation lacks (the biases)."""
         p = params if params is not None else [t for _, t in self.named_tensors()]
-        return decoder_program(z, p[0:-1:3], None, p[1:-1:3], p[2:-1:3], p[-1], None, fused)
+        return p[0:-1:3], None, p[1:-1:3], p[2:-1:3], p[-1], None
 
     def program_args(self, params) -> tuple:
         """decoder_program's arguments in full: the absent biases as zeros (_neutral)."""
@@ -249,9 +253,14 @@ class FoldedDeepDecoder(nn.Module):
         return [(name, t) for (name, _), t in zip(tensor_shapes(self.arch), tensors)]
 
     def forward(self, z: torch.Tensor, params=None, fused: bool = False) -> torch.Tensor:
+        return decoder_program(z, *self.terms(params), fused)
+
+    def terms(self, params=None) -> tuple:
+        """decoder_program's arguments, None for the terms this parametrisation lacks (the
+        normalisations' scales and shifts)."""
         p = params if params is not None else [t for _, t in self.named_tensors()]
         d = self.arch.layers
-        return decoder_program(z, p[:d], p[d] if d > 1 else None, None, None, p[-2], p[-1], fused)
+        return p[:d], p[d] if d > 1 else None, None, None, p[-2], p[-1]
 
     def program_args(self, params) -> tuple:
         """decoder_program's arguments in full: the plain normalisation's scales as ones and

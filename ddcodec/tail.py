@@ -303,61 +303,127 @@ def _stats(mean_ptr, m2_ptr, out_mean_ptr, out_rstd_ptr, k, P, nch, chunk_size, 
     tl.store(out_rstd_ptr + b * k + ch, 1.0 / tl.sqrt(m2 / count + eps), mask=cm)
 
 
-class _Tail(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, y, ga, ba, wb, cb, gb, bb, wo, co, launch):
-        y = y.contiguous()
-        f32 = [t.detach().float().contiguous() for t in (ga, ba, wb, cb, gb, bb, wo, co)]
-        ga, ba, wb, cb, gb, bb, wo, co = f32
-        bsz, k, h, w = y.shape
-        c = wo.shape[1]
-        geo = _Geometry(y, c, launch)
-        pa = geo.parts()
-        geo.run(0, y, ga, ba, None, None, wb, cb, gb, bb, None, None, wo, co, outs=pa)
-        ma, ra = geo.statistics(*pa)
-        pb = geo.parts()
-        geo.run(1, y, ga, ba, ma, ra, wb, cb, gb, bb, None, None, wo, co, outs=pb)
-        mb, rb = geo.statistics(*pb)
-        x = torch.empty(bsz, c, 2 * h, 2 * w, device=y.device, dtype=torch.float32)
-        geo.run(2, y, ga, ba, ma, ra, wb, cb, gb, bb, mb, rb, wo, co, outs=(x,))
-        ctx.save_for_backward(y, ga, ba, ma, ra, wb, cb, gb, bb, mb, rb, wo, co)
-        ctx.launch = launch
-        return x
+# The kernels are wrapped as custom ops (torch.library): to torch.compile each is one opaque
+# call whose output shapes the fake form gives without running it, so a whole step, head and
+# tail, traces into one graph. Then the small torch ops between the passes (the partials'
+# sums, the scalings) fuse into inductor's kernels, and the step can be captured as CUDA graphs
+# (the "triton-graphs" preset), where one image is bound by launches. Eager calls run the same
+# ops. Ints carry the Launch, which an op's schema cannot.
+Tensor = torch.Tensor
 
-    @staticmethod
-    def backward(ctx, gx):
-        y, ga, ba, ma, ra, wb, cb, gb, bb, mb, rb, wo, co = ctx.saved_tensors
-        bsz, k, h, w = y.shape
-        c = wo.shape[1]
-        geo = _Geometry(y, c, ctx.launch)
-        gx = gx.float().contiguous()
-        n = float(4 * h * w)
-        args = (y, ga, ba, ma, ra, wb, cb, gb, bb, mb, rb, wo, co)
-        # pass 3: the sums of dq and dq * qhat, and the output conv's gradients
-        s1, s2 = geo.parts()
-        dwo = geo.buffer(geo.K, 16)
-        dco = geo.buffer(16)
-        geo.run(3, *args, gx=gx, outs=(s1, s2, dwo, dco))
-        db_b, dg_b = s1.sum(1)[:, :k], s2.sum(1)[:, :k]
-        dwo = dwo.sum(1)[:, :k, :c].transpose(1, 2)
-        dco = dco.sum(1)[:, :c]
-        s1b, s2b = (db_b / n).contiguous(), (dg_b / n).contiguous()
-        # pass 4: W_b's and c_b's gradients, and the sums of dn and dn * nhat
-        t1, t2 = geo.parts()
-        t3 = geo.buffer(geo.K)
-        dwb = geo.buffer(geo.K, geo.K)
-        geo.run(4, *args, gx=gx, s1b=s1b, s2b=s2b, outs=(t1, t2, dwb, t3))
-        dcb = t1.sum(1)[:, :k]
-        db_a, dg_a = t2.sum(1)[:, :k], t3.sum(1)[:, :k]
-        dwb = dwb.sum(1)[:, :k, :k]
-        # pass 5: the gradient at u, then the upsampling's adjoint to y
-        gu = torch.empty(bsz, k, 2 * h, 2 * w, device=y.device, dtype=y.dtype)
-        geo.run(5, *args, gx=gx, s1b=s1b, s2b=s2b, s1a=(db_a / n).contiguous(),
-                s2a=(dg_a / n).contiguous(), outs=(gu,))
-        gy = torch.empty_like(y)
-        block = 1024
-        _adjoint[(triton.cdiv(gy.numel(), block),)](gu, gy, gy.numel(), h, w, BLOCK=block)
-        return gy, dg_a, db_a, dwb, dcb, dg_b, db_b, dwo, dco, None
+
+@torch.library.custom_op("ddcodec::tail_forward", mutates_args=())
+def _forward(y: Tensor, ga: Tensor, ba: Tensor, wb: Tensor, cb: Tensor, gb: Tensor, bb: Tensor,
+             wo: Tensor, co: Tensor, tile: int, chunk: int, warps: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(the image, m_a, r_a, m_b, r_b): three passes and two merges of the statistics."""
+    geo = _Geometry(y, wo.shape[1], Launch(tile, chunk, warps))
+    y = y.contiguous()
+    pa = geo.parts()
+    geo.run(0, y, ga, ba, None, None, wb, cb, gb, bb, None, None, wo, co, outs=pa)
+    ma, ra = geo.statistics(*pa)
+    pb = geo.parts()
+    geo.run(1, y, ga, ba, ma, ra, wb, cb, gb, bb, None, None, wo, co, outs=pb)
+    mb, rb = geo.statistics(*pb)
+    x = geo.image()
+    geo.run(2, y, ga, ba, ma, ra, wb, cb, gb, bb, mb, rb, wo, co, outs=(x,))
+    return x, ma, ra, mb, rb
+
+
+@_forward.register_fake
+def _forward_shapes(y, ga, ba, wb, cb, gb, bb, wo, co, tile, chunk, warps):
+    geo = _Geometry(y, wo.shape[1], Launch(tile, chunk, warps))
+    return (geo.image(),) + tuple(geo.stat() for _ in range(4))
+
+
+@torch.library.custom_op("ddcodec::tail_output_sums", mutates_args=())
+def _output_sums(y: Tensor, ga: Tensor, ba: Tensor, ma: Tensor, ra: Tensor, wb: Tensor, cb: Tensor,
+                 gb: Tensor, bb: Tensor, mb: Tensor, rb: Tensor, wo: Tensor, co: Tensor, gx: Tensor,
+                 tile: int, chunk: int, warps: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Pass 3's partials per chunk: the sums of dq and dq * qhat, W_o's and c_o's gradients."""
+    geo = _Geometry(y, wo.shape[1], Launch(tile, chunk, warps))
+    outs = _output_sums_shapes(y, ga, ba, ma, ra, wb, cb, gb, bb, mb, rb, wo, co, gx, tile, chunk, warps)
+    geo.run(3, y.contiguous(), ga, ba, ma, ra, wb, cb, gb, bb, mb, rb, wo, co, gx=gx, outs=outs)
+    return outs
+
+
+@_output_sums.register_fake
+def _output_sums_shapes(y, ga, ba, ma, ra, wb, cb, gb, bb, mb, rb, wo, co, gx, tile, chunk, warps):
+    geo = _Geometry(y, wo.shape[1], Launch(tile, chunk, warps))
+    return geo.parts() + (geo.buffer(geo.K, 16), geo.buffer(16))
+
+
+@torch.library.custom_op("ddcodec::tail_middle_sums", mutates_args=())
+def _middle_sums(y: Tensor, ga: Tensor, ba: Tensor, ma: Tensor, ra: Tensor, wb: Tensor, cb: Tensor,
+                 gb: Tensor, bb: Tensor, mb: Tensor, rb: Tensor, wo: Tensor, co: Tensor, gx: Tensor,
+                 s1b: Tensor, s2b: Tensor, tile: int, chunk: int, warps: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Pass 4's partials per chunk: c_b's gradient (the sum of dv), the sums of dn and
+    dn * nhat, W_b's gradient."""
+    geo = _Geometry(y, wo.shape[1], Launch(tile, chunk, warps))
+    outs = _middle_sums_shapes(y, ga, ba, ma, ra, wb, cb, gb, bb, mb, rb, wo, co, gx, s1b, s2b, tile, chunk, warps)
+    t1, t2, dwb, t3 = outs
+    geo.run(4, y.contiguous(), ga, ba, ma, ra, wb, cb, gb, bb, mb, rb, wo, co, gx=gx, s1b=s1b, s2b=s2b,
+            outs=(t1, t2, dwb, t3))
+    return outs
+
+
+@_middle_sums.register_fake
+def _middle_sums_shapes(y, ga, ba, ma, ra, wb, cb, gb, bb, mb, rb, wo, co, gx, s1b, s2b, tile, chunk, warps):
+    geo = _Geometry(y, wo.shape[1], Launch(tile, chunk, warps))
+    return geo.parts() + (geo.buffer(geo.K, geo.K), geo.buffer(geo.K))
+
+
+@torch.library.custom_op("ddcodec::tail_input_grad", mutates_args=())
+def _input_grad(y: Tensor, ga: Tensor, ba: Tensor, ma: Tensor, ra: Tensor, wb: Tensor, cb: Tensor,
+                gb: Tensor, bb: Tensor, mb: Tensor, rb: Tensor, wo: Tensor, co: Tensor, gx: Tensor,
+                s1b: Tensor, s2b: Tensor, s1a: Tensor, s2a: Tensor, tile: int, chunk: int, warps: int) -> Tensor:
+    """The gradient at y: pass 5 writes it at u, full size and in y's dtype, and the
+    upsampling's adjoint takes it to y."""
+    geo = _Geometry(y, wo.shape[1], Launch(tile, chunk, warps))
+    bsz, k, h, w = y.shape
+    gu = torch.empty(bsz, k, 2 * h, 2 * w, device=y.device, dtype=y.dtype)
+    geo.run(5, y.contiguous(), ga, ba, ma, ra, wb, cb, gb, bb, mb, rb, wo, co, gx=gx, s1b=s1b, s2b=s2b,
+            s1a=s1a, s2a=s2a, outs=(gu,))
+    gy = torch.empty(y.shape, device=y.device, dtype=y.dtype)
+    block = 1024
+    _adjoint[(triton.cdiv(gy.numel(), block),)](gu, gy, gy.numel(), h, w, BLOCK=block)
+    return gy
+
+
+@_input_grad.register_fake
+def _input_grad_shape(y, *rest):
+    return torch.empty(y.shape, device=y.device, dtype=y.dtype)
+
+
+def _keep(ctx, inputs, output):
+    y, ga, ba, wb, cb, gb, bb, wo, co, tile, chunk, warps = inputs
+    _, ma, ra, mb, rb = output
+    ctx.save_for_backward(y, ga, ba, ma, ra, wb, cb, gb, bb, mb, rb, wo, co)
+    ctx.launch = (tile, chunk, warps)
+
+
+def _backward(ctx, gx, *_stats_grads):
+    """The three backward passes and the adjoint, with torch reducing each pass's partials in
+    a fixed order (traced into the backward graph under torch.compile, where inductor fuses
+    these small ops)."""
+    args = ctx.saved_tensors
+    y, wo = args[0], args[11]
+    k, c = y.shape[1], wo.shape[1]
+    n = float(4 * y.shape[2] * y.shape[3])
+    gx = gx.float().contiguous()
+    s1, s2, dwo, dco = _output_sums(*args, gx, *ctx.launch)
+    db_b, dg_b = s1.sum(1)[:, :k], s2.sum(1)[:, :k]
+    dwo = dwo.sum(1)[:, :k, :c].transpose(1, 2)
+    dco = dco.sum(1)[:, :c]
+    s1b, s2b = (db_b / n).contiguous(), (dg_b / n).contiguous()
+    t1, t2, dwb, t3 = _middle_sums(*args, gx, s1b, s2b, *ctx.launch)
+    dcb = t1.sum(1)[:, :k]
+    db_a, dg_a = t2.sum(1)[:, :k], t3.sum(1)[:, :k]
+    dwb = dwb.sum(1)[:, :k, :k]
+    gy = _input_grad(*args, gx, s1b, s2b, (db_a / n).contiguous(), (dg_a / n).contiguous(), *ctx.launch)
+    return gy, dg_a, db_a, dwb, dcb, dg_b, db_b, dwo, dco, None, None, None
+
+
+_forward.register_autograd(_backward, setup_context=_keep)
 
 
 class _Geometry:
@@ -372,14 +438,19 @@ class _Geometry:
 
     def statistics(self, part_mean, part_m2):
         """(mean, 1/sqrt(var + eps)), [B, k] each, from a statistics pass's partials."""
-        mean = torch.empty(self.bsz, self.k, device=self.y.device, dtype=torch.float32)
-        rstd = torch.empty_like(mean)
+        mean, rstd = self.stat(), self.stat()
         _stats[(self.bsz,)](part_mean, part_m2, mean, rstd, self.k, self.P, self.nch, self.launch.chunk,
                             BN_EPS, K=self.K)
         return mean, rstd
 
     def buffer(self, *shape):
         return torch.empty(self.bsz, self.nch, *shape, device=self.y.device, dtype=torch.float32)
+
+    def image(self):
+        return torch.empty(self.bsz, self.c, 2 * self.h, 2 * self.w, device=self.y.device, dtype=torch.float32)
+
+    def stat(self):
+        return torch.empty(self.bsz, self.k, device=self.y.device, dtype=torch.float32)
 
     def parts(self):
         return self.buffer(self.K), self.buffer(self.K)
@@ -402,7 +473,9 @@ def tail(y, g_a, b_a, w_b, c_b, g_b, b_b, w_o, c_o, launch: Launch = None) -> to
     ReLU and normalisation (scale g_a, shift b_a, [B, k]); block d-1's conv W_b [B, k, k] and
     bias c_b [B, k], ReLU and normalisation (g_b, b_b); the output conv W_o [B, c, k] with bias
     c_o [B, c]; the sigmoid. Returns [B, c, 2h, 2w] in fp32, differentiable in every input."""
-    return _Tail.apply(y, g_a, b_a, w_b, c_b, g_b, b_b, w_o, c_o, launch or LAUNCH)
+    launch = launch or LAUNCH
+    small = [t.float().contiguous() for t in (g_a, b_a, w_b, c_b, g_b, b_b, w_o, c_o)]  # differentiable casts
+    return _forward(y.contiguous(), *small, launch.tile, launch.chunk, launch.warps)[0]
 
 
 def reference(y, g_a, b_a, w_b, c_b, g_b, b_b, w_o, c_o) -> torch.Tensor:

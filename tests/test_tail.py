@@ -108,18 +108,19 @@ def test_the_tail_does_not_depend_on_its_tiling():
             assert relative(b, a.double()) < 1e-5, name
 
 
-def test_a_fit_through_the_triton_preset_follows_the_eager_fit():
+@pytest.mark.parametrize("preset", ["triton", "triton-graphs"])
+def test_a_fit_through_the_triton_preset_follows_the_eager_fit(preset):
     arch = Architecture(channels=16, layers=3)
     z = seeded_input(arch, 16, 24, 0)[None]
     target = torch.rand(1, 3, 16, 24, generator=torch.Generator().manual_seed(2))
     fits = []
-    for preset in (False, "triton"):  # lr 0.05: each of the few steps moves the loss
+    for form in (False, preset):  # lr 0.05: each of the few steps moves the loss
         model = build(arch, (0,))
-        best = optimise(model, z, lambda o: mse_per_image(o, target), 4, 0.05, compile=preset)
+        best = optimise(model, z, lambda o: mse_per_image(o, target), 4, 0.05, compile=form)
         fits.append((model, float(best)))
     (eager, loss_eager), (ours, loss_ours) = fits
     assert not fell_back(ours)
-    assert getattr(ours, "_ddc_compiled").key[0] == "triton"
+    assert getattr(ours, "_ddc_compiled").key[0] == preset
     for (name, a), (_, b) in zip(eager.named_tensors(), ours.named_tensors()):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=name)
     assert abs(loss_ours - loss_eager) < 1e-5 * loss_eager
@@ -163,7 +164,8 @@ def test_without_a_gpu_the_compiled_kernels_fall_back_with_the_reason(monkeypatc
     torch.testing.assert_close(out, model(z))
 
 
-def test_the_stored_folded_net_runs_through_the_tail_too():
+@pytest.mark.parametrize("preset", ["triton", "triton-graphs"])
+def test_the_stored_folded_net_runs_through_the_tail_too(preset):
     """The fine-tuning trains the folded net (biases, no scales or shifts) through the same
     preset: its output and gradients match its eager forward."""
     arch = Architecture(channels=16, layers=3)
@@ -174,7 +176,7 @@ def test_the_stored_folded_net_runs_through_the_tail_too():
     folded = trained.fold()
     z = seeded_input(arch, 16, 24, 0)[None]
     params = [t for _, t in folded.named_tensors()]
-    ours = compiled(folded, "triton")(z, params)
+    ours = compiled(folded, preset)(z, params)
     assert not fell_back(folded)
     ours.square().sum().backward()
     grads = [t.grad.clone() for t in params]
@@ -184,3 +186,37 @@ def test_the_stored_folded_net_runs_through_the_tail_too():
     assert relative(ours.detach(), expect.detach().double()) < 1e-5
     for (name, t), g in zip(folded.named_tensors(), grads):
         assert relative(g, t.grad.double()) < 1e-4, name
+
+
+def test_the_kernels_are_custom_ops_that_torch_can_trace():
+    """Each op's fake form (the shapes torch.compile traces with) agrees with what it returns,
+    and its schema and the forward op's autograd pass torch's own checks (torch.library.opcheck)."""
+    ts = [t.float() for t in draw(2, 5, 3, 4, 3, 6)]
+    launch = (SMALL.tile, SMALL.chunk, SMALL.warps)
+    leaves = [t.clone().requires_grad_() for t in ts]
+    torch.library.opcheck(tail._forward, (*leaves, *launch))
+    x, ma, ra, mb, rb = tail._forward(*ts, *launch)
+    state = [ts[0], ts[1], ts[2], ma, ra, ts[3], ts[4], ts[5], ts[6], mb, rb, ts[7], ts[8], torch.randn(x.shape)]
+    sums = [torch.randn(2, 5) for _ in range(4)]
+    torch.library.opcheck(tail._output_sums, (*state, *launch))
+    torch.library.opcheck(tail._middle_sums, (*state, *sums[:2], *launch))
+    torch.library.opcheck(tail._input_grad, (*state, *sums, *launch))
+
+
+def test_head_and_tail_compile_as_one_graph():
+    """The whole triton program traces without a break (fullgraph), so inductor sees the small
+    ops between the kernels, and a CUDA-graph capture covers the step; its output and
+    gradients are the eager program's."""
+    from ddcodec.fit import _triton_program
+    arch = Architecture(channels=8, layers=3)
+    model = build(arch, (0,))
+    z = seeded_input(arch, 16, 24, 0)[None]
+    got = []
+    for fn in (_triton_program, torch.compile(_triton_program, fullgraph=True, dynamic=False)):
+        model.zero_grad()
+        out = fn(z, *model.terms())
+        out.square().sum().backward()
+        got.append([out.detach()] + [t.grad.clone() for _, t in model.named_tensors()])
+    for a, b in zip(*got):
+        assert relative(b, a.double()) < 1e-5
+    assert all(float(g.abs().sum()) > 0 for g in got[0][1:])  # every weight reached
