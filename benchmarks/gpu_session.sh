@@ -61,8 +61,9 @@ pack
 timeout -k 5 "$(cap 75)" python3 -m benchmarks.speed --data "$DATA" --part tail --out "$OUT"
 pack
 # 2. per configuration: ms per image-iteration, images/s, PSNR, memory, floor; the rows never
-#    measured on this card first (the triton bank and single image, then the fused banks,
-#    bf16 for one image and the other triton rows), then the RECHECK rows
+#    measured on this card first (the triton bank and single image, triton-graphs for one
+#    image, then the fused banks, bf16 for one image and the other triton rows), then the
+#    RECHECK rows
 timeout -k 5 "$(cap 200)" python3 -m benchmarks.speed --data "$DATA" --quality-iters 300 --iters 100 --resume --out "$OUT"
 pack
 # 3. all 24 images at the default rate point, files written, wall clock (issue 3's 60 s), with

@@ -136,7 +136,9 @@ def speed_options(f):
         return f(*args, **kw)
     g = click.option("--compile-preset", type=click.Choice(COMPILE_PRESETS),
                      help="Compile with these settings: fused (fewer bytes per step on a GPU), "
-                          "reduce-overhead or fused-graphs (CUDA graphs, for one image), max-autotune, default.")(with_preset)
+                          "reduce-overhead or fused-graphs (CUDA graphs, for one image), triton (the full-size "
+                          "tail as Triton kernels; CUDA GPU only), triton-graphs (that, as CUDA graphs), "
+                          "max-autotune, default.")(with_preset)
     g = click.option("--compile/--no-compile", "compile_", default=None,
                      help="torch.compile the network (fused kernels; the first fit of each shape compiles). "
                           "Default: on for compression fits large enough to pay for it.")(g)

@@ -396,7 +396,8 @@ TORCH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile's own modes, 
 # "fused": fewer bytes per step (_compile_settings); "fused-graphs": that, replayed as CUDA graphs;
 # "triton": the full-size tail as hand-written kernels (tail.py), the head compiled with the
 # fused preset's limits (inductor's count of the head at 384x256, k=64, fp32: 148.7 -> 107.0 MB
-# a step per image); "triton-graphs": that, replayed as CUDA graphs
+# a step per image; 108.0 with the small ops between the kernels, now in the same graph);
+# "triton-graphs": that whole step, custom ops included, replayed as CUDA graphs
 TRITON_PRESETS = ("triton", "triton-graphs")
 COMPILE_PRESETS = ("default",) + TORCH_MODES + ("fused", "fused-graphs") + TRITON_PRESETS
 TAIL_MAX_CHANNELS = 128  # [k, T] tiles of several tensors live in a program's registers at once
