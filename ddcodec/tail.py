@@ -397,6 +397,8 @@ def _input_grad_shape(y, *rest):
 def _keep(ctx, inputs, output):
     y, ga, ba, wb, cb, gb, bb, wo, co, tile, chunk, warps = inputs
     _, ma, ra, mb, rb = output
+    # the statistics are outputs only so that the backward passes need not recompute them
+    ctx.mark_non_differentiable(ma, ra, mb, rb)
     ctx.save_for_backward(y, ga, ba, ma, ra, wb, cb, gb, bb, mb, rb, wo, co)
     ctx.launch = (tile, chunk, warps)
 
