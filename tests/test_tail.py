@@ -205,8 +205,8 @@ def test_the_kernels_are_custom_ops_that_torch_can_trace():
 
 def test_head_and_tail_compile_as_one_graph():
     """The whole triton program traces without a break (fullgraph), so inductor sees the small
-    ops between the kernels, and a CUDA-graph capture covers the step; its output and
-    gradients are the eager program's."""
+    ops between the kernels (and a CUDA-graph capture, untested here, could cover the whole
+    step); its output and gradients are the eager program's."""
     from ddcodec.fit import _triton_program
     arch = Architecture(channels=8, layers=3)
     model = build(arch, (0,))
