@@ -178,17 +178,29 @@ def psnr_from_mse(mse: torch.Tensor) -> torch.Tensor:
 
 @contextlib.contextmanager
 def precision(mode: str, device: torch.device):
-    """TF32 matmuls or bf16 autocast for the fit on a GPU; the CPU always runs fp32."""
+    """TF32 matmuls for the fit on a GPU ("tf32"; "fp32" and "bf16" turn them off), around a
+    step's forward and its backward both: cuBLAS and the tail kernels (tail.py) read the flag
+    when each product runs, so a backward outside it would run in full fp32. Until the
+    twenty-fifth session it covered the forward only, and the "tf32" rows' backward passes ran
+    in fp32. The CPU always runs fp32."""
     if device.type != "cuda" or mode == "fp32":
         yield
         return
     old = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
     try:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=mode == "bf16"):
-            yield
+        yield
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def autocast(mode: str, device: torch.device):
+    """bf16 autocast for a step's forward on a GPU. Only the forward: autograd runs each op's
+    backward in the dtype its forward was cast to, and torch advises against autocast around
+    backward()."""
+    if device.type != "cuda" or mode != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16)
 
 
 def optimise(model, z, loss_fn, iters: int, lr: float, lr_floor: float = 1.0,
@@ -233,13 +245,14 @@ def optimise(model, z, loss_fn, iters: int, lr: float, lr_floor: float = 1.0,
             zin = z + std * torch.randn(z.shape, generator=gen, device=z.device)
         p = transform(params) if transform else params
         with precision(mode, z.device):
-            out = net(zin, p).float()
-            losses = loss_fn(out)
-        if observe:
-            observe(out.detach())
-        best.keep(params, losses.detach(), best_loss)
-        opt.zero_grad(set_to_none=True)
-        losses.sum().backward()
+            with autocast(mode, z.device):
+                out = net(zin, p).float()
+                losses = loss_fn(out)
+            if observe:
+                observe(out.detach())
+            best.keep(params, losses.detach(), best_loss)
+            opt.zero_grad(set_to_none=True)
+            losses.sum().backward()
         opt.step()
         if progress and ((it + 1) % REPORT_EVERY == 0 or it + 1 == iters):
             # reading the loss syncs a GPU, so report every few steps, not every step
@@ -400,7 +413,11 @@ TORCH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile's own modes, 
 # "triton-graphs": that whole step, custom ops included, replayed as CUDA graphs
 TRITON_PRESETS = ("triton", "triton-graphs")
 COMPILE_PRESETS = ("default",) + TORCH_MODES + ("fused", "fused-graphs") + TRITON_PRESETS
-TAIL_MAX_CHANNELS = 128  # [k, T] tiles of several tensors live in a program's registers at once
+# [k, T] tiles of several tensors live in a program's registers at once. Compiled for sm_90 on
+# the CPU (tail.sm90_report): at k=64 no pass spills; at k=128 the backward's passes 4 and 5
+# spill 320-1284 bytes with the default launch and take 208-213 KB of shared memory in TF32,
+# so a 32-pixel tile would not fit the H200's 227 KB. Until a GPU measures k=128, 64.
+TAIL_MAX_CHANNELS = 64
 GRAPH_MODES = TORCH_MODES + ("fused-graphs", "triton-graphs")  # the presets that use CUDA graphs
 # Recompute instead of store: inductor writes an intermediate out once it is read more than
 # 4 times, is 30 ops deep or has accumulated 8 reads (its GPU defaults). The upsampling's

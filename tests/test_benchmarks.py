@@ -179,6 +179,30 @@ def test_a_speed_configuration_that_fails_is_reported_and_the_others_still_run(t
     assert "tiny compiled | failed" in (out / "speed_cpu.md").read_text()
 
 
+def test_a_speed_configuration_that_raises_what_is_not_a_runtime_error_is_reported_too(tmp_path, monkeypatch):
+    import json
+
+    import benchmarks.speed as speed
+
+    class OutOfResources(Exception):  # Triton's own, which derives from Exception alone
+        pass
+
+    real = speed.measure
+
+    def measure(imgs, k, precision, compile_, *rest, **kw):
+        if k == 5:
+            raise OutOfResources("out of resource: shared memory, Required: 295680")
+        return real(imgs, k, precision, compile_, *rest, **kw)
+
+    monkeypatch.setattr(speed, "measure", measure)
+    monkeypatch.setattr(speed, "CPU_CONFIGS", [("tiny broken", 1, "fp32", False, 1, 5), ("tiny eager", 1, "fp32", False, 1, 4)])
+    data, out = _folder(tmp_path, ["a"])
+    speed.main(["--data", str(data), "--device", "cpu", "--iters", "2", "--warmup", "1", "--quality-iters", "2", "--out", str(out)])
+    result = json.loads((out / "speed_cpu.json").read_text())
+    assert [r["config"] for r in result["rows"]] == ["tiny eager"]
+    assert "shared memory" in result["failed"]["tiny broken"]
+
+
 def test_a_resumed_speed_run_measures_again_only_the_rechecked_rows_of_an_older_program():
     from benchmarks.speed import PROGRAM, RECHECK, _stale
 
@@ -187,6 +211,26 @@ def test_a_resumed_speed_run_measures_again_only_the_rechecked_rows_of_an_older_
     assert not _stale(dict(config=name, compile=True, program=PROGRAM))  # measured with it
     assert not _stale(dict(config="bf16+fused B=24", compile="fused"))  # not rechecked: kept
     assert not _stale(dict(config=name, compile=False))  # eager rows have no compiled program
+
+
+def test_a_resumed_speed_run_measures_the_stale_fastest_single_image_right_after_the_first_three_new_rows():
+    from benchmarks.speed import FIRST, GPU_CONFIGS, _stale, _to_measure
+
+    names = [c[0] for c in GPU_CONFIGS]
+    on_file = [dict(config=n, precision=c[2], compile=c[3]) for n, c in zip(names, GPU_CONFIGS) if n not in names[:5]]
+    todo = [c[0] for c in _to_measure(GPU_CONFIGS, on_file)]
+    stale = [r["config"] for r in on_file if _stale(r)]  # the tf32 rows (their backward ran in fp32), RECHECK
+    assert FIRST[0] in stale
+    assert todo == names[:3] + [FIRST[0]] + names[3:5] + [n for n in stale if n != FIRST[0]]
+
+
+def test_a_resumed_speed_run_measures_again_the_tf32_rows_whose_backward_ran_in_fp32():
+    from benchmarks.speed import PROGRAM, TF32_BACKWARD, _stale
+
+    assert _stale(dict(config="tf32 B=24", precision="tf32", compile=False))
+    assert _stale(dict(config="tf32+graphs B=1", precision="tf32", compile="reduce-overhead", program=PROGRAM))
+    assert not _stale(dict(config="tf32 B=24", precision="tf32", compile=False, **{TF32_BACKWARD: True}))
+    assert not _stale(dict(config="bf16 B=24", precision="bf16", compile=False))  # autocast's backward was bf16
 
 
 def test_a_resumed_speed_run_measures_the_rows_never_measured_before_the_stale_ones():
@@ -390,3 +434,36 @@ def test_the_adam_quality_summary_pairs_each_images_latest_fits_per_k():
     pooled = summary(rows, pool=True)  # image a at both k: two fits, not one
     assert list(pooled) == [("all", 4, 1)] and pooled[("all", 4, 1)]["images"] == 3
     assert abs(pooled[("all", 4, 1)]["mean"] - 1.25 / 3) < 1e-12 and pooled[("all", 4, 1)]["fused_lower"] == 1
+
+
+def test_the_threads_comparison_times_each_form_at_its_own_thread_count_and_restores_the_callers(tmp_path, monkeypatch):
+    import json
+
+    from benchmarks import threads
+    from ddcodec import fit
+
+    monkeypatch.setattr(threads, "CONFIGS", [("tiny", 2, 1, 4, 50)])
+    monkeypatch.setattr(threads, "KINDS", {"eager": False, "compiled": False})  # no compiler needed
+    seen, real = [], fit.optimise
+
+    def recording(*args, **kw):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kw)
+
+    monkeypatch.setattr(fit, "optimise", recording)
+    data, out = _folder(tmp_path, ["a", "b"])
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        threads.main(["--data", str(data), "--rounds", "2", "--steps", "2", "--out", str(out)])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    # three rounds (one untimed) of four forms, each round in the order eager 1t, 2t, compiled 1t, 2t
+    assert seen == [1, 2, 1, 2] * 3
+    row = json.loads((out / "threads_cpu.json").read_text())["rows"][0]
+    assert sorted(row["ms_per_step"]) == ["compiled 1t", "compiled 2t", "eager 1t", "eager 2t"]
+    assert all(len(t) == 2 and min(t) > 0 for t in row["ms_per_step"].values())
+    for kind in ("eager", "compiled"):
+        one, two = row["ms_per_step"][f"{kind} 1t"], row["ms_per_step"][f"{kind} 2t"]
+        assert row["speedup_per_round"][kind] == [a / b for a, b in zip(one, two)]

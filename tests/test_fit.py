@@ -423,3 +423,44 @@ def test_a_fit_whose_compile_failed_leaves_the_fine_tuning_eager(monkeypatch, im
     with pytest.warns(UserWarning, match="torch.compile failed"):
         bank = fit_bank([image], 4, 3, FitConfig(iters=2, compile=True), device="cpu")
     assert fell_back(bank.model) and bank.compiled is False  # no second attempt, no second warning
+
+
+def test_a_steps_backward_runs_inside_the_matmul_precision_and_outside_autocast(monkeypatch):
+    # On a GPU, "tf32" must reach the backward's products too (cuBLAS and the tail kernels
+    # read the flag as each runs), while bf16 autocast stays around the forward alone. The
+    # CPU runs neither, so both scopes are replaced by recorders here.
+    import contextlib
+
+    where = {"precision": False, "autocast": False}
+    seen = []
+
+    def scope(name):
+        @contextlib.contextmanager
+        def recorder(mode, device):
+            assert mode == "tf32"
+            where[name] = True
+            try:
+                yield
+            finally:
+                where[name] = False
+        return recorder
+
+    class Spy(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            seen.append(("forward", dict(where)))
+            return x
+
+        @staticmethod
+        def backward(ctx, g):
+            seen.append(("backward", dict(where)))
+            return g
+
+    monkeypatch.setattr(fit_module, "precision", scope("precision"))
+    monkeypatch.setattr(fit_module, "autocast", scope("autocast"))
+    arch = Architecture("deep-decoder", 4, 2, 3)
+    z = seeded_input(arch, 8, 8, 0)[None]
+    optimise(build(arch), z, lambda out: Spy.apply(out).flatten(1).mean(1), 2, 0.01, mode="tf32")
+    # two steps' forward and backward; the final scoring of the best iterate comes after
+    assert seen[:4] == [("forward", {"precision": True, "autocast": True}),
+                     ("backward", {"precision": True, "autocast": False})] * 2
