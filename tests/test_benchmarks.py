@@ -467,3 +467,23 @@ def test_the_threads_comparison_times_each_form_at_its_own_thread_count_and_rest
     for kind in ("eager", "compiled"):
         one, two = row["ms_per_step"][f"{kind} 1t"], row["ms_per_step"][f"{kind} 2t"]
         assert row["speedup_per_round"][kind] == [a / b for a, b in zip(one, two)]
+
+
+def test_a_cold_run_given_a_cache_folder_compiles_into_it_and_refuses_one_already_used(tmp_path, monkeypatch):
+    import os
+
+    from benchmarks.speed import _use_cache
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/elsewhere")
+    monkeypatch.setenv("TRITON_CACHE_DIR", "/elsewhere/triton")
+    _use_cache(None, False)  # neither: the caches stay where they were
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/elsewhere"
+    folder = tmp_path / "cache"
+    _use_cache(folder, True)
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(folder) and folder.is_dir()
+    assert "TRITON_CACHE_DIR" not in os.environ  # inductor then puts Triton's beneath it
+    (folder / "kernel").write_text("compiled")
+    with pytest.raises(SystemExit, match="not empty"):
+        _use_cache(folder, True)  # a used cache would not make a cold run
+    _use_cache(folder, False)  # the warm run after it reads the same folder
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(folder)
