@@ -252,7 +252,17 @@ def optimise(model, z, loss_fn, iters: int, lr: float, lr_floor: float = 1.0,
                 observe(out.detach())
             best.keep(params, losses.detach(), best_loss)
             opt.zero_grad(set_to_none=True)
-            losses.sum().backward()
+            try:
+                losses.sum().backward()
+            except Exception as e:  # noqa: BLE001 - the compiled backward's first run, below
+                if it or not isinstance(net, _EagerOnFailure) or net.fn is net.eager:
+                    raise
+                # autograd compiles the backward at its first call, and the tail kernels'
+                # largest passes first run there: a failure is the compiler's, as in the forward
+                net.give_up(e)
+                with autocast(mode, z.device):
+                    losses = loss_fn(net(zin, p).float())
+                losses.sum().backward()
         opt.step()
         if progress and ((it + 1) % REPORT_EVERY == 0 or it + 1 == iters):
             # reading the loss syncs a GPU, so report every few steps, not every step
@@ -442,14 +452,27 @@ class _EagerOnFailure:
         try:
             return self._first(self.fn(*args))
         except Exception as e:  # noqa: BLE001 - any compile failure
-            # dynamo wraps the compiler's own error; its first line is the informative one
-            inner = getattr(e, "inner_exception", None) or e
-            failure = f"{type(inner).__name__}: {(str(inner).splitlines() or [''])[0][:200]}"
+            failure = self._reason(e)
         # outside the handler, so the failed compile's frames are freed before the retry
         out = self.eager(*args)  # an error of the input, not the compiler's, raises again here
+        self._warn(failure)
+        return self._first(out)
+
+    def give_up(self, error: Exception):
+        """The compiled program failed after its first forward (in its first backward): eager
+        kernels from now on, with the same warning."""
+        self._warn(self._reason(error))
+        self.tried = True
+
+    @staticmethod
+    def _reason(e) -> str:
+        # dynamo wraps the compiler's own error; its first line is the informative one
+        inner = getattr(e, "inner_exception", None) or e
+        return f"{type(inner).__name__}: {(str(inner).splitlines() or [''])[0][:200]}"
+
+    def _warn(self, failure: str):
         warnings.warn(f"torch.compile failed ({failure}); fitting with eager kernels")
         self.fn = self.eager
-        return self._first(out)
 
     def _first(self, out):
         self.tried = True

@@ -464,3 +464,62 @@ def test_a_steps_backward_runs_inside_the_matmul_precision_and_outside_autocast(
     # two steps' forward and backward; the final scoring of the best iterate comes after
     assert seen[:4] == [("forward", {"precision": True, "autocast": True}),
                      ("backward", {"precision": True, "autocast": False})] * 2
+
+
+def test_a_compiled_backward_that_fails_at_its_first_run_falls_back_to_eager_kernels(monkeypatch):
+    # autograd compiles a graph's backward at its first call, where the tail kernels' largest
+    # passes also run first: such a failure must end like a failed forward compile, not the fit
+    from ddcodec.fit import _EagerOnFailure
+
+    class Boom(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            raise RuntimeError("out of resource: shared memory, Required: 295680\nmore")
+
+    def failing(model, preset, device):
+        fn = _EagerOnFailure(lambda z, p: Boom.apply(model.forward(z, p)), model.forward)
+        model._ddc_compiled = fn
+        return fn
+
+    monkeypatch.setattr(fit_module, "compiled", failing)
+    arch = Architecture("deep-decoder", 4, 2, 3)
+    z = seeded_input(arch, 8, 8, 0)[None]
+    model = build(arch)
+    before = [t.detach().clone() for _, t in model.named_tensors()]
+    target = torch.rand(1, 3, 8, 8)
+    with pytest.warns(UserWarning, match="torch.compile failed \\(RuntimeError: out of resource: shared memory"):
+        losses = optimise(model, z, lambda out: mse_per_image(out, target), 5, 0.01, compile=True)
+    assert fell_back(model)
+    assert torch.isfinite(losses).all()
+    assert any(not torch.equal(a, t) for a, (_, t) in zip(before, model.named_tensors()))  # it trained
+
+
+def test_a_backward_failure_after_the_first_step_is_not_taken_for_the_compilers():
+    from ddcodec.fit import _EagerOnFailure
+
+    calls = []
+
+    class LaterBoom(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            calls.append(1)
+            if len(calls) > 1:
+                raise ValueError("a real error in step 2")
+            return g
+
+    arch = Architecture("deep-decoder", 4, 2, 3)
+    z = seeded_input(arch, 8, 8, 0)[None]
+    model = build(arch)
+    fn = _EagerOnFailure(lambda zz, p: LaterBoom.apply(model.forward(zz, p)), model.forward)
+    model._ddc_compiled = fn
+    fn.key = (True, "cpu")
+    with pytest.raises(ValueError, match="step 2"):
+        optimise(model, z, lambda out: out.flatten(1).mean(1), 5, 0.01, compile=True)
