@@ -490,11 +490,13 @@ def reference(y, g_a, b_a, w_b, c_b, g_b, b_b, w_o, c_o) -> torch.Tensor:
     return torch.sigmoid(x + c_o[:, :, None, None].to(x.dtype))
 
 
-def sm90_report(k: int = 64, c: int = 3, launch: Launch = None) -> list:
+def sm90_report(k: int = 64, c: int = 3, launch: Launch = None, ieee: bool = False) -> list:
     """Compile every pass for an H100/H200 (sm_90) without a GPU, with the ptxas that Triton
     carries, and report each kernel's registers, spilled bytes and shared memory, and whether
     its products use the tensor cores (wgmma). A check of the GPU's code on any machine with
-    Triton: a spill or a failed compile shows here, before a GPU session is spent on it."""
+    Triton: a spill or a failed compile shows here, before a GPU session is spent on it.
+    ieee: also the full-fp32 products of a fit without TF32, which use no tensor cores and, at
+    k=64, spill 408-1224 bytes in passes 1-5 with the default launch (12-268 with 8 warps)."""
     import inspect
     import re
     import subprocess
@@ -513,13 +515,15 @@ def sm90_report(k: int = 64, c: int = 3, launch: Launch = None) -> list:
         import sys
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
         code = ("import json; from ddcodec import tail; "
-                f"print(json.dumps(tail.sm90_report({k}, {c}, tail.{launch!r})))")
+                f"print(json.dumps(tail.sm90_report({k}, {c}, tail.{launch!r}, {ieee})))")
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         return json.loads(out.stdout.strip().splitlines()[-1])
     K = max(16, triton.next_power_of_2(k))
     consts = {"K": K, "C": c, "T": launch.tile}
     ptxas = get_ptxas(90).path
-    jobs = [(stage, dtype) for stage in range(6) for dtype in ("fp32", "bf16")] + [("adjoint", "fp32"), ("stats", "fp32")]
+    # fp32 is a TF32 fit's; ieee (full fp32 products, a fit without TF32) only when asked
+    dtypes = ("fp32", "bf16") + (("ieee",) if ieee else ())
+    jobs = [(stage, dtype) for stage in range(6) for dtype in dtypes] + [("adjoint", "fp32"), ("stats", "fp32")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for stage, dtype in jobs:
@@ -529,7 +533,7 @@ def sm90_report(k: int = 64, c: int = 3, launch: Launch = None) -> list:
                 fn, warps, const = _stats, 4, {"K": K}
             else:
                 fn, warps = _tail_pass, launch.warps
-                const = dict(consts, PREC=2 if dtype == "bf16" else 1, PASS=stage)
+                const = dict(consts, PREC={"bf16": 2, "fp32": 1, "ieee": 0}[dtype], PASS=stage)
             bf16_ptrs = ("y_ptr", "o1_ptr") if stage == 5 else ("y_ptr",)
             signature = {}
             for name in inspect.signature(fn.fn).parameters:
