@@ -260,6 +260,7 @@ def optimise(model, z, loss_fn, iters: int, lr: float, lr_floor: float = 1.0,
                 # autograd compiles the backward at its first call, and the tail kernels'
                 # largest passes first run there: a failure is the compiler's, as in the forward
                 net.give_up(e)
+                opt.zero_grad(set_to_none=True)  # what the failed backward accumulated before it stopped
                 with autocast(mode, z.device):
                     losses = loss_fn(net(zin, p).float())
                 losses.sum().backward()

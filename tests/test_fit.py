@@ -481,21 +481,28 @@ def test_a_compiled_backward_that_fails_at_its_first_run_falls_back_to_eager_ker
             raise RuntimeError("out of resource: shared memory, Required: 295680\nmore")
 
     def failing(model, preset, device):
-        fn = _EagerOnFailure(lambda z, p: Boom.apply(model.forward(z, p)), model.forward)
+        def forward(z, p):
+            # Boom on the first block's weights, which the backward reaches last: by then the
+            # later tensors' gradients have landed, and the retry must not add to them
+            return model.forward(z, [Boom.apply(p[0])] + list(p[1:]))
+        fn = _EagerOnFailure(forward, model.forward)
         model._ddc_compiled = fn
         return fn
 
-    monkeypatch.setattr(fit_module, "compiled", failing)
     arch = Architecture("deep-decoder", 4, 2, 3)
     z = seeded_input(arch, 8, 8, 0)[None]
-    model = build(arch)
-    before = [t.detach().clone() for _, t in model.named_tensors()]
     target = torch.rand(1, 3, 8, 8)
+    loss = lambda out: mse_per_image(out, target)  # noqa: E731
+    eager = build(arch)
+    optimise(eager, z, loss, 5, 0.01)
+    monkeypatch.setattr(fit_module, "compiled", failing)
+    model = build(arch)
     with pytest.warns(UserWarning, match="torch.compile failed \\(RuntimeError: out of resource: shared memory"):
-        losses = optimise(model, z, lambda out: mse_per_image(out, target), 5, 0.01, compile=True)
+        optimise(model, z, loss, 5, 0.01, compile=True)
     assert fell_back(model)
-    assert torch.isfinite(losses).all()
-    assert any(not torch.equal(a, t) for a, (_, t) in zip(before, model.named_tensors()))  # it trained
+    # the same steps as a fit that never compiled: the failed backward left nothing behind
+    for (_, a), (_, b) in zip(model.named_tensors(), eager.named_tensors()):
+        assert torch.equal(a, b)
 
 
 def test_a_backward_failure_after_the_first_step_is_not_taken_for_the_compilers():
