@@ -53,7 +53,8 @@ nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 # One Triton cache for every step: inductor points Triton at its own folder when it first
 # compiles in a process, so without this the tail kernels that step 1b compiles before any
-# inductor kernel land elsewhere than where step 2 looks (speed.py --cold still empties both)
+# inductor kernel land elsewhere than where step 2 looks (speed.py --cache DIR, steps 3 and 5,
+# unsets it so that Triton's cache lies beneath DIR)
 export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/ddc-triton}
 pack
 # The caps of steps 1-5 add up to LIMIT=540, in the order issue 3 needs the figures: a step
@@ -79,6 +80,7 @@ pack
 #    ~11 s of it the fine-tuning's compile that the shared program has since removed). The rows
 #    fit banks of the 18 landscape images, so their compiles would not serve this bank of 24
 #    anyway: before the twenty-fifth session this step was the "warm" run, and was not.
+rm -rf /tmp/ddc-cache-24  # a rerun on a machine still warm from an earlier call starts cold too
 timeout -k 5 "$(cap 105)" python3 -m benchmarks.speed --data "$DATA" --part dataset --cold --cache /tmp/ddc-cache-24 --out "$OUT"
 pack
 # 4. where the fastest faithful bank's step and the fastest faithful single image's step

@@ -443,7 +443,10 @@ def main(argv=None):
         if before is not None:
             rows.remove(before)
             r["ms_before"] = before["ms_per_image_iter"]  # the same row as the code was then
-            r["before"] = "the fp32 backward" if prec == "tf32" and not before.get(TF32_BACKWARD) else "the shared program"
+            reasons = ["the fp32 backward"] if prec == "tf32" and not before.get(TF32_BACKWARD) else []
+            if comp and before.get("program") != PROGRAM and name in RECHECK:
+                reasons.append("the shared program")
+            r["before"] = " and ".join(reasons)
         if comp:
             r["program"] = PROGRAM
         if prec == "tf32":

@@ -102,7 +102,8 @@ class FitConfig:
         192x128 k=16 up to nine 256x171 tiles at k=22), and a new shape compiles in ~3-20 s,
         so "auto" compiles once the eager fit would take about a minute (COMPILE_WORK). On an
         H200 (benchmarks/speed.py) compiling took a 768x512 k=64 step from 9.33 to 3.69 ms
-        alone and from 3.98 to 2.05 ms per image in a bank of 24 (TF32), within 0.05 dB,
+        alone and from 3.98 to 2.05 ms per image in a bank of 18 (TF32 forwards; their
+        backward ran in fp32 then), within 0.05 dB,
         after a compile of ~10-25 s: "auto" compiles from about one such image's whole fit
         (COMPILE_WORK_GPU). Restoration keeps eager kernels: its stopping rules were tuned
         with them."""
@@ -252,14 +253,19 @@ def optimise(model, z, loss_fn, iters: int, lr: float, lr_floor: float = 1.0,
                 observe(out.detach())
             best.keep(params, losses.detach(), best_loss)
             opt.zero_grad(set_to_none=True)
+            failure = None
             try:
                 losses.sum().backward()
             except Exception as e:  # noqa: BLE001 - the compiled backward's first run, below
-                if it or not isinstance(net, _EagerOnFailure) or net.fn is net.eager:
-                    raise
                 # autograd compiles the backward at its first call, and the tail kernels'
                 # largest passes first run there: a failure is the compiler's, as in the forward
-                net.give_up(e)
+                # (but a full GPU is not, and eager kernels would not mend it)
+                if it or not isinstance(net, _EagerOnFailure) or net.fn is net.eager or "out of memory" in str(e):
+                    raise
+                failure = _EagerOnFailure.reason(e)
+            if failure is not None:  # outside the handler, so the failed graph is freed first
+                net.give_up(failure)
+                del out, losses
                 opt.zero_grad(set_to_none=True)  # what the failed backward accumulated before it stopped
                 with autocast(mode, z.device):
                     losses = loss_fn(net(zin, p).float())
@@ -425,8 +431,8 @@ TORCH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile's own modes, 
 TRITON_PRESETS = ("triton", "triton-graphs")
 COMPILE_PRESETS = ("default",) + TORCH_MODES + ("fused", "fused-graphs") + TRITON_PRESETS
 # [k, T] tiles of several tensors live in a program's registers at once. Compiled for sm_90 on
-# the CPU (tail.sm90_report): at k=64 no pass spills; at k=128 the backward's passes 4 and 5
-# spill 320-1284 bytes with the default launch and take 208-213 KB of shared memory in TF32,
+# the CPU (tail.sm90_report): at k=64 no pass spills; at k=128 passes 3-5 spill 40-1284
+# bytes with the default launch and take 208-213 KB of shared memory in TF32,
 # so a 32-pixel tile would not fit the H200's 227 KB. Until a GPU measures k=128, 64.
 TAIL_MAX_CHANNELS = 64
 GRAPH_MODES = TORCH_MODES + ("fused-graphs", "triton-graphs")  # the presets that use CUDA graphs
@@ -453,20 +459,20 @@ class _EagerOnFailure:
         try:
             return self._first(self.fn(*args))
         except Exception as e:  # noqa: BLE001 - any compile failure
-            failure = self._reason(e)
+            failure = self.reason(e)
         # outside the handler, so the failed compile's frames are freed before the retry
         out = self.eager(*args)  # an error of the input, not the compiler's, raises again here
         self._warn(failure)
         return self._first(out)
 
-    def give_up(self, error: Exception):
-        """The compiled program failed after its first forward (in its first backward): eager
-        kernels from now on, with the same warning."""
-        self._warn(self._reason(error))
+    def give_up(self, failure: str):
+        """The compiled program failed after its first forward (in its first backward, for
+        the reason given): eager kernels from now on, with the same warning."""
+        self._warn(failure)
         self.tried = True
 
     @staticmethod
-    def _reason(e) -> str:
+    def reason(e) -> str:
         # dynamo wraps the compiler's own error; its first line is the informative one
         inner = getattr(e, "inner_exception", None) or e
         return f"{type(inner).__name__}: {(str(inner).splitlines() or [''])[0][:200]}"

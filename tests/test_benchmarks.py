@@ -485,5 +485,7 @@ def test_a_cold_run_given_a_cache_folder_compiles_into_it_and_refuses_one_alread
     (folder / "kernel").write_text("compiled")
     with pytest.raises(SystemExit, match="not empty"):
         _use_cache(folder, True)  # a used cache would not make a cold run
-    _use_cache(folder, False)  # the warm run after it reads the same folder
+    monkeypatch.setenv("TRITON_CACHE_DIR", "/tmp/session-wide")  # gpu_session.sh exports one
+    _use_cache(folder, False)  # the warm run after it reads the same folder, Triton's beneath it
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(folder)
+    assert "TRITON_CACHE_DIR" not in os.environ

@@ -530,3 +530,28 @@ def test_a_backward_failure_after_the_first_step_is_not_taken_for_the_compilers(
     fn.key = (True, "cpu")
     with pytest.raises(ValueError, match="step 2"):
         optimise(model, z, lambda out: out.flatten(1).mean(1), 5, 0.01, compile=True)
+
+
+def test_a_full_gpu_in_the_first_backward_is_reported_not_taken_for_a_compile_failure(monkeypatch):
+    from ddcodec.fit import _EagerOnFailure
+
+    class Full(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    def compiled(model, preset, device):
+        fn = _EagerOnFailure(lambda z, p: Full.apply(model.forward(z, p)), model.forward)
+        model._ddc_compiled = fn
+        return fn
+
+    monkeypatch.setattr(fit_module, "compiled", compiled)
+    arch = Architecture("deep-decoder", 4, 2, 3)
+    model = build(arch)
+    with pytest.raises(RuntimeError, match="out of memory"):  # eager kernels would not fit either
+        optimise(model, seeded_input(arch, 8, 8, 0)[None], lambda out: out.flatten(1).mean(1), 3, 0.01, compile=True)
+    assert not fell_back(model)
