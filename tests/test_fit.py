@@ -466,36 +466,45 @@ def test_a_steps_backward_runs_inside_the_matmul_precision_and_outside_autocast(
                      ("backward", {"precision": True, "autocast": False})] * 2
 
 
-def test_a_compiled_backward_that_fails_at_its_first_run_falls_back_to_eager_kernels(monkeypatch):
-    # autograd compiles a graph's backward at its first call, where the tail kernels' largest
-    # passes also run first: such a failure must end like a failed forward compile, not the fit
+def _backward_raising(error, from_call: int = 1):
+    """An identity whose backward raises error from its from_call-th run on (the ones before
+    pass the gradient through), and a stand-in for fit.compiled that puts it on the first
+    tensor's path: the "compiled" program of a model, whose eager fallback is the plain forward."""
     from ddcodec.fit import _EagerOnFailure
 
-    class Boom(torch.autograd.Function):
+    calls = []
+
+    class Raising(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x):
             return x.clone()
 
         @staticmethod
         def backward(ctx, g):
-            raise RuntimeError("out of resource: shared memory, Required: 295680\nmore")
+            calls.append(1)
+            if len(calls) >= from_call:
+                raise error
+            return g
 
-    def failing(model, preset, device):
-        def forward(z, p):
-            # Boom on the first block's weights, which the backward reaches last: by then the
-            # later tensors' gradients have landed, and the retry must not add to them
-            return model.forward(z, [Boom.apply(p[0])] + list(p[1:]))
-        fn = _EagerOnFailure(forward, model.forward)
+    def compiled(model, preset=True, device=None):
+        # on the first block's weights, which the backward reaches last: by then the later
+        # tensors' gradients have landed
+        fn = _EagerOnFailure(lambda z, p: model.forward(z, [Raising.apply(p[0])] + list(p[1:])), model.forward)
         model._ddc_compiled = fn
         return fn
+    return compiled
 
+
+def test_a_compiled_backward_that_fails_at_its_first_run_falls_back_to_eager_kernels(monkeypatch):
+    # autograd compiles a graph's backward at its first call, where the tail kernels' largest
+    # passes also run first: such a failure must end like a failed forward compile, not the fit
     arch = Architecture("deep-decoder", 4, 2, 3)
     z = seeded_input(arch, 8, 8, 0)[None]
     target = torch.rand(1, 3, 8, 8)
     loss = lambda out: mse_per_image(out, target)  # noqa: E731
     eager = build(arch)
     optimise(eager, z, loss, 5, 0.01)
-    monkeypatch.setattr(fit_module, "compiled", failing)
+    monkeypatch.setattr(fit_module, "compiled", _backward_raising(RuntimeError("out of resource: shared memory, Required: 295680\nmore")))
     model = build(arch)
     with pytest.warns(UserWarning, match="torch.compile failed \\(RuntimeError: out of resource: shared memory"):
         optimise(model, z, loss, 5, 0.01, compile=True)
@@ -505,51 +514,17 @@ def test_a_compiled_backward_that_fails_at_its_first_run_falls_back_to_eager_ker
         assert torch.equal(a, b)
 
 
-def test_a_backward_failure_after_the_first_step_is_not_taken_for_the_compilers():
-    from ddcodec.fit import _EagerOnFailure
-
-    calls = []
-
-    class LaterBoom(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            return x.clone()
-
-        @staticmethod
-        def backward(ctx, g):
-            calls.append(1)
-            if len(calls) > 1:
-                raise ValueError("a real error in step 2")
-            return g
-
+def test_a_backward_failure_after_the_first_step_is_not_taken_for_the_compilers(monkeypatch):
+    monkeypatch.setattr(fit_module, "compiled", _backward_raising(ValueError("a real error in step 2"), from_call=2))
     arch = Architecture("deep-decoder", 4, 2, 3)
-    z = seeded_input(arch, 8, 8, 0)[None]
     model = build(arch)
-    fn = _EagerOnFailure(lambda zz, p: LaterBoom.apply(model.forward(zz, p)), model.forward)
-    model._ddc_compiled = fn
-    fn.key = (True, "cpu")
     with pytest.raises(ValueError, match="step 2"):
-        optimise(model, z, lambda out: out.flatten(1).mean(1), 5, 0.01, compile=True)
+        optimise(model, seeded_input(arch, 8, 8, 0)[None], lambda out: out.flatten(1).mean(1), 5, 0.01, compile=True)
+    assert not fell_back(model)
 
 
 def test_a_full_gpu_in_the_first_backward_is_reported_not_taken_for_a_compile_failure(monkeypatch):
-    from ddcodec.fit import _EagerOnFailure
-
-    class Full(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            return x.clone()
-
-        @staticmethod
-        def backward(ctx, g):
-            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
-    def compiled(model, preset, device):
-        fn = _EagerOnFailure(lambda z, p: Full.apply(model.forward(z, p)), model.forward)
-        model._ddc_compiled = fn
-        return fn
-
-    monkeypatch.setattr(fit_module, "compiled", compiled)
+    monkeypatch.setattr(fit_module, "compiled", _backward_raising(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")))
     arch = Architecture("deep-decoder", 4, 2, 3)
     model = build(arch)
     with pytest.raises(RuntimeError, match="out of memory"):  # eager kernels would not fit either
