@@ -290,12 +290,19 @@ def _to_measure(configs, rows) -> list:
 
 
 def _stale(row) -> bool:
-    """A row whose ms may have moved since it was measured: a compiled row of RECHECK from
-    before the Deep Decoder's compiled program became the one the fit and its fine-tuning
-    share (PROGRAM), or a tf32 row from before its backward ran in TF32 (TF32_BACKWARD)."""
+    return bool(_stale_reasons(row))
+
+
+def _stale_reasons(row) -> list:
+    """Why a row's ms may have moved since it was measured: a tf32 row from before its
+    backward ran in TF32 (TF32_BACKWARD), a compiled row of RECHECK from before the Deep
+    Decoder's compiled program became the one the fit and its fine-tuning share (PROGRAM)."""
+    reasons = []
     if row.get("precision") == "tf32" and not row.get(TF32_BACKWARD):
-        return True
-    return bool(row["compile"]) and row.get("program") != PROGRAM and row["config"] in RECHECK
+        reasons.append("the fp32 backward")
+    if bool(row["compile"]) and row.get("program") != PROGRAM and row["config"] in RECHECK:
+        reasons.append("the shared program")
+    return reasons
 
 
 def fastest_faithful(rows, banked: bool = True) -> dict:
@@ -443,10 +450,7 @@ def main(argv=None):
         if before is not None:
             rows.remove(before)
             r["ms_before"] = before["ms_per_image_iter"]  # the same row as the code was then
-            reasons = ["the fp32 backward"] if prec == "tf32" and not before.get(TF32_BACKWARD) else []
-            if comp and before.get("program") != PROGRAM and name in RECHECK:
-                reasons.append("the shared program")
-            r["before"] = " and ".join(reasons)
+            r["before"] = " and ".join(_stale_reasons(before))
         if comp:
             r["program"] = PROGRAM
         if prec == "tf32":
