@@ -90,7 +90,9 @@ pack
 timeout -k 5 "$(cap 45)" python3 -m benchmarks.speed --data "$DATA" --part profile --part bmm --warmup 10 --profile-steps 10 --out "$OUT"
 pack
 # 5. the dataset again, with the compile cache step 3 left (--cache: the same folder): the
-#    warm run, every later encode of the same shapes (71.7-75.2 s in the fourteenth session)
+#    warm run, every later encode of the same shapes (71.7-75.2 s in the fourteenth session).
+#    Both dataset runs save torch.compile's timers and the seconds in the step search, the
+#    file writing and the exact decodes ("compile", "calls"): what the start and gaps hold
 timeout -k 5 "$(cap 80)" python3 -m benchmarks.speed --data "$DATA" --part dataset --cache /tmp/ddc-cache-24 --out "$OUT"
 pack
 # 6. the exact decode of one full-size file on the GPU (whole blocks per pass, and passes of 8

@@ -356,7 +356,11 @@ def dataset_run(images, dev, bank, fit: FitConfig, bpp=None) -> dict:
     on a GPU). Before the first fit report lie the start and the compile; between the fit and
     the fine-tuning, the fold and the step search; after it, coding, writing and the exact
     decode. A report reads the loss, so the GPU is waited for every 10 steps, as under the
-    CLI's progress bar; the fourteenth session's runs had no reports."""
+    CLI's progress bar; the fourteenth session's runs had no reports.
+    calls: the seconds inside the codec's step search, file writing and exact decode (each
+    returns host data, so its GPU work is done when it returns), which split the gaps above;
+    compile: torch.compile's own timers (torch._dynamo.utils.compile_times), which say how
+    much of the start a warm cache still leaves to tracing and loading."""
     t0 = time.perf_counter()
     names, total, db = list(images), 0, 0.0
     quant = ddcodec.QuantConfig(target_bpp=bpp)
@@ -366,7 +370,7 @@ def dataset_run(images, dev, bank, fit: FitConfig, bpp=None) -> dict:
     def progress(stage, *_):
         now = round(time.perf_counter() - t0, 2)
         stages.setdefault(stage, [now, now])[1] = now
-    with tempfile.TemporaryDirectory() as d:
+    with tempfile.TemporaryDirectory() as d, timed_calls(ddcodec.codec, CODEC_CALLS) as calls:
         for i in range(0, len(names), bank):
             group = names[i:i + bank]
             results = ddcodec.encode_bank([images[n] for n in group], fit=fit, device=str(dev), progress=progress, **kw)
@@ -376,7 +380,42 @@ def dataset_run(images, dev, bank, fit: FitConfig, bpp=None) -> dict:
                 db += r.psnr
     return {"images": len(names), "seconds": time.perf_counter() - t0, "bytes": total, "psnr": db / len(names),
             "target_bpp": bpp, "precision": fit.precision, "compile": fit.compile, "fit_iters": fit.iters,
-            "stages": stages}
+            "stages": stages, "calls": calls, "compile": compile_seconds()}
+
+
+CODEC_CALLS = ("search_steps", "_write_member", "decode")  # names quantize_bank calls in ddcodec.codec
+
+
+@contextlib.contextmanager
+def timed_calls(module, names):
+    """While inside: each named function of module replaced by one that adds its seconds and
+    calls to a dict {name: [seconds, calls]}, which the block receives; restored after."""
+    spent = {n: [0.0, 0] for n in names}
+    originals = {n: getattr(module, n) for n in names}
+
+    def timed(name, fn):
+        def call(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[name][0] += time.perf_counter() - t
+                spent[name][1] += 1
+        return call
+    for n, fn in originals.items():
+        setattr(module, n, timed(n, fn))
+    try:
+        yield spent
+    finally:
+        for n, fn in originals.items():
+            setattr(module, n, fn)
+
+
+def compile_seconds() -> dict:
+    """torch.compile's timers so far in this process, summed by name ({} if it has none)."""
+    from torch._dynamo.utils import compile_times
+    names, values = compile_times(repr="csv", aggregate=True)
+    return {n: round(float(v), 3) for n, v in zip(names, values)}
 
 
 def main(argv=None):
@@ -616,7 +655,13 @@ def _iters_note(d) -> str:
 def _stages_note(d) -> str:
     """The stages' first and last progress reports, in seconds from the start."""
     st = d.get("stages")
-    return "" if not st else " (" + ", ".join(f"{k} {a:.1f}-{b:.1f} s" for k, (a, b) in st.items()) + ")"
+    parts = [f"{k} {a:.1f}-{b:.1f} s" for k, (a, b) in (st or {}).items()]
+    names = {"search_steps": "step search", "_write_member": "writing", "decode": "exact decode"}
+    parts += [f"{names.get(n, n)} {t:.1f} s in {c} call{'s' if c > 1 else ''}" for n, (t, c) in d.get("calls", {}).items() if c]
+    dynamo = d.get("compile", {}).get("_compile.compile_inner")
+    if dynamo is not None:
+        parts.append(f"torch.compile {dynamo:.1f} s")
+    return "" if not parts else " (" + ", ".join(parts) + ")"
 
 
 def table(result) -> str:

@@ -489,3 +489,30 @@ def test_a_cold_run_given_a_cache_folder_compiles_into_it_and_refuses_one_alread
     _use_cache(folder, False)  # the warm run after it reads the same folder, Triton's beneath it
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(folder)
     assert "TRITON_CACHE_DIR" not in os.environ
+
+
+def test_the_dataset_run_times_the_codecs_calls_per_file_and_puts_the_codec_back():
+    from benchmarks import speed
+
+    before = {n: getattr(ddcodec.codec, n) for n in speed.CODEC_CALLS}
+    rng = np.random.default_rng(0)
+    images = {f"im{i}": rng.integers(0, 256, (16, 24, 3), dtype=np.uint8) for i in range(3)}
+    fit = ddcodec.FitConfig(iters=2, compile=False)
+    d = speed.dataset_run(images, torch.device("cpu"), 2, fit)  # banks of 2 and 1
+    assert {n: c for n, (_, c) in d["calls"].items()} == {"search_steps": 2, "_write_member": 3, "decode": 3}
+    assert all(t > 0 for t, _ in d["calls"].values()) and d["calls"]["search_steps"][0] < d["seconds"]
+    assert {n: getattr(ddcodec.codec, n) for n in speed.CODEC_CALLS} == before
+    assert "exact decode" in speed._stages_note(d) and "in 3 calls" in speed._stages_note(d)
+
+
+def test_timed_calls_puts_the_function_back_when_it_raises():
+    import types
+
+    from benchmarks.speed import timed_calls
+
+    def fails():
+        raise ValueError("x")
+    mod = types.SimpleNamespace(f=fails)
+    with pytest.raises(ValueError), timed_calls(mod, ["f"]) as spent:
+        mod.f()
+    assert mod.f is fails and spent["f"][1] == 1
