@@ -491,3 +491,17 @@ def test_a_batch_that_writes_nothing_leaves_no_folder_of_its_own(tmp_path, monke
     (tmp_path / "mine").mkdir()  # a folder that was there before the run stays, empty or not
     res = run("encode", tmp_path / "a.png", tmp_path / "b.png", "-o", tmp_path / "mine", *FAST)
     assert res.exit_code == 130 and (tmp_path / "mine").is_dir()
+
+
+def test_names_with_spaces_non_ascii_and_glob_characters_are_taken_literally(tmp_path):
+    # a file that exists is an input as named, even when its name would also be a glob pattern
+    # ("[1]" matches "1", not itself); a second image, "x1.png", is what such a glob would find
+    names = ["ünï cødé.png", "x[1].png"]
+    for n in names + ["x1.png"]:
+        Image.fromarray(small(24, 16)).save(tmp_path / n)
+    res = run("encode", *(tmp_path / n for n in names), *FAST, "-o", tmp_path / "out")
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["x[1].ddc", "ünï cødé.ddc"]
+    res = run("decode", tmp_path / "out" / "ünï cødé.ddc")
+    assert res.exit_code == 0, res.output
+    assert np.asarray(Image.open(tmp_path / "out" / "ünï cødé.decoded.png")).shape == (16, 24, 3)
