@@ -11,7 +11,7 @@ import click
 
 import ddcodec
 from ddcodec import FitConfig, QuantConfig, restore
-from ddcodec.errors import ConfigError, DDCError
+from ddcodec.errors import ConfigError, DDCError, out_of_memory
 from ddcodec.fit import COMPILE_PRESETS
 from ddcodec.images import MAX_INPUT_PIXELS, check_outputs, decoded_name, png_bytes, read_image, write_atomic
 
@@ -66,10 +66,11 @@ class DDCGroup(click.Group):
         except MemoryError:
             click.echo("ddc: error: out of memory (try a smaller -k, --bank or image)", err=True)
             ctx.exit(1)
-        except RuntimeError as e:  # torch reports a full GPU as a RuntimeError subclass
-            if "out of memory" not in str(e):
+        except RuntimeError as e:  # torch reports a full device as a RuntimeError
+            if not out_of_memory(e):
                 raise
-            click.echo("ddc: error: out of GPU memory (try a smaller -k, --bank or image)", err=True)
+            where = "memory" if "can't allocate memory" in str(e) else "GPU memory"
+            click.echo(f"ddc: error: out of {where} (try a smaller -k, --bank or image)", err=True)
             ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("ddc: interrupted; no partial output was left", err=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from .entropy import DECAYS, TensorModel, decay_index
 from .errors import (ConfigError, CorruptError, FormatError, LimitError, NotDDCError,
                      TruncatedError, UnsupportedVersionError)
-from .nets import Architecture, tensor_shapes, work
+from .nets import Architecture, macs, tensor_shapes, work
 from .quant import STEP_CODE_MAX, STEP_CODE_MIN
 
 MAGIC = b"\x89DDC"
@@ -22,7 +22,17 @@ KINDS = (("deep-decoder", False), ("skip", False), ("deep-decoder", True))
 KINDS_IN = {1: 2, 2: 2, 3: 3}  # version -> how many of KINDS it may use
 MAX_PIXELS = 1 << 26  # 67 Mpx, e.g. 8192 x 8192; a header asking more is refused unread
 MAX_SIDE = 1 << 16
-MAX_WORK = 1 << 28  # k * pixels: the largest activation, in floats (1 GiB); e.g. k=64 at 2048^2
+# k * pixels: the largest activation, e.g. k=64 at 2048^2. The exact decode works in float64 and
+# holds a block's input and output at once: k=64 at 2048^2 (a 1x1 image at 12 blocks) decoded
+# in 15.4 s on a 2-core CPU, the process peaking at 5.0 GB.
+MAX_WORK = 1 << 28
+# Multiply-adds of one decode (nets.macs): the bound on its time, which work does not give (a
+# block's product costs k^2 a pixel). 2^37 admits the largest file the encoder fits at its
+# defaults and beyond: the skip net at k=128 on a 768x512 image is 116 G (32.9 s and 3.1 GB to
+# decode on a 2-core CPU), k=64 at 2048^2 24 G. It refuses a 35-byte header at k=1024, 512x512
+# (276 G, 34 s). A tiled file's members share one budget: else 4096 small members would each
+# take the whole of it.
+MAX_MACS = 1 << 37
 MAX_SYMBOLS = 1 << 26
 FLAG_TRANSPOSED = 1  # the network was fitted to the transposed image (portrait in a bank)
 _KNOWN_FLAGS = FLAG_TRANSPOSED
@@ -117,9 +127,10 @@ class _Reader:
         return self.data[self.pos - n:self.pos]
 
 
-def unpack(data: bytes, max_work: int = MAX_WORK):
+def unpack(data: bytes, max_work: int = MAX_WORK, max_macs: int = MAX_MACS):
     """Bytes of a .ddc file -> (Header, payload). Raises a FormatError subclass on bad input.
-    max_work bounds k * pixels, i.e. the memory a decode of this header would need."""
+    max_work bounds k * pixels, i.e. the memory a decode of this header would need, and
+    max_macs its multiply-adds, i.e. its time."""
     data = bytes(data)
     if len(data) < len(MAGIC) or data[:len(MAGIC)] != MAGIC:
         if MAGIC.startswith(data[:len(MAGIC)]):
@@ -132,7 +143,7 @@ def unpack(data: bytes, max_work: int = MAX_WORK):
                                       f"{', '.join(map(str, READABLE))})")
     r = _Reader(data, 5, len(data) - 4)
     try:
-        h, payload_len = _read_header(r, max_work, data[4])
+        h, payload_len = _read_header(r, max_work, max_macs, data[4])
     except TruncatedError:
         if zlib.crc32(data[:-4]) == struct.unpack("<I", data[-4:])[0]:
             raise CorruptError("header runs past the end of the file")
@@ -149,7 +160,7 @@ def unpack(data: bytes, max_work: int = MAX_WORK):
     return h, data[r.pos:r.pos + payload_len]
 
 
-def _read_header(r: _Reader, max_work: int, version: int):
+def _read_header(r: _Reader, max_work: int, max_macs: int, version: int):
     width, height = r.uvarint("width"), r.uvarint("height")
     channels, flags, kind = r.uvarint("channels"), r.uvarint("flags"), r.uvarint("kind")
     k, layers = r.uvarint("k"), r.uvarint("layers")
@@ -161,7 +172,7 @@ def _read_header(r: _Reader, max_work: int, version: int):
         arch = Architecture(KINDS[kind][0], k, layers, channels, folded=KINDS[kind][1])
     except ConfigError as e:
         raise CorruptError(f"bad architecture in header: {e}") from None
-    if work(arch, height, width) > max_work:
+    if work(arch, height, width) > max_work or macs(arch, height, width) > max_macs:
         raise LimitError(f"decoding {width}x{height} at k={k} with {layers} blocks exceeds the reader's limits")
     shapes = tensor_shapes(arch)
     if sum(_numel(s) for _, s in shapes) > MAX_SYMBOLS:

@@ -20,11 +20,11 @@ from PIL import Image
 from . import bitstream, entropy, exact, tiles
 from .checks import integer
 from .degrade import Degradation
-from .errors import ConfigError, FormatError, ImageError
+from .errors import ConfigError, FormatError, ImageError, out_of_memory
 from .fit import ADAM_BETAS, FitConfig, fell_back, mse_per_image, optimise
 from .images import check_ddc_name, check_image, check_image_name, check_output, decoded_name, image_bytes, read_image, write_atomic
 from .metrics import bpp as bits_per_pixel, psnr
-from .nets import Architecture, build, param_count, seeded_input, tensor_shapes, work
+from .nets import Architecture, build, macs, param_count, seeded_input, tensor_shapes, work
 from .rate import budgets_for_psnr, budgets_for_rate, channels_for_image
 from .quant import QuantConfig, dequantize, quantize, search_steps, step_from_code, steps_tensor, straight_through
 
@@ -162,6 +162,9 @@ def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitCo
         raise ImageError(f"{W}x{H} at k={channels} with {layers} blocks exceeds the decoder's limit of "
                          f"k*pixels <= {bitstream.MAX_WORK} (on the padded size); use a smaller -k, "
                          f"image or --layers")
+    if macs(net, H, W) > bitstream.MAX_MACS:
+        raise ImageError(f"{W}x{H} at k={channels} with {layers} blocks exceeds the decoder's limit of "
+                         f"{bitstream.MAX_MACS} multiply-adds; use a smaller -k, image or --layers")
     dev = resolve_device(device)
     target = torch.from_numpy(np.stack([_chw(im) for im in imgs])).to(dev).float() / 255
     weight = deg.weight((h, w), dev)
@@ -281,6 +284,15 @@ def _encode_tiled(images, channels, layers, fit, quant, device, progress, tile) 
     for key, p in pieces.items():
         k = channels or channels_for_image(targets[key], p.shape, layers)
         groups.setdefault((bank_key(p.shape), k), []).append(key)
+    cost = [0] * len(originals)  # never fit what the reader would refuse: its tiles share one time budget
+    for (_, k), keys in groups.items():
+        for i, j in keys:
+            p = pieces[i, j]
+            cost[i] += macs(Architecture("deep-decoder", k, layers, 1 if p.ndim == 2 else 3), *p.shape[:2])
+    for im, c in zip(originals, cost):
+        if c > bitstream.MAX_MACS:
+            raise ImageError(f"{im.shape[1]}x{im.shape[0]}: its tiles together exceed the decoder's limit of "
+                             f"{bitstream.MAX_MACS} multiply-adds; use a smaller -k, image or --layers")
     coded = {}
     for (_, k), keys in groups.items():
         bank = fit_bank([pieces[key] for key in keys], k, layers, fit, device, progress)
@@ -382,15 +394,19 @@ def _write_member(model, b, codes, arch, seed, flags, h, w) -> bytes:
     return bitstream.pack(header, entropy.encode(ints, models))
 
 
-def decode(data: bytes, device: str = "cpu", max_work: int = bitstream.MAX_WORK) -> np.ndarray:
-    """.ddc bytes -> uint8 image [H, W, 3] or [H, W]. Raises a FormatError on bad data.
-    max_work (k * pixels) bounds the memory the decode may need; larger headers are refused."""
+def decode(data: bytes, device: str = "cpu", max_work: int = bitstream.MAX_WORK,
+           max_macs: int = bitstream.MAX_MACS) -> np.ndarray:
+    """.ddc bytes -> uint8 image [H, W, 3] or [H, W]. Raises a FormatError on bad data, and
+    MemoryError when the machine cannot hold the decode. max_work (k * pixels) bounds the
+    memory the decode may need and max_macs (nets.macs) its multiply-adds, a tiled file's
+    members together; larger headers are refused."""
     data = _file_bytes(data)
     integer("max_work", max_work, 1, 2**62)
+    integer("max_macs", max_macs, 1, 2**62)
     if tiles.is_tiled(data):
-        width, height, rows, cols, members = tiles.unpack_members(data, max_work)
-        return tiles.merge([decode(m, device, max_work) for m in members], height, width, rows, cols)
-    header, ints = _parse(data, max_work)
+        width, height, rows, cols, members = tiles.unpack_members(data, max_work, max_macs)
+        return tiles.merge([decode(m, device, max_work, max_macs) for m in members], height, width, rows, cols)
+    header, ints = _parse(data, max_work, max_macs)
     dev = resolve_device(device)
     h, w = header.height, header.width
     if header.flags & bitstream.FLAG_TRANSPOSED:
@@ -398,15 +414,21 @@ def decode(data: bytes, device: str = "cpu", max_work: int = bitstream.MAX_WORK)
     z = seeded_input(header.arch, h, w, header.seed)
     steps = [float(s) for s in step_from_code(np.asarray(header.step_codes))]
     render = exact.render if header.arch.kind == "deep-decoder" else exact.render_skip
-    with torch.no_grad():  # the same pixels on every machine and device (ddcodec.exact)
-        levels = render(header.arch, ints, steps, z.to(dev))[:, :h, :w].permute(1, 2, 0).cpu().numpy()
+    try:
+        with torch.no_grad():  # the same pixels on every machine and device (ddcodec.exact)
+            levels = render(header.arch, ints, steps, z.to(dev))[:, :h, :w].permute(1, 2, 0).cpu().numpy()
+    except RuntimeError as e:  # torch's allocators say so in a RuntimeError: Python's own type is MemoryError
+        if not out_of_memory(e):
+            raise
+        raise MemoryError(f"decoding {header.width}x{header.height} at k={header.arch.channels} "
+                          f"needs more memory than {dev.type} has") from None
     out = levels[..., 0] if levels.shape[-1] == 1 else levels
     return _unorient(np.ascontiguousarray(out), header.flags)
 
 
-def _parse(data: bytes, max_work: int):
+def _parse(data: bytes, max_work: int, max_macs: int = bitstream.MAX_MACS):
     """.ddc bytes -> (Header, the integer tensors in file order). Exact on every machine."""
-    header, payload = bitstream.unpack(data, max_work)
+    header, payload = bitstream.unpack(data, max_work, max_macs)
     shapes = [s for _, s in tensor_shapes(header.arch)]
     ints = entropy.decode(payload, header.models, [int(np.prod(s)) for s in shapes])
     return header, [q.reshape(s) for q, s in zip(ints, shapes)]

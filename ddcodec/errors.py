@@ -44,3 +44,14 @@ class OutputError(DDCError):
 
 class ConfigError(DDCError):
     """An option out of its valid range."""
+
+
+# torch reports a full device as a RuntimeError: CUDA's is its OutOfMemoryError subclass ("CUDA
+# out of memory"), the CPU allocator's a plain one ("DefaultCPUAllocator: can't allocate memory").
+_OOM_TEXTS = ("out of memory", "can't allocate memory")
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """Whether torch raised e for want of memory (on any device)."""
+    return isinstance(e, RuntimeError) and (type(e).__name__ == "OutOfMemoryError"
+                                            or any(t in str(e) for t in _OOM_TEXTS))

@@ -70,6 +70,29 @@ def work(arch: Architecture, height: int, width: int) -> int:
     return arch.channels * h * f * w * f
 
 
+def macs(arch: Architecture, height: int, width: int) -> int:
+    """The multiply-adds of one decode of height x width, on the padded size: its time, as work()
+    is its memory. work() alone does not bound it, since a block's product costs k^2 per pixel:
+    a 35-byte header at k=1024, 512x512, 1 block asks no more memory than k=64 at 2048^2, yet
+    takes 12 times the products."""
+    c, h, w = input_shape(arch, height, width)
+    px = h * w
+    if arch.kind == "skip":  # each convolution at its level's resolution; the padding makes it exact
+        total = 0
+        for name, shape in tensor_shapes(arch):
+            if len(shape) < 4:  # biases, scales and shifts: no products
+                continue
+            if name == "out.w":
+                total += math.prod(shape) * px
+                continue
+            level = int(name[1:name.index(".")]) + (".down" in name)  # down convs have stride 2
+            total += math.prod(shape) * (px >> (2 * level))
+        return total
+    k, d = arch.channels, arch.layers
+    blocks = sum(k * k * px * 4**i for i in range(d))  # block i runs before its upsampling
+    return blocks + arch.out_channels * k * px * 4**(d - 1)
+
+
 def seeded_input(arch: Architecture, height: int, width: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(uniform(seed, input_shape(arch, height, width), INPUT_SCALE))
 

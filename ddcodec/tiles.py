@@ -16,8 +16,9 @@ import zlib
 
 import numpy as np
 
-from .bitstream import MAGIC, MAX_PIXELS, MAX_SIDE, _Reader, _uvarint, unpack
-from .errors import ConfigError, CorruptError, NotDDCError, TruncatedError
+from .bitstream import MAGIC, MAX_MACS, MAX_PIXELS, MAX_SIDE, _Reader, _uvarint, unpack
+from .errors import ConfigError, CorruptError, LimitError, NotDDCError, TruncatedError
+from .nets import macs
 
 VERSION = 4
 TILE = (192, 128)  # (width, height) of the auto tile for a 384x256 image (kodak-half: 2x2 tiles)
@@ -181,9 +182,11 @@ def pack(width: int, height: int, rows: int, cols: int, members: list) -> bytes:
     return bytes(out) + struct.pack("<I", zlib.crc32(out))
 
 
-def unpack_members(data: bytes, max_work: int) -> tuple:
+def unpack_members(data: bytes, max_work: int, max_macs: int = MAX_MACS) -> tuple:
     """A version-4 file -> (width, height, rows, cols, [member .ddc files]), every field and the
-    CRC checked before any member is decoded; each member is then checked as a file of its own."""
+    CRC checked before any member is decoded; each member is then checked as a file of its own.
+    max_work bounds each member (they are decoded one at a time); max_macs bounds the members'
+    multiply-adds together, since the decode's time is their sum."""
     data = bytes(data)
     if not is_tiled(data):
         raise NotDDCError("not a tiled .ddc file")
@@ -215,13 +218,17 @@ def unpack_members(data: bytes, max_work: int) -> tuple:
         raise CorruptError(f"{r.end - r.pos} unexpected bytes after the last tile")
     if not crc_ok:
         raise CorruptError("CRC mismatch: the file is corrupted")
-    members = []
+    members, budget = [], max_macs
     for i, (body, (top, bottom, left, right)) in enumerate(zip(bodies, boxes(height, width, rows, cols))):
         if not body or body[0] not in _MEMBER_VERSIONS:
             raise CorruptError(f"tile {i} is not a version-2 or -3 member")
         member = MAGIC + body
         member += struct.pack("<I", zlib.crc32(member))
-        h, _ = unpack(member, max_work)  # every bound of a plain file, per tile
+        h, _ = unpack(member, max_work, max_macs)  # every bound of a plain file, per tile
+        budget -= macs(h.arch, h.height, h.width)
+        if budget < 0:
+            raise LimitError(f"decoding tiles 0..{i} takes more than the reader's limit of "
+                             f"{max_macs} multiply-adds")
         if (h.width, h.height) != (right - left, bottom - top):
             raise CorruptError(f"tile {i} is {h.width}x{h.height}, its place in the grid "
                                f"{right - left}x{bottom - top}")

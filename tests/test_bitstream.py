@@ -12,7 +12,7 @@ from ddcodec import bitstream
 from ddcodec.entropy import DECAYS, TensorModel
 from ddcodec.errors import (ConfigError, CorruptError, FormatError, ImageError, LimitError, NotDDCError, TruncatedError,
                             UnsupportedVersionError)
-from ddcodec.nets import Architecture, tensor_shapes, work
+from ddcodec.nets import Architecture, build, macs, tensor_shapes, work
 from ddcodec.quant import STEP_CODE_MAX, STEP_CODE_MIN
 
 DATA = Path(__file__).parent / "data"
@@ -28,6 +28,7 @@ def headers(draw):
     side = st.one_of(st.integers(1, 64), st.integers(1, bitstream.MAX_SIDE))
     width, height = draw(side), draw(side)
     assume(width * height <= bitstream.MAX_PIXELS and work(arch, height, width) <= bitstream.MAX_WORK)
+    assume(macs(arch, height, width) <= bitstream.MAX_MACS)
     assume(sum(int(np.prod(s)) for _, s in tensor_shapes(arch)) <= bitstream.MAX_SYMBOLS)
     models, codes = [], []
     for _ in tensor_shapes(arch):
@@ -115,6 +116,53 @@ def test_a_small_image_whose_padded_decode_is_huge_is_refused_unread(ddc_bytes, 
                               models=(head.models[0],) * n)
     with pytest.raises(LimitError, match="reader's limits"):
         bitstream.unpack(bitstream.pack(bad, payload))
+
+
+@pytest.mark.parametrize("kind,k,layers,h,w", [
+    ("deep-decoder", 5, 3, 9, 13),  # padded to 12x16
+    ("deep-decoder", 3, 1, 4, 6),  # no upsampling
+    ("skip", 3, 2, 9, 13),  # padded to 12x16; each level's convs at its own resolution
+])
+def test_macs_are_the_products_torch_counts_in_the_forward(kind, k, layers, h, w):
+    from torch.utils.flop_counter import FlopCounterMode
+    from ddcodec.nets import seeded_input
+    arch = Architecture(kind, k, layers, 3)
+    net, z = build(arch), seeded_input(arch, h, w, 0)[None]
+    with FlopCounterMode(display=False) as counter:
+        net(z)
+    assert 2 * macs(arch, h, w) == counter.get_total_flops()  # a multiply-add is two FLOPs
+
+
+def test_a_header_whose_decode_takes_too_many_products_is_refused_unread(ddc_bytes):
+    head, payload = bitstream.unpack(ddc_bytes)
+    arch = Architecture("deep-decoder", 1024, 1, 3, folded=True)  # 512x512: 2^28 floats, 276 G products
+    assert work(arch, 512, 512) <= bitstream.MAX_WORK and macs(arch, 512, 512) > bitstream.MAX_MACS
+    n = len(tensor_shapes(arch))
+    bad = dataclasses.replace(head, width=512, height=512, arch=arch, step_codes=(0,) * n,
+                              models=(head.models[0],) * n)
+    with pytest.raises(LimitError, match="reader's limits"):
+        bitstream.unpack(bitstream.pack(bad, payload))
+    h, _ = bitstream.unpack(ddc_bytes)
+    with pytest.raises(LimitError):  # and the caller's own bound is applied
+        ddcodec.decode(ddc_bytes, max_macs=macs(h.arch, h.height, h.width) - 1)
+    assert ddcodec.decode(ddc_bytes, max_macs=macs(h.arch, h.height, h.width)).shape[:2] == (h.height, h.width)
+
+
+def test_the_encoder_refuses_a_fit_whose_products_the_reader_would_refuse():
+    img = np.zeros((512, 512, 3), np.uint8)
+    with pytest.raises(ImageError, match="multiply-adds"):
+        ddcodec.encode(img, 1024, 1, ddcodec.FitConfig(iters=1), device="cpu")
+
+
+def test_a_decode_the_machine_cannot_hold_is_a_memory_error(ddc_bytes, monkeypatch):
+    from ddcodec import exact
+
+    def full(*args):  # what torch's CPU allocator raises
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: "
+                           "can't allocate memory: you tried to allocate 4294967296 bytes.")
+    monkeypatch.setattr(exact, "render", full)
+    with pytest.raises(MemoryError, match="more memory than cpu has"):
+        ddcodec.decode(ddc_bytes)
 
 
 def test_the_encoder_refuses_a_fit_whose_padded_size_the_reader_would_refuse():

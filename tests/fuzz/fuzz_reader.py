@@ -25,6 +25,7 @@ from ddcodec.errors import DDCError
 CORPUS = Path(__file__).parent / "corpus"
 HANG_SECONDS = 1.0  # the long run's bar: an input slower than this is a finding
 MAX_WORK = 1 << 20  # the harness decodes headers up to k*pixels = 1M: enough to exercise, bounded RAM
+MAX_MACS = 1 << 28  # and up to 268 M multiply-adds (a tiled file's together): bounded time
 
 
 def corpus() -> list:
@@ -79,7 +80,7 @@ def run(n: int, seed: int = 0, findings_dir: Path = None, slow_seconds=HANG_SECO
         t0 = time.perf_counter()
         signal.setitimer(signal.ITIMER_REAL, 60 if slow_seconds is None else 10 * slow_seconds)
         try:
-            ddcodec.decode(data, max_work=MAX_WORK)
+            ddcodec.decode(data, max_work=MAX_WORK, max_macs=MAX_MACS)
             stats["decoded"] += 1
         except DDCError as e:
             name = type(e).__name__
