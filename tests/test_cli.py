@@ -319,6 +319,19 @@ def test_a_ctrl_c_that_torch_swallows_still_ends_the_encode(tmp_path, monkeypatc
     assert after is signal.default_int_handler  # ddc put the handler back
 
 
+def test_a_ctrl_c_while_the_file_is_written_leaves_no_partial_output(tmp_path, monkeypatch):
+    import os
+
+    def interrupted(fd):  # the data is in the temp file, not yet renamed into place
+        raise KeyboardInterrupt
+    Image.fromarray(small(40, 24)).save(tmp_path / "a.png")
+    monkeypatch.setattr(os, "fsync", interrupted)
+    res = run("encode", tmp_path / "a.png", *FAST)
+    assert res.exit_code == 130, res.output
+    assert [line for line in res.output.splitlines() if line.strip()] == ["ddc: interrupted; no partial output was left"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]  # neither a.ddc nor its temp file
+
+
 def test_usage_errors_are_one_line_with_exit_code_2(tmp_path):
     Image.fromarray(small(16, 16)).save(tmp_path / "a.png")
     for opts in (["--bank", "0"], ["--iters", "0"], ["--no-such-option"]):
@@ -505,3 +518,36 @@ def test_names_with_spaces_non_ascii_and_glob_characters_are_taken_literally(tmp
     res = run("decode", tmp_path / "out" / "ünï cødé.ddc")
     assert res.exit_code == 0, res.output
     assert np.asarray(Image.open(tmp_path / "out" / "ünï cødé.decoded.png")).shape == (16, 24, 3)
+
+
+CPU_FULL = ("[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: can't allocate memory: "
+            "you tried to allocate 4294967296 bytes. Error code 12 (Cannot allocate memory)")
+
+
+def _raising(error):
+    def raise_it(*args, **kwargs):
+        raise error
+    return raise_it
+
+
+def test_running_out_of_cpu_memory_is_a_one_line_error_and_no_output(tmp_path, ddc_bytes, monkeypatch):
+    from ddcodec import codec, exact
+    (tmp_path / "x.ddc").write_bytes(ddc_bytes)
+    monkeypatch.setattr(exact, "render", _raising(RuntimeError(CPU_FULL)))
+    res = run("decode", tmp_path / "x.ddc")
+    _one_line_error(res)
+    assert "out of memory" in res.output and "GPU" not in res.output
+    Image.fromarray(small(16, 16)).save(tmp_path / "a.png")
+    monkeypatch.setattr(codec, "optimise", _raising(RuntimeError(CPU_FULL)))  # the fit's allocations
+    res = run("encode", tmp_path / "a.png", "-k", "4", "--iters", "5", "-q")
+    _one_line_error(res)
+    assert "out of memory" in res.output and "GPU" not in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "x.ddc"]
+
+
+def test_a_runtime_error_that_is_not_a_full_device_is_not_hidden(tmp_path, ddc_bytes, monkeypatch):
+    from ddcodec import exact
+    (tmp_path / "x.ddc").write_bytes(ddc_bytes)
+    monkeypatch.setattr(exact, "render", _raising(RuntimeError("a bug, not a full device")))
+    res = run("decode", tmp_path / "x.ddc")
+    assert isinstance(res.exception, RuntimeError) and "a bug" in str(res.exception)

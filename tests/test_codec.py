@@ -57,11 +57,13 @@ def test_odd_sizes_and_grayscale_round_trip(w, h, mode):
 
 
 def test_the_input_is_not_stored_in_the_file(encoded):
-    from ddcodec import bitstream
+    from ddcodec import bitstream, codec, entropy
     header, payload = bitstream.unpack(encoded.data)
-    info = ddcodec.info(encoded.data)
-    # the file is the header, the coded weights and its CRC, and nothing else
-    assert info["payload_bytes"] == len(payload) and len(bitstream.pack(header, payload)) == len(encoded.data)
+    _, ints = codec._parse(encoded.data, bitstream.MAX_WORK)
+    # the file is the header, the coded weights and its CRC, and nothing else: the payload is
+    # exactly the entropy coding of the weights' integers, and the header packs back to the file
+    assert payload == entropy.encode([q.ravel() for q in ints], header.models)
+    assert bitstream.pack(header, payload) == encoded.data
     assert len(encoded.data) < 8 * 4 * 8 * 3  # far less than even a float z of 8x2x3
 
 

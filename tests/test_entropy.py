@@ -20,6 +20,26 @@ def test_encode_decode_round_trips_random_integer_tensors(tensors):
     assert all(np.array_equal(a, b) for a, b in zip(out, tensors))
 
 
+# out to the reader's limits: a span just under MAX_ALPHABET symbols, centres out to +-2^24
+_HALF = (entropy.MAX_ALPHABET - 2) // 2
+wide_tensor = st.integers(1, 200).flatmap(
+    lambda n: st.tuples(st.integers(-entropy.MAX_INTEGER + _HALF, entropy.MAX_INTEGER - _HALF),
+                        st.integers(0, _HALF)).flatmap(
+        lambda c: arrays(np.int64, n, elements=st.one_of(
+            st.sampled_from([c[0] - c[1], c[0] + c[1]]), st.integers(c[0] - c[1], c[0] + c[1])))))
+
+
+@given(st.lists(wide_tensor, min_size=1, max_size=3))
+@settings(deadline=None, max_examples=30)
+def test_encode_decode_round_trips_tensors_out_to_the_readers_limits(tensors):
+    models = [entropy.fit_model(t) for t in tensors]
+    for m in models:
+        m.validate()  # within what the reader takes
+    data = entropy.encode(tensors, models)
+    out = entropy.decode(data, models, [t.size for t in tensors])
+    assert all(np.array_equal(a, b) for a, b in zip(out, tensors))
+
+
 def _bits(t, model):
     """The bits an ideal coder spends on t under model: the reference fit_model must minimise."""
     p = model.probabilities()

@@ -11,7 +11,7 @@ from PIL import Image
 
 import ddcodec
 from ddcodec.errors import ImageError, OutputError, OutputExistsError
-from ddcodec.images import channels_of_mode, check_outputs, read_image, write_atomic
+from ddcodec.images import channels_of_mode, check_outputs, image_bytes, read_image, write_atomic
 
 from .conftest import small
 
@@ -205,3 +205,16 @@ def test_a_suffix_pillow_reads_but_cannot_write_this_image_as_is_an_output_error
     with pytest.raises(OutputError):
         check_image_name(tmp_path / f"x{suffix}")
         image_bytes(small(8, 8), tmp_path / f"x{suffix}")
+
+
+@given(st.sampled_from([".png", ".bmp", ".tif", ".ppm", ".tga"]), st.integers(1, 24), st.integers(1, 24),
+       st.booleans(), st.integers(0, 2**32 - 1))
+@settings(deadline=None, max_examples=60)
+def test_lossless_image_bytes_read_back_as_the_same_array(suffix, h, w, gray, seed):
+    # the path decode_file writes (image_bytes) and the one encode reads (read_image) agree
+    img = np.random.default_rng(seed).integers(0, 256, (h, w) if gray else (h, w, 3), dtype=np.uint8)
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / f"x{suffix}"
+        p.write_bytes(image_bytes(img, p))
+        got = read_image(p)
+    assert got.dtype == np.uint8 and np.array_equal(got, img)
