@@ -62,6 +62,8 @@ def _numel(shape) -> int:
 
 
 def _uvarint(n: int) -> bytes:
+    if n < 0:  # a negative n never shifts down to 0: the loop below would grow without end
+        raise ConfigError(f"{n} cannot be stored as an unsigned varint")
     out = bytearray()
     while True:
         b, n = n & 0x7F, n >> 7

@@ -191,6 +191,24 @@ def test_writer_refuses_a_step_code_the_reader_would_refuse(ddc_bytes):
         bitstream.pack(dataclasses.replace(h, step_codes=(STEP_CODE_MAX + 1,) + h.step_codes[1:]), payload)
 
 
+@pytest.mark.parametrize("field", ["seed", "width"])
+def test_writer_refuses_a_negative_unsigned_field_at_once(ddc_bytes, field):
+    import signal
+    head, payload = bitstream.unpack(ddc_bytes)
+    bad = dataclasses.replace(head, **{field: -7})
+
+    def hung(*_):  # a varint writer that loops on -7 would grow a buffer until the machine dies
+        raise AssertionError("pack did not return")
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(5)
+    try:
+        with pytest.raises(ConfigError, match="-7"):
+            bitstream.pack(bad, payload)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
 def test_decay_index_off_the_grid_is_corruption(ddc_bytes):
     with pytest.raises(CorruptError):
         bitstream.unpack(_with_first_entry_byte(ddc_bytes, 1, 255))

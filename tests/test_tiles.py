@@ -56,12 +56,12 @@ def test_container_round_trips_its_members_in_order(tiled, rows, cols):
     assert tiles.unpack_members(data, 1 << 28) == (h["width"] * cols, h["height"] * rows, rows, cols, members)
 
 
-def _constant_member(width: int, height: int, value: int) -> bytes:
+def _constant_member(width: int, height: int, value: int, seed: int) -> bytes:
     """A valid 1-channel, 1-block member whose tensors are all `value`: no payload, cheap to decode."""
     arch = ddcodec.Architecture("deep-decoder", 1, 1, 3, folded=True)
     n = len(tensor_shapes(arch))
     model = TensorModel(value, value, value, int(DECAYS[0]))
-    return bitstream.pack(bitstream.Header(width, height, arch, value, (0,) * n, (model,) * n), b"")
+    return bitstream.pack(bitstream.Header(width, height, arch, seed, (0,) * n, (model,) * n), b"")
 
 
 @given(st.integers(1, 40), st.integers(1, 40), st.data())
@@ -69,7 +69,7 @@ def _constant_member(width: int, height: int, value: int) -> bytes:
 def test_uneven_grids_round_trip_and_decode_tile_by_tile(height, width, data):
     rows, cols = data.draw(st.integers(1, min(height, 5))), data.draw(st.integers(1, min(width, 5)))
     boxes = tiles.boxes(height, width, rows, cols)
-    members = [_constant_member(right - left, bottom - top, 3 * i - 7) for i, (top, bottom, left, right) in enumerate(boxes)]
+    members = [_constant_member(right - left, bottom - top, 3 * i - 7, i) for i, (top, bottom, left, right) in enumerate(boxes)]
     packed = tiles.pack(width, height, rows, cols, members)
     assert tiles.unpack_members(packed, 1 << 28) == (width, height, rows, cols, members)
     out = ddcodec.decode(packed)
