@@ -83,6 +83,7 @@ def pack(h: Header, payload: bytes) -> bytes:
     Version 2 spends ~5 bytes per tensor where version 1 spent ~9 (a one-byte step code and
     decay index, the range as offsets from the centre) and drops fields the architecture or
     the file length already give. At small sizes the header was up to 40 % of the file."""
+    _check_writable(h)
     # version 3 only where it is needed, so that version-2 readers still open skip-net files
     out = bytearray(MAGIC) + bytes([VERSION if h.arch.folded else 2])
     for v in (h.width, h.height, h.arch.out_channels, h.flags, KINDS.index((h.arch.kind, h.arch.folded)),
@@ -92,6 +93,26 @@ def pack(h: Header, payload: bytes) -> bytes:
         out += _tensor_entry(code, m)
     out += payload  # its length is what remains before the CRC
     return bytes(out) + struct.pack("<I", zlib.crc32(out))
+
+
+def _check_writable(h: Header) -> None:
+    """Refuse a header the reader would take for corruption: the writer must not make a file
+    that reads back as damaged. (Sizes over the reader's limits are LimitErrors there, and the
+    encoder refuses those before its fit.)"""
+    if h.width < 1 or h.height < 1:
+        raise ConfigError(f"image size {h.width}x{h.height} cannot be stored")
+    if not 0 <= h.seed < 1 << 64:
+        raise ConfigError(f"seed {h.seed} cannot be stored (0 <= seed < 2^64)")
+    if h.flags & ~_KNOWN_FLAGS or h.flags < 0:
+        raise ConfigError(f"flags {h.flags} cannot be stored")
+    if len(h.step_codes) != len(h.models) or len(h.models) != len(tensor_shapes(h.arch)):
+        raise ConfigError(f"{len(h.step_codes)} step codes and {len(h.models)} models for "
+                          f"{len(tensor_shapes(h.arch))} tensors")
+    for m in h.models:
+        try:
+            m.validate()  # the reader's own check of each model
+        except CorruptError as e:
+            raise ConfigError(f"entropy model cannot be stored: {e}") from None
 
 
 def _tensor_entry(code: int, m: TensorModel) -> bytes:
