@@ -161,6 +161,16 @@ def _columns(rows: list[dict]) -> dict:
         "quality": [r["quality"] for r in rows], "bytes": [r["bytes"] for r in rows]}
 
 
+def _mean_known(columns: list) -> list:
+    """Per setting, the mean over images of the values known: a time is None where a resumed
+    run found a file on disk that the run it came from wrote but never scored. None where no
+    image has one (strict JSON has no NaN)."""
+    a = np.array([[np.nan if v is None else v for v in col] for col in columns], dtype=float)
+    known = ~np.isnan(a)
+    sums, counts = np.where(known, a, 0).sum(axis=0), known.sum(axis=0)
+    return [float(s / n) if n else None for s, n in zip(sums, counts)]
+
+
 def compressai_json(name: str, description: str, rows_per_image: dict, bpp_grid=(0.25, 0.5, 1.0)) -> dict:
     """Results in CompressAI's format: per quality index, the mean over images of each metric.
 
@@ -173,8 +183,7 @@ def compressai_json(name: str, description: str, rows_per_image: dict, bpp_grid=
     first = next(iter(per_image.values()))
     if any(len(c["bpp"]) != len(first["bpp"]) for c in per_image.values()):
         raise ValueError("every image needs the same quality settings to average per setting")
-    results = {k: [float(v) for v in np.mean([c[k] for c in per_image.values()], axis=0)]
-               for k in _KEYS}
+    results = {k: _mean_known([c[k] for c in per_image.values()]) for k in _KEYS}
     mean_curve = [dict(bpp=b, psnr=p) for b, p in zip(results["bpp"], results["psnr-rgb"])]
     keys = [str(b) for b in bpp_grid]
     return {"name": name, "description": description, "results": results,

@@ -104,6 +104,22 @@ def test_a_point_only_some_images_have_stays_out_of_the_curve(tmp_path):
     assert {r["quality"]: r["images"] for r in summary["equal_rate"]} == {"bpp0.25": ["a"], "bpp0.5": ["a", "b"]}
 
 
+def test_a_row_whose_encode_time_is_unknown_is_averaged_out_not_a_crash(tmp_path):
+    # a resumed run finds files that an interrupted run wrote but never scored: no encode time
+    from benchmarks.rd import summarise
+
+    def row(image, seconds):
+        return dict(codec="ddcodec", image=image, quality="bpp0.5", bpp=0.5, psnr=28.0, ms_ssim=0.9,
+                    encoding_time=seconds, decoding_time=0.1, bytes=100)
+    summarise([row("a", None), row("b", 3.0)], tmp_path, ["a", "b"])
+    import json
+    results = json.loads((tmp_path / "ddcodec.json").read_text())["results"]
+    assert results["encoding_time"] == [3.0] and results["psnr-rgb"] == [28.0]
+    (tmp_path / "alone").mkdir()
+    summarise([row("a", None)], tmp_path / "alone", ["a"])
+    assert json.loads((tmp_path / "alone" / "ddcodec.json").read_text())["results"]["encoding_time"] == [None]
+
+
 def test_the_summary_files_are_strict_json_with_points_in_quality_order(tmp_path):
     import json
 
