@@ -6,7 +6,7 @@ are what can tell such forms apart.
 
     python -m benchmarks.alternate --data ../shared/data/kodak   # the compile presets
 
-Compares torch.compile's default against the "fused" preset (fit.COMPILE_PRESETS), with the
+Compares torch.compile's default against the "fused" preset (compiling.COMPILE_PRESETS), with the
 eager fit for reference, on the CPU speed table's shapes: 192x128 at k=16 alone, and a
 full-size image's nine 256x170 tiles at k=22; and on half of a Kodak image at k=64. Results go to
 benchmarks/results/presets_<device>.json. benchmarks/adam.py uses the same alternation.

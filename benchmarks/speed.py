@@ -59,7 +59,7 @@ GPU_CONFIGS = [  # (name, bank, precision, torch.compile, downscale, k); the ban
     ("bf16+compile B=18", 18, "bf16", True, 1, 64), ("tf32+compile B=1", 1, "tf32", True, 1, 64),
     # one image is launch-bound (design.md): CUDA graphs replay a step's kernels in one launch
     ("tf32+graphs B=1", 1, "tf32", "reduce-overhead", 1, 64),
-    # the fifteenth session's: fewer bytes per step (fit.FUSED_OPTIONS), and bf16 for one image
+    # the fifteenth session's: fewer bytes per step (compiling.FUSED_OPTIONS), and bf16 for one image
     ("bf16+fused B=18", 18, "bf16", "fused", 1, 64), ("bf16+graphs B=1", 1, "bf16", "reduce-overhead", 1, 64),
     ("bf16+fused-graphs B=1", 1, "bf16", "fused-graphs", 1, 64), ("bf16+compile B=1", 1, "bf16", True, 1, 64),
     ("tf32+fused B=18", 18, "tf32", "fused", 1, 64),
@@ -80,7 +80,7 @@ PARTS = ["rows", "dataset", "tiled", "profile", "bmm", "bytes", "decode", "tail"
 # file from before it are kept, but these two, the bank the dataset run used and the single
 # image without CUDA graphs (bound by launches, so the extra kernels cost it most), are
 # measured again on the same card to show what the change costs. The CUDA-graph presets keep
-# each net's own forward (fit.compiled), so their rows stand.
+# each net's own forward (compiling.compiled), so their rows stand.
 PROGRAM = "shared"
 RECHECK = ("bf16+compile B=18", "tf32+compile B=1")
 # Until the twenty-fifth session a "tf32" step ran its backward outside the TF32 scope, in
@@ -472,7 +472,7 @@ def main(argv=None):
             r = measure(land, k, prec, comp, dev, iters, a.warmup, qiters, rounds)
         except Exception as e:  # noqa: BLE001 - one configuration, not the run: Triton's
             # OutOfResources and CompilationError are not RuntimeErrors, and a backward's come
-            # past fit.compiled's fallback, which only guards the first forward
+            # past compiling.compiled's fallback, which only guards the first forward
             print(f"{name}: failed ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]})", flush=True)
             result.setdefault("failed", {})[name] = str(e)[:500]
             if gpu:

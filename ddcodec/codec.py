@@ -236,7 +236,7 @@ def quantize_bank(bank: FittedBank, quant: QuantConfig = QuantConfig(), progress
     before = [t.detach().clone() for _, t in model.named_tensors()] if rate_bound else None
     H, W = bank.size
     # After a compiled fit the fine-tuning compiles too: it runs the fit's compiled program
-    # (fit.compiled), so that costs no second compile (but for the CUDA-graph presets, whose
+    # (compiling.compiled), so that costs no second compile (but for the CUDA-graph presets, whose
     # folded net compiles its own forward); else its own work decides. A fit whose compile
     # failed counts as eager, so the fine-tuning does not fail and warn a second time.
     compile_ = bank.compiled or bank.fit.compile_for(

@@ -303,7 +303,7 @@ def decoder_program(z, weights, biases, scales, shifts, out_w, out_b, fused: boo
     net has no biases, the stored (folded) one no scales or shifts: None leaves a term out.
     Given every term (program_args), the fit and the quantization-aware fine-tuning run the
     same function on tensors of the same shapes, so torch.compile traces and compiles it once
-    for both (fit.compiled): the fine-tuning used to cost a second cold compile (~11 s on an
+    for both (compiling.compiled): the fine-tuning used to cost a second cold compile (~11 s on an
     H200, ~25 s on this CPU) for a few hundred steps."""
     x, d = z, len(weights)
     for i in range(d):

@@ -183,7 +183,7 @@ def test_a_speed_configuration_that_fails_is_reported_and_the_others_still_run(t
         return run
 
     monkeypatch.setattr(torch, "compile", broken_compile)
-    monkeypatch.setattr("ddcodec.fit._PROGRAMS", {})  # not a program compiled by an earlier test
+    monkeypatch.setattr("ddcodec.compiling._PROGRAMS", {})  # not a program compiled by an earlier test
     monkeypatch.setattr(speed, "CPU_CONFIGS", [("tiny compiled", 1, "fp32", True, 1, 4),
                                                ("tiny eager", 1, "fp32", False, 1, 4)])
     data, out = _folder(tmp_path, ["a"])

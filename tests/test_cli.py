@@ -265,7 +265,7 @@ def test_a_warning_in_a_successful_run_is_one_line_at_the_end(tmp_path, monkeypa
             raise RuntimeError("no C++ compiler\nmore detail")
         return fail
     monkeypatch.setattr(torch, "compile", broken_compile)
-    monkeypatch.setattr("ddcodec.fit._PROGRAMS", {})  # not a program compiled by an earlier test
+    monkeypatch.setattr("ddcodec.compiling._PROGRAMS", {})  # not a program compiled by an earlier test
     Image.fromarray(small(40, 24)).save(tmp_path / "a.png")
     res = run("encode", tmp_path / "a.png", *FAST, "--compile")
     assert res.exit_code == 0, res.output

@@ -7,7 +7,7 @@ from hypothesis import given, strategies as st
 
 from ddcodec.codec import encode, fit_bank, quantize_bank
 from ddcodec.errors import ConfigError
-from ddcodec import fit as fit_module
+from ddcodec import compiling, fit as fit_module
 from ddcodec.fit import COMPILE_PRESETS, FUSED_OPTIONS, GRAPH_MODES, compiled, fell_back
 from ddcodec.fit import ADAM_BETAS, BETA1_COMPRESSION, BETA2_COMPRESSION, COMPILE_WORK, COMPILE_WORK_GPU, ROLLBACK_EVERY, STOP_EVERY, FitConfig, default_lr, mse_per_image, optimise
 from ddcodec.nets import Architecture, build, decoder_program, seeded_input
@@ -248,7 +248,7 @@ def test_a_fit_whose_compile_fails_warns_and_fits_eagerly(monkeypatch):
             raise RuntimeError("no C++ compiler")
         return fail
     monkeypatch.setattr(torch, "compile", broken_compile)
-    monkeypatch.setattr("ddcodec.fit._PROGRAMS", {})  # not a program compiled by an earlier test
+    monkeypatch.setattr("ddcodec.compiling._PROGRAMS", {})  # not a program compiled by an earlier test
     eager = build(arch)
     optimise(eager, z, loss, 20, 0.01)
     model = build(arch)
@@ -268,7 +268,7 @@ def test_a_compile_mode_reaches_torch_compile_and_gets_its_own_compiled_forward(
         modes.append(kw.get("mode"))
         return fn
     monkeypatch.setattr(torch, "compile", recording_compile)
-    monkeypatch.setattr(fit_module, "_PROGRAMS", {})  # no compiled program from another test
+    monkeypatch.setattr(compiling, "_PROGRAMS", {})  # no compiled program from another test
     model = build(arch)
     for compile_ in (True, True, "reduce-overhead", "reduce-overhead"):
         optimise(model, z, lambda out: mse_per_image(out, target), 2, 0.01, compile=compile_)
@@ -293,7 +293,7 @@ def test_a_compile_preset_reaches_torch_compile_with_its_settings(monkeypatch, p
         seen.append((fn, kw))
         return fn
     monkeypatch.setattr(torch, "compile", recording_compile)
-    monkeypatch.setattr(fit_module, "_PROGRAMS", {})
+    monkeypatch.setattr(compiling, "_PROGRAMS", {})
     model = build(arch)
     ran = compiled(model, preset, torch.device(device))
     handed, kw = seen[0]
@@ -380,7 +380,7 @@ def test_one_models_failed_compile_leaves_the_next_compiled(monkeypatch):
         if z.shape[1] == 5:
             raise RuntimeError("inductor failed")
         return decoder_program(z, *args, **kw)
-    monkeypatch.setitem(fit_module._PROGRAMS, (True, "cpu"), program)
+    monkeypatch.setitem(compiling._PROGRAMS, (True, "cpu"), program)
     losses = lambda out: out.flatten(1).mean(1)  # noqa: E731
     first, second = build(Architecture(channels=5, layers=3)), build(Architecture(channels=4, layers=3))
     with pytest.warns(UserWarning, match="torch.compile failed"):
@@ -419,7 +419,7 @@ def test_a_fit_whose_compile_failed_leaves_the_fine_tuning_eager(monkeypatch, im
             raise RuntimeError("no C++ compiler")
         return fail
     monkeypatch.setattr(torch, "compile", broken_compile)
-    monkeypatch.setattr("ddcodec.fit._PROGRAMS", {})
+    monkeypatch.setattr("ddcodec.compiling._PROGRAMS", {})
     with pytest.warns(UserWarning, match="torch.compile failed"):
         bank = fit_bank([image], 4, 3, FitConfig(iters=2, compile=True), device="cpu")
     assert fell_back(bank.model) and bank.compiled is False  # no second attempt, no second warning
@@ -468,7 +468,7 @@ def test_a_steps_backward_runs_inside_the_matmul_precision_and_outside_autocast(
 
 def _backward_raising(error, from_call: int = 1):
     """An identity whose backward raises error from its from_call-th run on (the ones before
-    pass the gradient through), and a stand-in for fit.compiled that puts it on the first
+    pass the gradient through), and a stand-in for compiling.compiled that puts it on the first
     tensor's path: the "compiled" program of a model, whose eager fallback is the plain forward."""
     from ddcodec.fit import _EagerOnFailure
 

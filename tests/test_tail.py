@@ -207,7 +207,7 @@ def test_head_and_tail_compile_as_one_graph():
     """The whole triton program traces without a break (fullgraph), so inductor sees the small
     ops between the kernels (and a CUDA-graph capture, untested here, could cover the whole
     step); its output and gradients are the eager program's."""
-    from ddcodec.fit import _triton_program
+    from ddcodec.compiling import _triton_program
     arch = Architecture(channels=8, layers=3)
     model = build(arch, (0,))
     z = seeded_input(arch, 16, 24, 0)[None]
