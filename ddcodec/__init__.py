@@ -5,12 +5,13 @@
     image = ddcodec.decode(result.data)
 """
 from . import restore, tiles
-from .codec import EncodeResult, decode, decode_file, encode, encode_bank, encode_file, info
+from .codec import EncodeResult, decode_file, encode, encode_bank, encode_file
+from .decoding import decode, info, load_model
 from .errors import DDCError
 from .fit import FitConfig
 from .nets import Architecture
 from .quant import QuantConfig
 
 __version__ = "0.3.0"
-__all__ = ["encode", "encode_bank", "decode", "encode_file", "decode_file", "info", "EncodeResult", "FitConfig",
+__all__ = ["encode", "encode_bank", "decode", "encode_file", "decode_file", "info", "load_model", "EncodeResult", "FitConfig",
            "QuantConfig", "Architecture", "DDCError", "restore", "__version__"]

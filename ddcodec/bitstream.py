@@ -37,6 +37,7 @@ MAX_SYMBOLS = 1 << 26
 FLAG_TRANSPOSED = 1  # the network was fitted to the transposed image (portrait in a bank)
 _KNOWN_FLAGS = FLAG_TRANSPOSED
 _MIN_SIZE = len(MAGIC) + 1 + 4
+_VARINT_BYTES = 10  # the longest varint the reader takes: 70 bits
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,9 @@ def _numel(shape) -> int:
 
 
 def _uvarint(n: int) -> bytes:
-    if n < 0:  # a negative n never shifts down to 0: the loop below would grow without end
+    # a negative n never shifts down to 0: the loop below would grow without end; and the
+    # reader takes at most _VARINT_BYTES bytes of 7 bits
+    if not 0 <= n < 1 << (7 * _VARINT_BYTES):
         raise ConfigError(f"{n} cannot be stored as an unsigned varint")
     out = bytearray()
     while True:
@@ -128,7 +131,7 @@ class _Reader:
 
     def uvarint(self, what: str) -> int:
         n = shift = 0
-        for _ in range(10):
+        for _ in range(_VARINT_BYTES):
             if self.pos >= self.end:
                 raise TruncatedError(f"truncated: header ends inside {what}")
             b = self.data[self.pos]

@@ -1,4 +1,4 @@
-"""The public API: encode() and decode(), and their file-path helpers.
+"""The public API: encode() and decode() (from decoding.py), and their file-path helpers.
 
     encode:  image -> fit a Deep Decoder -> steps -> QAT -> integers -> range coder -> .ddc
     decode:  .ddc -> integers * steps -> network, z = noise(seed) -> one forward pass -> image
@@ -17,16 +17,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import bitstream, entropy, exact, tiles
+from . import bitstream, entropy, tiles
 from .checks import integer
 from .degrade import Degradation
-from .errors import ConfigError, FormatError, ImageError, out_of_memory
+from .decoding import _unorient, decode, info, load_model, resolve_device  # noqa: F401 - info, load_model: still importable from here
+from .errors import ConfigError, FormatError, ImageError
 from .fit import ADAM_BETAS, FitConfig, fell_back, mse_per_image, optimise
 from .images import check_ddc_name, check_image, check_image_name, check_output, decoded_name, image_bytes, read_image, write_atomic
 from .metrics import bpp as bits_per_pixel, psnr
-from .nets import Architecture, build, macs, param_count, seeded_input, tensor_shapes, work
+from .nets import Architecture, build, macs, param_count, seeded_input, work
 from .rate import budgets_for_psnr, budgets_for_rate, channels_for_image
-from .quant import QuantConfig, dequantize, quantize, search_steps, step_from_code, steps_tensor, straight_through
+from .quant import QuantConfig, quantize, search_steps, steps_tensor, straight_through
 
 
 @dataclass
@@ -50,18 +51,6 @@ class EncodeResult:
         d = {k: v for k, v in asdict(self).items() if k not in ("data", "arch")}
         d.update(bytes=self.bytes, arch=asdict(self.arch))
         return d
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if not isinstance(device, str):
-        raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ConfigError(f"unknown device {device!r} (use auto, cpu or cuda)")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but no CUDA GPU is available")
-    return torch.device(device)
 
 
 def encode(image, channels: Optional[int] = 64, layers: int = 6, fit: FitConfig = FitConfig(),
@@ -378,10 +367,6 @@ def _orient(imgs):
     return out, flags
 
 
-def _unorient(img: np.ndarray, flags: int) -> np.ndarray:
-    return np.ascontiguousarray(img.swapaxes(0, 1)) if flags & bitstream.FLAG_TRANSPOSED else img
-
-
 def _write_member(model, b, codes, arch, seed, flags, h, w) -> bytes:
     """One bank member's .ddc bytes; h x w is the network output in the bank's orientation."""
     steps = steps_tensor(codes[:, None], torch.device("cpu"))
@@ -392,64 +377,6 @@ def _write_member(model, b, codes, arch, seed, flags, h, w) -> bytes:
         h, w = w, h
     header = bitstream.Header(w, h, arch, seed, tuple(int(c) for c in codes), tuple(models), flags)
     return bitstream.pack(header, entropy.encode(ints, models))
-
-
-def decode(data: bytes, device: str = "cpu", max_work: int = bitstream.MAX_WORK,
-           max_macs: int = bitstream.MAX_MACS) -> np.ndarray:
-    """.ddc bytes -> uint8 image [H, W, 3] or [H, W]. Raises a FormatError on bad data, and
-    MemoryError when the machine cannot hold the decode. max_work (k * pixels) bounds the
-    memory the decode may need and max_macs (nets.macs) its multiply-adds, a tiled file's
-    members together; larger headers are refused."""
-    data = _file_bytes(data)
-    integer("max_work", max_work, 1, 2**62)
-    integer("max_macs", max_macs, 1, 2**62)
-    if tiles.is_tiled(data):
-        width, height, rows, cols, members = tiles.unpack_members(data, max_work, max_macs)
-        return tiles.merge([decode(m, device, max_work, max_macs) for m in members], height, width, rows, cols)
-    header, ints = _parse(data, max_work, max_macs)
-    dev = resolve_device(device)
-    h, w = header.height, header.width
-    if header.flags & bitstream.FLAG_TRANSPOSED:
-        h, w = w, h
-    z = seeded_input(header.arch, h, w, header.seed)
-    steps = [float(s) for s in step_from_code(np.asarray(header.step_codes))]
-    render = exact.render if header.arch.kind == "deep-decoder" else exact.render_skip
-    try:
-        with torch.no_grad():  # the same pixels on every machine and device (ddcodec.exact)
-            levels = render(header.arch, ints, steps, z.to(dev))[:, :h, :w].permute(1, 2, 0).cpu().numpy()
-    except RuntimeError as e:  # torch's allocators say so in a RuntimeError: Python's own type is MemoryError
-        if not out_of_memory(e):
-            raise
-        raise MemoryError(f"decoding {header.width}x{header.height} at k={header.arch.channels} "
-                          f"needs more memory than {dev.type} has") from None
-    out = levels[..., 0] if levels.shape[-1] == 1 else levels
-    return _unorient(np.ascontiguousarray(out), header.flags)
-
-
-def _parse(data: bytes, max_work: int, max_macs: int = bitstream.MAX_MACS):
-    """.ddc bytes -> (Header, the integer tensors in file order). Exact on every machine."""
-    header, payload = bitstream.unpack(data, max_work, max_macs)
-    shapes = [s for _, s in tensor_shapes(header.arch)]
-    ints = entropy.decode(payload, header.models, [int(np.prod(s)) for s in shapes])
-    return header, [q.reshape(s) for q, s in zip(ints, shapes)]
-
-
-def load_model(data: bytes, max_work: int = bitstream.MAX_WORK):
-    """.ddc bytes -> (Header, the network with the float32 dequantized weights), on the CPU.
-    Parsing and dequantization are exact: the weights are bit-identical on every machine.
-    (decode() renders the Deep Decoder with ddcodec.exact, not with this network.)"""
-    header, ints = _parse(data, max_work)
-    return header, _with_weights(header, ints)
-
-
-def _with_weights(header, ints: list):
-    shapes = [s for _, s in tensor_shapes(header.arch)]
-    steps = steps_tensor(np.asarray(header.step_codes)[:, None], torch.device("cpu"))
-    model = build(header.arch, (header.seed,))
-    with torch.no_grad():
-        for (_, t), q, s, shape in zip(model.named_tensors(), ints, steps, shapes):
-            t.copy_(dequantize(torch.from_numpy(q.astype(np.float32)).view(1, *shape), s))
-    return model
 
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -469,33 +396,6 @@ def _as_array(image) -> np.ndarray:
         from .images import from_pil
         return from_pil(image)
     return check_image(image)
-
-
-def _file_bytes(data) -> bytes:
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise ConfigError(f"expected the bytes of a .ddc file, got {type(data).__name__}"
-                          + (" (for a path, use decode_file)" if isinstance(data, (str, Path)) else ""))
-    return bytes(data)
-
-
-def info(data: bytes) -> dict:
-    """The header of a .ddc file as a dict (validated, payload not decoded)."""
-    data = _file_bytes(data)
-    if tiles.is_tiled(data):
-        width, height, rows, cols, members = tiles.unpack_members(data, bitstream.MAX_WORK)
-        parts = [info(m) for m in members]
-        return {"version": data[4], "width": width, "height": height, "tiles": [cols, rows],
-                "channels": parts[0]["channels"], "arch": parts[0]["arch"], "seed": parts[0]["seed"],
-                "params": sum(p["params"] for p in parts), "bytes": len(data),
-                "payload_bytes": sum(p["payload_bytes"] for p in parts),
-                "header_bytes": len(data) - 4 - sum(p["payload_bytes"] for p in parts),
-                "bpp": bits_per_pixel(len(data), width, height), "tile_k": [p["arch"]["channels"] for p in parts]}
-    h, payload = bitstream.unpack(data)
-    return {"version": data[4], "width": h.width, "height": h.height,
-            "channels": h.arch.out_channels, "arch": asdict(h.arch), "seed": h.seed,
-            "params": param_count(h.arch), "bytes": len(data), "payload_bytes": len(payload),
-            "header_bytes": len(data) - len(payload) - 4, "bpp": bits_per_pixel(len(data), h.width, h.height),
-            "step_codes": list(h.step_codes)}
 
 
 def encode_file(src, dst=None, force: bool = False, **kwargs) -> EncodeResult:

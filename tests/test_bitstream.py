@@ -50,7 +50,15 @@ def test_container_round_trips_random_headers_and_payloads(header, payload):
     assert data[4] == (3 if header.arch.folded else 2)  # version 3 only where it is needed
 
 
-_ANY_INT = st.one_of(st.integers(-3, 3), st.integers(-2**70, 2**70))
+_ANY_INT = st.one_of(st.integers(-3, 3), st.integers(-2**80, 2**80), st.sampled_from([2**70 - 1, 2**70]))
+
+
+@pytest.mark.parametrize("n", [0, 127, 128, 2**64 - 1, 2**70 - 1])
+def test_a_varint_the_reader_can_hold_reads_back_and_a_longer_one_is_refused_when_written(n):
+    data = bitstream._uvarint(n)
+    assert bitstream._Reader(data, 0, len(data)).uvarint("n") == n
+    with pytest.raises(ConfigError):
+        bitstream._uvarint(n + 2**70)  # past the reader's 10 bytes of 7 bits
 
 
 @st.composite

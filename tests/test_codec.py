@@ -57,9 +57,9 @@ def test_odd_sizes_and_grayscale_round_trip(w, h, mode):
 
 
 def test_the_input_is_not_stored_in_the_file(encoded):
-    from ddcodec import bitstream, codec, entropy
+    from ddcodec import bitstream, decoding, entropy
     header, payload = bitstream.unpack(encoded.data)
-    _, ints = codec._parse(encoded.data, bitstream.MAX_WORK)
+    _, ints = decoding._parse(encoded.data, bitstream.MAX_WORK)
     # the file is the header, the coded weights and its CRC, and nothing else: the payload is
     # exactly the entropy coding of the weights' integers, and the header packs back to the file
     assert payload == entropy.encode([q.ravel() for q in ints], header.models)
