@@ -247,19 +247,23 @@ def optimise(model, z, loss_fn, iters: int, lr: float, lr_floor: float = 1.0,
             std = input_noise * (1 if stop else 1 - it / iters)
             zin = z + std * torch.randn(z.shape, generator=gen, device=z.device)
         p = transform(params) if transform else params
-
-        def step_losses(zin=zin, p=p):
+        with precision(mode, z.device):
             with autocast(mode, z.device):
                 out = net(zin, p).float()
-                return out, loss_fn(out)
-        with precision(mode, z.device):
-            out, losses = step_losses()
+                losses = loss_fn(out)
             if observe:
                 observe(out.detach())
-            del out  # the graph lives on in losses; a failed backward's retry frees it (_backward)
+            del out  # the graph lives on in losses
             best.keep(params, losses.detach(), best_loss)
             opt.zero_grad(set_to_none=True)
-            losses = _backward(net, losses, it == 0, opt, lambda: step_losses()[1])
+            failure = _backward(net, losses, it == 0)
+            if failure is not None:  # the step again on eager kernels
+                del losses  # here, in the frame that holds it: the failed graph is freed first
+                net.give_up(failure)
+                opt.zero_grad(set_to_none=True)  # what the failed backward accumulated before it stopped
+                with autocast(mode, z.device):
+                    losses = loss_fn(net(zin, p).float())
+                losses.sum().backward()
         opt.step()
         if progress and ((it + 1) % REPORT_EVERY == 0 or it + 1 == iters):
             # reading the loss syncs a GPU, so report every few steps, not every step
@@ -277,27 +281,19 @@ def optimise(model, z, loss_fn, iters: int, lr: float, lr_floor: float = 1.0,
     return best_loss
 
 
-def _backward(net, losses, first: bool, opt, recompute) -> torch.Tensor:
-    """losses.sum().backward(), -> the losses it ran on. Autograd compiles the backward at its
-    first call, and the tail kernels' largest passes first run there: a failure then is the
-    compiler's, as in the forward, and the step is run again on eager kernels (recompute()
-    -> new losses). A full GPU is not the compiler's, and eager kernels would not mend it."""
-    failure = None
+def _backward(net, losses, first: bool) -> Optional[str]:
+    """losses.sum().backward(); None, or why the compiled program's first backward failed.
+    Autograd compiles the backward at its first call, and the tail kernels' largest passes
+    first run there: a failure then is the compiler's, as in the forward, and the step is run
+    again on eager kernels (optimise). A full GPU is not the compiler's, and eager kernels
+    would not mend it: that raises, as does any failure after the first step."""
     try:
         losses.sum().backward()
     except Exception as e:  # noqa: BLE001 - the compiled backward's first run
         if not first or not isinstance(net, _EagerOnFailure) or net.fn is net.eager or "out of memory" in str(e):
             raise
-        failure = _EagerOnFailure.reason(e)
-    if failure is None:
-        return losses
-    # outside the handler, so the failed graph is freed before the retry
-    net.give_up(failure)
-    del losses
-    opt.zero_grad(set_to_none=True)  # what the failed backward accumulated before it stopped
-    losses = recompute()
-    losses.sum().backward()
-    return losses
+        return _EagerOnFailure.reason(e)  # the retry runs outside the handler, its frames freed
+    return None
 
 
 def adam(params, lr: float, betas: tuple) -> torch.optim.Optimizer:

@@ -169,10 +169,26 @@ def is_tiled(data: bytes) -> bool:
     return len(data) > len(MAGIC) and data[:len(MAGIC)] == MAGIC and data[len(MAGIC)] == VERSION
 
 
-def pack(width: int, height: int, rows: int, cols: int, members: list) -> bytes:
-    """Complete .ddc files, one per tile (row by row) -> one version-4 file."""
+def _check_packable(width: int, height: int, rows: int, cols: int, members: list) -> None:
+    """Refuse (ConfigError) a grid or a member that unpack_members would take for corruption:
+    the writer must not make a file that reads back as damaged."""
+    if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE and width * height <= MAX_PIXELS):
+        raise ConfigError(f"image size {width}x{height} cannot be stored")
+    if not (1 <= cols <= width and 1 <= rows <= height and rows * cols <= MAX_TILES):
+        raise ConfigError(f"a {cols}x{rows} tile grid cannot be stored for {width}x{height}")
     if len(members) != rows * cols:
         raise ConfigError(f"{len(members)} tiles for a {cols}x{rows} grid")
+    for i, (m, (top, bottom, left, right)) in enumerate(zip(members, boxes(height, width, rows, cols))):
+        if m[len(MAGIC):len(MAGIC) + 1] not in [bytes([v]) for v in _MEMBER_VERSIONS]:
+            raise ConfigError(f"tile {i} is not a version-2 or -3 file")
+        h, _ = unpack(m)  # a whole member file, as the reader will check it
+        if (h.width, h.height) != (right - left, bottom - top):
+            raise ConfigError(f"tile {i} is {h.width}x{h.height}, its place in the grid {right - left}x{bottom - top}")
+
+
+def pack(width: int, height: int, rows: int, cols: int, members: list) -> bytes:
+    """Complete .ddc files, one per tile (row by row) -> one version-4 file."""
+    _check_packable(width, height, rows, cols, members)
     out = bytearray(MAGIC) + bytes([VERSION])
     for v in (width, height, cols, rows):
         out += _uvarint(v)

@@ -1,4 +1,6 @@
 """Shared fixtures: a small real image and a real .ddc file made from it, once per session."""
+import contextlib
+import signal
 from importlib.resources import files
 
 import numpy as np
@@ -52,3 +54,19 @@ def encoded(image):
 @pytest.fixture(scope="session")
 def ddc_bytes(encoded) -> bytes:
     return encoded.data
+
+
+@contextlib.contextmanager
+def returns_within(seconds: int):
+    """Fail, instead of hanging the run, if the body takes longer than seconds: for code whose
+    bug would be a loop without end (a varint writer given a negative value grew a buffer until
+    the machine ran out of memory)."""
+    def hung(*_):
+        raise AssertionError(f"did not return within {seconds} s")
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)

@@ -466,10 +466,14 @@ def test_a_steps_backward_runs_inside_the_matmul_precision_and_outside_autocast(
                      ("backward", {"precision": True, "autocast": False})] * 2
 
 
-def _backward_raising(error, from_call: int = 1):
+def _backward_raising(error, from_call: int = 1, saved=None):
     """An identity whose backward raises error from its from_call-th run on (the ones before
     pass the gradient through), and a stand-in for compiling.compiled that puts it on the first
-    tensor's path: the "compiled" program of a model, whose eager fallback is the plain forward."""
+    tensor's path: the "compiled" program of a model, whose eager fallback is the plain forward.
+    saved: a list that gets a weak reference to a tensor each forward keeps for its backward,
+    as a compiled graph keeps its activations."""
+    import weakref
+
     from ddcodec.fit import _EagerOnFailure
 
     calls = []
@@ -477,13 +481,16 @@ def _backward_raising(error, from_call: int = 1):
     class Raising(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x):
+            if saved is not None:
+                ctx.kept = torch.zeros(1000)
+                saved.append(weakref.ref(ctx.kept))
             return x.clone()
 
         @staticmethod
         def backward(ctx, g):
             calls.append(1)
             if len(calls) >= from_call:
-                raise error
+                raise type(error)(*error.args)  # a new one: a raised error keeps its frames, and so the graph
             return g
 
     def compiled(model, preset=True, device=None):
@@ -512,6 +519,21 @@ def test_a_compiled_backward_that_fails_at_its_first_run_falls_back_to_eager_ker
     # the same steps as a fit that never compiled: the failed backward left nothing behind
     for (_, a), (_, b) in zip(model.named_tensors(), eager.named_tensors()):
         assert torch.equal(a, b)
+
+
+def test_the_failed_backwards_graph_is_freed_before_the_eager_retry(monkeypatch):
+    # at full size on a GPU the failed graph's activations and the retry's would not both fit
+    saved, alive = [], []
+    monkeypatch.setattr(fit_module, "compiled", _backward_raising(RuntimeError("out of resource: shared memory"), saved=saved))
+    arch = Architecture("deep-decoder", 4, 2, 3)
+    z, target = seeded_input(arch, 8, 8, 0)[None], torch.rand(1, 3, 8, 8)
+
+    def loss(out):  # its first call is the failing step's, its second the eager retry's
+        alive.append(saved[0]() is not None)
+        return mse_per_image(out, target)
+    with pytest.warns(UserWarning, match="torch.compile failed"):
+        optimise(build(arch), z, loss, 2, 0.01, compile=True)
+    assert len(saved) == 1 and alive[:2] == [True, False]
 
 
 def test_a_backward_failure_after_the_first_step_is_not_taken_for_the_compilers(monkeypatch):

@@ -82,11 +82,14 @@ def _with_crc(body: bytes) -> bytes:
     return body + struct.pack("<I", zlib.crc32(body))
 
 
-def test_a_member_that_does_not_fit_its_place_is_corruption(ddc_bytes):
+def test_a_member_that_does_not_fit_its_place_is_corruption(ddc_bytes, monkeypatch):
     h = ddcodec.info(ddc_bytes)
-    data = tiles.pack(h["width"] * 2 + 1, h["height"], 1, 2, [ddc_bytes] * 2)
+    grid = (h["width"] * 2 + 1, h["height"], 1, 2, [ddc_bytes] * 2)
+    with pytest.raises(ConfigError, match="its place in the grid"):  # the writer will not make it
+        tiles.pack(*grid)
+    monkeypatch.setattr(tiles, "_check_packable", lambda *a: None)  # a hostile writer's file
     with pytest.raises(CorruptError):
-        ddcodec.decode(data)
+        ddcodec.decode(tiles.pack(*grid))
 
 
 def test_the_tiles_of_a_file_share_one_budget_of_products(ddc_bytes):
@@ -107,11 +110,22 @@ def test_the_encoder_refuses_tiles_whose_products_together_the_reader_would_refu
         ddcodec.encode(small(96, 64), channels=6, fit=FAST_FIT, quant=FAST_QUANT, device="cpu", tile=(48, 32))
 
 
-def test_a_tiled_member_inside_a_tiled_file_is_corruption(ddc_bytes):
+def test_a_tiled_member_inside_a_tiled_file_is_corruption(ddc_bytes, monkeypatch):
     h = ddcodec.info(ddc_bytes)
     inner = tiles.pack(h["width"], h["height"], 1, 1, [ddc_bytes])
+    with pytest.raises(ConfigError, match="not a version-2 or -3"):  # the writer will not make it
+        tiles.pack(h["width"], h["height"], 1, 1, [inner])
+    monkeypatch.setattr(tiles, "_check_packable", lambda *a: None)  # a hostile writer's file
     with pytest.raises(CorruptError):
         ddcodec.decode(tiles.pack(h["width"], h["height"], 1, 1, [inner]))
+
+
+@pytest.mark.parametrize("width,height,rows,cols", [(-16, 16, 1, 1), (0, 16, 1, 1), (16, 16, 0, 1),
+                                                    (16, 16, 1, 17), (16, 16, 2, 1)])
+def test_the_tiled_writer_refuses_a_grid_its_reader_would_call_corrupt(ddc_bytes, width, height, rows, cols):
+    # (16, 16, 2, 1): two tiles asked for, one given; a negative size once looped in the varint writer
+    with pytest.raises(ConfigError):
+        tiles.pack(width, height, rows, cols, [ddc_bytes])
 
 
 @pytest.fixture(scope="module")
