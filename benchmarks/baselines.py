@@ -165,9 +165,9 @@ def _mean_known(columns: list) -> list:
     """Per setting, the mean over images of the values known: a time is None where a resumed
     run found a file on disk that the run it came from wrote but never scored. None where no
     image has one (strict JSON has no NaN)."""
-    a = np.array([[np.nan if v is None else v for v in col] for col in columns], dtype=float)
-    known = ~np.isnan(a)
-    sums, counts = np.where(known, a, 0).sum(axis=0), known.sum(axis=0)
+    known = np.array([[v is not None for v in col] for col in columns])  # a NaN stays a NaN
+    a = np.array([[0.0 if v is None else v for v in col] for col in columns], dtype=float)
+    sums, counts = a.sum(axis=0), known.sum(axis=0)
     return [float(s / n) if n else None for s, n in zip(sums, counts)]
 
 
