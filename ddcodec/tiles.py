@@ -169,17 +169,26 @@ def is_tiled(data: bytes) -> bool:
     return len(data) > len(MAGIC) and data[:len(MAGIC)] == MAGIC and data[len(MAGIC)] == VERSION
 
 
+def _grid_problem(width: int, height: int, rows: int, cols: int) -> str:
+    """What is wrong with a tiled file's size and grid, or "": the one statement of the bounds
+    that the writer refuses (ConfigError) and the reader calls corruption."""
+    if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE and width * height <= MAX_PIXELS):
+        return f"image size {width}x{height} exceeds the reader's limits"
+    if not (1 <= cols <= width and 1 <= rows <= height and rows * cols <= MAX_TILES):
+        return f"bad tile grid {cols}x{rows} for {width}x{height}"
+    return ""
+
+
 def _check_packable(width: int, height: int, rows: int, cols: int, members: list) -> None:
     """Refuse (ConfigError) a grid or a member that unpack_members would take for corruption:
     the writer must not make a file that reads back as damaged."""
-    if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE and width * height <= MAX_PIXELS):
-        raise ConfigError(f"image size {width}x{height} cannot be stored")
-    if not (1 <= cols <= width and 1 <= rows <= height and rows * cols <= MAX_TILES):
-        raise ConfigError(f"a {cols}x{rows} tile grid cannot be stored for {width}x{height}")
+    problem = _grid_problem(width, height, rows, cols)
+    if problem:
+        raise ConfigError(f"{problem}: it cannot be stored")
     if len(members) != rows * cols:
         raise ConfigError(f"{len(members)} tiles for a {cols}x{rows} grid")
     for i, (m, (top, bottom, left, right)) in enumerate(zip(members, boxes(height, width, rows, cols))):
-        if m[len(MAGIC):len(MAGIC) + 1] not in [bytes([v]) for v in _MEMBER_VERSIONS]:
+        if len(m) <= len(MAGIC) or m[len(MAGIC)] not in _MEMBER_VERSIONS:
             raise ConfigError(f"tile {i} is not a version-2 or -3 file")
         h, _ = unpack(m)  # a whole member file, as the reader will check it
         if (h.width, h.height) != (right - left, bottom - top):
@@ -220,10 +229,9 @@ def unpack_members(data: bytes, max_work: int, max_macs: int = MAX_MACS) -> tupl
             raise
 
     width, height, cols, rows = (uvarint(w) for w in ("width", "height", "columns", "rows"))
-    if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE and width * height <= MAX_PIXELS):
-        raise CorruptError(f"image size {width}x{height} exceeds the reader's limits")
-    if not (1 <= cols <= width and 1 <= rows <= height and rows * cols <= MAX_TILES):
-        raise CorruptError(f"bad tile grid {cols}x{rows} for {width}x{height}")
+    problem = _grid_problem(width, height, rows, cols)
+    if problem:
+        raise CorruptError(problem)
     bodies = []
     for i in range(rows * cols):
         n = uvarint(f"tile {i}'s length")
