@@ -24,7 +24,7 @@ weight gradients as sums); a small kernel (the statistics) or torch (the sums) r
 partials in a fixed order, so a step is deterministic: no atomics. The statistics' two-level form also keeps the variance accurate
 when it is small against the squared mean, where sum-of-squares formulas cancel.
 
-The @triton.jit kernels are in tail_kernels.py; this module launches them (_Geometry), wraps
+The @triton.jit kernels are in tail_jit.py; this module launches them (_Geometry), wraps
 them as custom ops with their autograd formula, and checks them (reference, sm90_report).
 """
 from dataclasses import dataclass
@@ -35,7 +35,7 @@ import triton
 
 from .errors import ConfigError
 from .nets import BN_EPS, _conv, _normalised, output_conv
-from .tail_kernels import _adjoint, _stats, _tail_pass  # launched from here; speed.py's dry run swaps them
+from .tail_jit import _adjoint, _stats, _tail_pass  # launched from here; speed.py's dry run swaps them
 
 
 @dataclass(frozen=True)
