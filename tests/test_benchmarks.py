@@ -519,6 +519,11 @@ def test_the_dataset_run_times_the_codecs_calls_per_file_and_puts_the_codec_back
     assert all(t > 0 for t, _ in d["calls"].values()) and d["calls"]["search_steps"][0] < d["seconds"]
     assert {n: getattr(ddcodec.codec, n) for n in speed.CODEC_CALLS} == before
     assert "exact decode" in speed._stages_note(d) and "in 3 calls" in speed._stages_note(d)
+    # the fit's compile setting is kept beside torch.compile's timers (one "compile" key held
+    # both, the timers overwriting the setting, so an eager run's table read "+ compile")
+    assert d["compile"] is False and isinstance(d["compile_seconds"], dict)
+    assert "+ compile" not in speed.table({"device": "cpu", "peaks": {"fp32_tflops": 1.0, "copy_gbs": 1.0},
+                                           "rows": [], "dataset": d})
 
 
 def test_timed_calls_puts_the_function_back_when_it_raises():
