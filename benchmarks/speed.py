@@ -22,7 +22,6 @@ benchmarks/results/speed_<device>.json and a markdown table.
 import argparse
 import atexit
 import contextlib
-import json
 import os
 import platform
 import shutil
