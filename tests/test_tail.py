@@ -11,7 +11,7 @@ triton = pytest.importorskip("triton")
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import example, given, settings, strategies as st  # noqa: E402
 
 from ddcodec import tail  # noqa: E402
 from ddcodec.fit import compiled, fell_back, mse_per_image, optimise, tail_supported  # noqa: E402
@@ -45,6 +45,7 @@ def relative(a, b) -> float:
 
 
 @settings(max_examples=8)
+@example(bsz=1, k=1, h=1, w=1, c=3, seed=352505)  # c_b zero in theory: see the bound
 @given(bsz=st.integers(1, 2), k=st.integers(1, 24), h=st.integers(1, 5), w=st.integers(1, 5),
        c=st.sampled_from([1, 3]), seed=st.integers(0, 2**31 - 1))
 def test_the_tail_and_its_gradients_match_torch(bsz, k, h, w, c, seed):
@@ -64,12 +65,18 @@ def test_the_tail_and_its_gradients_match_torch(bsz, k, h, w, c, seed):
     out.backward(gx.float())
     reference(*theirs).backward(gx.float())
     expect.backward(gx)
+    scale = max(float(b.grad.norm()) for b in ref)
     for name, a, t, b in zip(NAMES, ours, theirs, ref):
         assert a.grad is not None and a.grad.dtype == torch.float32, name
         # a gradient that nearly cancels (one channel, two pixels) leaves fp32 a larger share
-        # of rounding: the bound follows torch's own fp32 error on the same inputs
-        bound = max(1e-4, 10 * relative(t.grad, b.grad))
-        assert relative(a.grad, b.grad) < bound, (name, relative(a.grad, b.grad), bound)
+        # of rounding: the bound follows torch's own fp32 error on the same inputs. One that is
+        # zero in exact arithmetic (c_b at k=1 when the channel stays positive through the
+        # ReLU: the normalisation removes a constant) is rounding alone, sized by the largest
+        # gradient rather than its own, and torch's may land small by luck (a 10x run found
+        # c_b 3.6e-4 off against torch's 2.5e-5): so 1e-5 of the largest gradient is allowed too.
+        err = float((a.grad.double() - b.grad).norm())
+        bound = max(1e-4, 10 * relative(t.grad, b.grad)) * float(b.grad.norm()) + 1e-5 * scale
+        assert err < bound, (name, err, bound)
 
 
 def test_bf16_products_cost_the_tail_no_more_than_they_cost_torch():
