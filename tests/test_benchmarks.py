@@ -1,12 +1,15 @@
 """The benchmark's own arithmetic: what it reports must follow from the rows it read."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 import ddcodec
 from benchmarks.rd import equal_rate
+from ddcodec.entropy import DECAY_ONE, DECAYS
 
 
 def _folder(tmp_path, names):
@@ -537,3 +540,39 @@ def test_timed_calls_puts_the_function_back_when_it_raises():
     with pytest.raises(ValueError), timed_calls(mod, ["f"]) as spent:
         mod.f()
     assert mod.f is fails and spent["f"][1] == 1
+
+
+@given(st.integers(-40, 0), st.integers(0, 40), st.integers(0, len(DECAYS) - 1), st.data())
+@settings(max_examples=60)
+def test_column_models_laplace_bits_are_the_coders_own_table(left, right, d, data):
+    # benchmarks.column_models prices every model with a closed form of the table the coder
+    # builds (entropy.TensorModel.probabilities); on the file's own decay the two must agree
+    from benchmarks.column_models import laplace_bits
+    from ddcodec.entropy import TensorModel
+
+    m = TensorModel(left, right, 0, int(DECAYS[d]))
+    q = np.array(data.draw(st.lists(st.integers(left, right), min_size=1, max_size=30)))
+    p = m.probabilities() / m.probabilities().sum()
+    expected = float(-np.log2(p[q - left]).sum())
+    assert laplace_bits(q, m, m.decay / DECAY_ONE) == pytest.approx(expected, rel=1e-6, abs=1e-6)
+
+
+def test_column_models_price_a_file_at_its_payload():
+    from benchmarks.column_models import file_bits
+
+    bits = file_bits((Path(__file__).parent / "data" / "golden-v3.ddc").read_bytes())
+    # the range coder ends on whole 32-bit words: within one or two of the ideal length
+    assert bits["tensor"] <= bits["payload_bits"] <= bits["tensor"] + 64
+
+
+def test_column_models_save_bits_where_columns_differ_in_scale():
+    from benchmarks.column_models import tensor_bits
+    from ddcodec.entropy import fit_model
+
+    rng = np.random.default_rng(0)
+    q = np.rint(rng.laplace(size=(32, 8)) * np.array([0.5, 1, 2, 4, 8, 16, 32, 64])).astype(np.int64)
+    own, oracle, adaptive = tensor_bits(q, fit_model(q))
+    assert oracle < adaptive < own
+    flat = np.rint(rng.laplace(size=(32, 8)) * 8).astype(np.int64)  # one scale: nothing to gain
+    own, oracle, adaptive = tensor_bits(flat, fit_model(flat))
+    assert adaptive > 0.99 * own
