@@ -576,3 +576,14 @@ def test_column_models_save_bits_where_columns_differ_in_scale():
     flat = np.rint(rng.laplace(size=(32, 8)) * 8).astype(np.int64)  # one scale: nothing to gain
     own, oracle, adaptive = tensor_bits(flat, fit_model(flat))
     assert adaptive > 0.99 * own
+
+
+def test_lr_crops_take_the_centre_of_landscape_and_transposed_portrait_images():
+    from benchmarks.lr import centre_crops
+
+    land = np.arange(6 * 8 * 3, dtype=np.int64).reshape(6, 8, 3)
+    crops = centre_crops({"land": land, "port": land.swapaxes(0, 1)}, 4, 2)
+    assert np.array_equal(crops["land"], land[2:4, 2:6])
+    assert np.array_equal(crops["port"], crops["land"])  # transposed back to landscape first
+    with pytest.raises(SystemExit, match="smaller than the crop"):
+        centre_crops({"small": land}, 10, 2)
