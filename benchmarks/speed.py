@@ -40,8 +40,8 @@ from ddcodec.nets import Architecture, build, seeded_input
 from . import products
 from .products import _sync, best_seconds
 from .rd import load_images
-from .speed_inspect import _tail_table, _use_tail_launch, compiled_bytes, profile_steps, tail_part  # noqa: F401  (tail_part, _tail_table: the tests read them here)
-from .speed_report import _line, _on_file, _stages_note, save, table  # noqa: F401  (_stages_note: the tests read it here)
+from .speed_inspect import _tail_table, _use_tail_launch, compiled_bytes, profile_steps, tail_part
+from .speed_report import _line, _on_file, save, table
 
 # A bank is of the 18 landscape Kodak images (the rows leave the 6 portraits out: one shape a
 # bank). Until the twenty-fifth session these rows were named "B=24" although they fitted the
