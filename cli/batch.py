@@ -21,25 +21,41 @@ from .interrupt import raise_if_interrupted
 from .progress import FitProgress
 
 
-def expand(args) -> list:
-    """Files as given; folders -> their image files; patterns -> their matches (sorted)."""
-    out = []
+def expand(args) -> tuple:
+    """-> (paths, many). Files as given; folders -> their image files; patterns -> the image
+    files they match (sorted). A file named twice (or by a folder and a pattern both) is
+    encoded once. many: more than one input named, or any folder or pattern, so that the
+    output is a folder; a file whose own name holds glob characters is one file. os.path's
+    probes, not Path's: they say False for a name too long, where Path's raise."""
+    out, many = [], False
     for a in args:
         if not a:  # Path("") is ".": an empty name must not mean the current folder
             raise ImageError("an input is an empty file name")
-        p = Path(a)
-        if p.is_dir():
-            out += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
-        elif not p.exists() and glob.has_magic(a):
-            matches = sorted(Path(m) for m in glob.glob(a))
+        if os.path.isdir(a):
+            out += _images_in(Path(a).iterdir())
+            many = True
+        elif not os.path.lexists(a) and glob.has_magic(a):
+            matches = _images_in(Path(m) for m in glob.glob(a))
             if not matches:  # a pattern that matches nothing is a mistyped input, not an empty one
-                raise ImageError(f"{a}: no file matches this pattern")
+                raise ImageError(f"{a}: no image file matches this pattern")
             out += matches
+            many = True
         else:
-            out.append(p)
+            out.append(Path(a))
     if not out:
         raise ImageError("no input images found")
-    return out
+    seen, paths = set(), []
+    for p in out:
+        if os.path.realpath(p) not in seen:
+            seen.add(os.path.realpath(p))
+            paths.append(p)
+    return paths, many or len(out) > 1
+
+
+def _images_in(candidates) -> list:
+    """The image files among what a folder holds or a pattern matched: a pattern like dir/*
+    also matches the .ddc files of an earlier run, and folders."""
+    return sorted(q for q in candidates if q.suffix.lower() in IMAGE_SUFFIXES and os.path.isfile(q))
 
 
 def _outputs(paths, output, many: bool) -> list:
@@ -47,28 +63,33 @@ def _outputs(paths, output, many: bool) -> list:
         return [check_ddc_name(output) if output is not None else paths[0].with_suffix(".ddc")]
     if output is None:
         return [p.with_suffix(".ddc") for p in paths]
-    if output.exists() and not output.is_dir():
+    if os.path.lexists(output) and not os.path.isdir(output):
         raise ConfigError(f"{output} is a file; several inputs need an output folder")
     return [output / (p.stem + ".ddc") for p in paths]
 
 
-def _make_folder(folder: Path) -> bool:
-    """Make the output folder; True if this call made it (so an empty one may be removed)."""
-    made = not folder.exists()
+def _make_folder(folder: Path) -> list:
+    """Make the output folder and any missing folders above it -> those this call made, the
+    deepest first, so that a run that wrote nothing can remove them again."""
+    made, p = [], Path(folder)
+    while not os.path.lexists(p) and p != p.parent:
+        made.append(p)
+        p = p.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        Path(folder).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputError(f"cannot make the output folder {folder}: {e.strerror}") from None
     return made
 
 
-def _remove_if_empty(folder: Path) -> None:
+def _remove_if_empty(folders) -> None:
     """A run that wrote nothing (every input bad, or Ctrl-C before the first bank finished)
     leaves no empty folder of its own behind; a folder that was there before stays."""
-    try:
-        folder.rmdir()  # fails, as it should, if anything is in it
-    except OSError:
-        pass
+    for folder in folders:  # deepest first: each rmdir fails, as it should, if anything is in it
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _defaults(arch, restoring, channels, layers, bpp=None):
@@ -80,8 +101,7 @@ def _defaults(arch, restoring, channels, layers, bpp=None):
 
 def encode_command(images, output, channels, layers, arch, iters, lr, seed, device, quiet, precision, compile_,
                    max_loss, qat_iters, bpp, psnr, tile, denoise, mask, scale, bank, max_pixels, force, as_json):
-    paths = expand(images)
-    many = len(paths) > 1 or any(Path(a).is_dir() or glob.has_magic(a) for a in images)
+    paths, many = expand(images)
     outs = _outputs(paths, output, many)
     if mask is not None and many:
         raise ConfigError("--mask applies to a single image")
@@ -101,7 +121,7 @@ def encode_command(images, output, channels, layers, arch, iters, lr, seed, devi
     # settings every bank shares, checked once before any folder is made or image read: a bad
     # -k is one error, not one per image
     check_arguments(k, d, fit, quant, None, tile)
-    with _output_folder(output if many else None):
+    with output_folder(output if many else None):
         jobs, failed = _read_jobs(paths, outs, many, force, [mask] if mask else [], max_pixels)
         banks = _banks(jobs, 1 if (denoise or mask is not None) else bank)
         fits = len(banks) if tile is None else sum(tiles.fits_for([j[2].shape for j in g], tile, bpp) for g in banks)
@@ -115,15 +135,15 @@ def encode_command(images, output, channels, layers, arch, iters, lr, seed, devi
 
 
 @contextmanager
-def _output_folder(folder):
-    """Make the output folder of a run over many images (None: nothing to make), and remove
-    it again if this run made it and wrote nothing into it."""
-    made = _make_folder(folder) if folder is not None else False
+def output_folder(folder, made=()):
+    """Make the output folder of a run (None: nothing to make), and remove it, with the
+    folders made above it, if this run made it and wrote nothing into it. made: folders the
+    caller made for the run (a temporary one), removed on the same terms."""
+    made = (_make_folder(folder) if folder is not None else []) + list(made)
     try:
         yield
     finally:
-        if made:
-            _remove_if_empty(folder)
+        _remove_if_empty(made)
 
 
 def _read_jobs(paths, outs, many: bool, force: bool, other_inputs, max_pixels):
@@ -153,6 +173,8 @@ def _banks(jobs, size) -> list:
 
 
 def _encode_bank(group, k, d, arch, fit, quant, deg, denoise, device, bar, force, as_json, many, tile) -> int:
+    """Fit one bank and write its files -> how many of its images failed. A failed write
+    fails that image alone: its bank-mates' files are still written."""
     try:
         if denoise is not None:  # the fit of `ddc denoise`: stopping rule, output average, distillation
             results = [restore.denoise(group[0][2], arch, k, d, denoise or None, fit.seed, fit.lr,
@@ -161,21 +183,31 @@ def _encode_bank(group, k, d, arch, fit, quant, deg, denoise, device, bar, force
             results = ddcodec.encode_bank([img for _, _, img in group], k, d, fit, quant, device,
                                           bar.update, arch, deg, tile)
         raise_if_interrupted()
-        for (src, out, _), res in zip(group, results):
-            write_atomic(out, res.data, force, inputs=[src])
-            _report(src, out, res, as_json)
-        return 0
     except DDCError as e:
-        if not many:
-            raise
-        for src, _, _ in group:
-            click.echo(f"ddc: failed {src}: {e}", err=True)
-        return len(group)
+        return _failed(group, e, many)
+    failed = 0
+    for job, res in zip(group, results):
+        src, out, _ = job
+        try:
+            write_atomic(out, res.data, force, inputs=[src])
+        except DDCError as e:
+            failed += _failed([job], e, many)
+            continue
+        _report(src, out, res, as_json)
+    return failed
+
+
+def _failed(jobs, error, many: bool) -> int:
+    if not many:
+        raise error
+    for src, _, _ in jobs:
+        click.echo(f"ddc: failed {src}: {error}", err=True)
+    return len(jobs)
 
 
 def _report(src, out, res, as_json):
     if as_json:
-        click.echo(json.dumps({"input": str(src), "output": str(out), **res.summary()}))
+        click.echo(json.dumps({"input": str(src), "output": str(out), **res.summary()}, allow_nan=False))
     else:
         click.echo(f"{out}: {res.bytes} bytes, {res.bpp:.4f} bpp, PSNR {res.psnr:.2f} dB "
                    f"({res.width}x{res.height}, k={res.arch.channels}, {res.params} params, {res.seconds:.1f} s on {res.device})")

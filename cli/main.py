@@ -11,6 +11,7 @@ import click
 
 import ddcodec
 from ddcodec import FitConfig, QuantConfig, restore
+from ddcodec.decoding import read_file
 from ddcodec.errors import ConfigError, DDCError, out_of_memory
 from ddcodec.fit import COMPILE_PRESETS
 from ddcodec.images import MAX_INPUT_PIXELS, check_outputs, decoded_name, png_bytes, read_image, write_atomic
@@ -208,7 +209,7 @@ def decode(file, output, device, force):
 def info(file, as_json):
     """Show the header of a .ddc file."""
     try:
-        d = ddcodec.info(_read_bytes(file))
+        d = ddcodec.info(read_file(file))
     except ddcodec.errors.FormatError as e:  # name the file, as decode does
         raise type(e)(f"{file}: {e}") from None
     if as_json:
@@ -229,23 +230,21 @@ def demo(output, iters, device, force):
     import tempfile
     from importlib.resources import files
 
+    from .batch import output_folder
+
     ddcodec.codec.resolve_device(device)  # a bad --device fails before any folder is made
-    if output is not None:
-        try:
-            output.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ddcodec.errors.OutputError(f"cannot make the folder {output}: {e.strerror}") from None
     out = output or Path(tempfile.mkdtemp(prefix="ddc-demo-"))
-    check_outputs([out / "sample.ddc", out / "sample.decoded.png"], force)
-    src = files("ddcodec") / "data" / "kodim23-192x128.png"
-    img = read_image(src)
-    fit, quant = FitConfig(iters=iters), QuantConfig()
-    with FitProgress(fit, quant, False) as bar:
-        res = ddcodec.encode(img, 16, 6, fit, quant, device, progress=bar.update)
-    write_atomic(out / "sample.ddc", res.data, force)
-    t0 = time.perf_counter()
-    dec = ddcodec.decode(res.data)
-    write_atomic(out / "sample.decoded.png", png_bytes(dec), force)
+    with output_folder(out, made=[] if output else [out]):  # removed again if nothing was written
+        check_outputs([out / "sample.ddc", out / "sample.decoded.png"], force)
+        src = files("ddcodec") / "data" / "kodim23-192x128.png"
+        img = read_image(src)
+        fit, quant = FitConfig(iters=iters), QuantConfig()
+        with FitProgress(fit, quant, False) as bar:
+            res = ddcodec.encode(img, 16, 6, fit, quant, device, progress=bar.update)
+        write_atomic(out / "sample.ddc", res.data, force)
+        t0 = time.perf_counter()
+        dec = ddcodec.decode(res.data)
+        write_atomic(out / "sample.decoded.png", png_bytes(dec), force)
     from ddcodec.metrics import psnr
     click.echo(f"sample 192x128, k=16: {res.bytes} bytes = {res.bpp:.3f} bpp, "
                f"PSNR {res.psnr:.2f} dB (decoded: {psnr(dec, img):.2f} dB), encode {res.seconds:.1f} s, "
@@ -287,13 +286,6 @@ from .scale_cmds import register as register_scale  # noqa: E402
 
 register(cli, fit_options)
 register_scale(cli, fit_options, speed_options, rate_options)
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as e:
-        raise ddcodec.errors.ImageError(f"{path}: {e.strerror}") from None
 
 
 def main():

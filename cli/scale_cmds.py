@@ -58,7 +58,7 @@ def register(cli, fit_options, speed_options, rate_options):
                     counts[o.status] += 1
                     if as_json:
                         click.echo(json.dumps({"input": o.source, "output": o.output,
-                                               "status": o.status, "error": o.error, **o.summary}))
+                                               "status": o.status, "error": o.error, **o.summary}, allow_nan=False))
                     elif o.status == "failed":
                         bar.write(f"ddc: failed {o.source}: {o.error}", file=sys.stderr)
                 bar.update(len(outcomes))

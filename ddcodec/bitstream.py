@@ -17,6 +17,7 @@ from .quant import STEP_CODE_MAX, STEP_CODE_MIN
 MAGIC = b"\x89DDC"
 VERSION = 3  # the newest version written (files without its features are written as 2)
 READABLE = (1, 2, 3)
+TILED_VERSION = 4  # a grid of version-2/3 members (ddcodec.tiles)
 # header kind -> (Architecture.kind, folded); the folded Deep Decoder is new in version 3
 KINDS = (("deep-decoder", False), ("skip", False), ("deep-decoder", True))
 KINDS_IN = {1: 2, 2: 2, 3: 3}  # version -> how many of KINDS it may use
@@ -87,6 +88,8 @@ def pack(h: Header, payload: bytes) -> bytes:
     decay index, the range as offsets from the centre) and drops fields the architecture or
     the file length already give. At small sizes the header was up to 40 % of the file."""
     _check_writable(h)
+    if len(payload) % 4:
+        raise ConfigError(f"a payload of {len(payload)} bytes: the range coder writes 32-bit words")
     # version 3 only where it is needed, so that version-2 readers still open skip-net files
     out = bytearray(MAGIC) + bytes([VERSION if h.arch.folded else 2])
     for v in (h.width, h.height, h.arch.out_channels, h.flags, KINDS.index((h.arch.kind, h.arch.folded)),
@@ -164,9 +167,12 @@ def unpack(data: bytes, max_work: int = MAX_WORK, max_macs: int = MAX_MACS):
         raise NotDDCError("not a DDC file (wrong magic bytes)")
     if len(data) < _MIN_SIZE:
         raise TruncatedError(f"truncated: {len(data)} bytes is shorter than a .ddc header")
+    if data[4] == TILED_VERSION:  # ddcodec.tiles reads it, and hands each member to this
+        raise UnsupportedVersionError("a tiled .ddc file (version 4) holds a grid of networks, not one: "
+                                      "decode() reads it")
     if data[4] not in READABLE:
         raise UnsupportedVersionError(f"unsupported .ddc version {data[4]} (this reader: "
-                                      f"{', '.join(map(str, READABLE))})")
+                                      f"{', '.join(map(str, READABLE + (TILED_VERSION,)))})")
     r = _Reader(data, 5, len(data) - 4)
     try:
         h, payload_len = _read_header(r, max_work, max_macs, data[4])
@@ -181,6 +187,8 @@ def unpack(data: bytes, max_work: int = MAX_WORK, max_macs: int = MAX_MACS):
         raise CorruptError(f"{len(data) - expected} unexpected bytes after the payload")
     if zlib.crc32(data[:-4]) != struct.unpack("<I", data[-4:])[0]:
         raise CorruptError("CRC mismatch: the file is corrupted")
+    if payload_len % 4:  # the range coder's 32-bit words; checked here so that info() agrees with decode()
+        raise CorruptError("payload length is not a multiple of 4")
     for m in h.models:
         m.validate()
     return h, data[r.pos:r.pos + payload_len]

@@ -20,14 +20,14 @@ from PIL import Image
 from . import bitstream, entropy, tiles
 from .checks import integer
 from .degrade import Degradation
-from .decoding import _unorient, decode, info, load_model, resolve_device  # noqa: F401 - info, load_model: still importable from here
+from .decoding import _unorient, decode, info, load_model, read_file, resolve_device  # noqa: F401 - info, load_model: still importable from here
 from .errors import ConfigError, FormatError, ImageError
 from .fit import ADAM_BETAS, FitConfig, fell_back, mse_per_image, optimise
 from .images import check_ddc_name, check_image, check_image_name, check_output, decoded_name, image_bytes, read_image, write_atomic
 from .metrics import bpp as bits_per_pixel, psnr
 from .nets import Architecture, build, macs, param_count, seeded_input, work
 from .rate import budgets_for_psnr, budgets_for_rate, channels_for_image
-from .quant import QuantConfig, quantize, search_steps, steps_tensor, straight_through
+from .quant import QuantConfig, code_floor, quantize, search_steps, steps_tensor, straight_through
 
 
 @dataclass
@@ -48,8 +48,12 @@ class EncodeResult:
         return len(self.data)
 
     def summary(self) -> dict:
+        """The result as JSON-ready values. An exact fit's PSNR is infinite, which JSON cannot
+        hold (json.dumps would write a bare Infinity): it is None here."""
         d = {k: v for k, v in asdict(self).items() if k not in ("data", "arch")}
         d.update(bytes=self.bytes, arch=asdict(self.arch))
+        for key in ("psnr", "psnr_float"):
+            d[key] = d[key] if math.isfinite(d[key]) else None
         return d
 
 
@@ -145,8 +149,9 @@ def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitCo
     h, w = imgs[0].shape[:2]
     net = Architecture(arch, channels, layers, 1 if imgs[0].ndim == 2 else 3)
     H, W = deg.output_size(h, w)
-    if max(H, W) > bitstream.MAX_SIDE:
-        raise ImageError(f"{W}x{H}: a side over {bitstream.MAX_SIDE} is more than the format holds")
+    if max(H, W) > bitstream.MAX_SIDE or H * W > bitstream.MAX_PIXELS:
+        raise ImageError(f"{W}x{H}: more than the format holds (sides up to {bitstream.MAX_SIDE}, "
+                         f"{bitstream.MAX_PIXELS} pixels)")
     if work(net, H, W) > bitstream.MAX_WORK:  # never fit what the reader would refuse
         raise ImageError(f"{W}x{H} at k={channels} with {layers} blocks exceeds the decoder's limit of "
                          f"k*pixels <= {bitstream.MAX_WORK} (on the padded size); use a smaller -k, "
@@ -233,6 +238,10 @@ def quantize_bank(bank: FittedBank, quant: QuantConfig = QuantConfig(), progress
     optimise(model, z, loss_fn, quant.qat_iters, quant.qat_lr,
              transform=lambda p: straight_through(p, steps), progress=_stage(progress, "qat"),
              betas=bank.betas, mode=bank.fit.precision, compile=compile_)  # the fit's precision
+    # The steps were bounded by the fitted weights' range (the coder's alphabet); the
+    # fine-tuning may widen a tensor past it, most of all one that was near zero and got a fine
+    # step (a fit of 0 iterations leaves the folded biases at exactly 0): coarsen just those.
+    codes = np.maximum(codes, code_floor([t for _, t in model.named_tensors()]))
     results = []
     for b, img in enumerate(bank.originals):
         data = write(b, codes[:, b])
@@ -260,6 +269,10 @@ def _encode_tiled(images, channels, layers, fit, quant, device, progress, tile) 
     originals = [_as_array(im) for im in images]
     grids = [tiles.grid_shape(im.shape[0], im.shape[1], tiles.resolve(tile, quant.target_bpp, *im.shape[:2]))
              for im in originals]
+    for im, (rows, cols) in zip(originals, grids):  # the container's own bounds, before the pilot fit
+        problem = tiles.grid_problem(im.shape[1], im.shape[0], rows, cols)
+        if problem:
+            raise ImageError(f"{problem}: it cannot be stored")
     pieces = {(i, j): np.ascontiguousarray(p) for i, (im, (rows, cols)) in enumerate(zip(originals, grids))
               for j, p in enumerate(tiles.split(im, rows, cols))}
     targets = None
@@ -273,15 +286,17 @@ def _encode_tiled(images, channels, layers, fit, quant, device, progress, tile) 
     for key, p in pieces.items():
         k = channels or channels_for_image(targets[key], p.shape, layers)
         groups.setdefault((bank_key(p.shape), k), []).append(key)
-    cost = [0] * len(originals)  # never fit what the reader would refuse: its tiles share one time budget
+    spent = [(0, 0, 0)] * len(originals)  # never fit what the reader would refuse: its tiles share its budgets
     for (_, k), keys in groups.items():
         for i, j in keys:
             p = pieces[i, j]
-            cost[i] += macs(Architecture("deep-decoder", k, layers, 1 if p.ndim == 2 else 3), *p.shape[:2])
-    for im, c in zip(originals, cost):
-        if c > bitstream.MAX_MACS:
-            raise ImageError(f"{im.shape[1]}x{im.shape[0]}: its tiles together exceed the decoder's limit of "
-                             f"{bitstream.MAX_MACS} multiply-adds; use a smaller -k, image or --layers")
+            member = Architecture("deep-decoder", k, layers, 1 if p.ndim == 2 else 3, folded=True)  # as written
+            spent[i] = tuple(a + b for a, b in zip(spent[i], tiles.member_cost(member, *p.shape[:2])))
+    for im, total in zip(originals, spent):
+        problem = tiles.budget_problem(total, bitstream.MAX_WORK, bitstream.MAX_MACS)
+        if problem:
+            raise ImageError(f"{im.shape[1]}x{im.shape[0]}: its tiles together would take {problem}; "
+                             "use a smaller -k, image or --layers")
     coded = {}
     for (_, k), keys in groups.items():
         bank = fit_bank([pieces[key] for key in keys], k, layers, fit, device, progress)
@@ -415,10 +430,7 @@ def decode_file(src, dst=None, force: bool = False, device: str = "cpu") -> np.n
     src = Path(src)
     dst = Path(dst) if dst is not None else decoded_name(src)
     check_output(check_image_name(dst), force, inputs=[src])
-    try:
-        data = src.read_bytes()
-    except OSError as e:
-        raise ImageError(f"{src}: {e.strerror}") from None
+    data = read_file(src)
     try:
         img = decode(data, device=device)
     except FormatError as e:  # the same error, naming the file it came from

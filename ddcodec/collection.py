@@ -7,6 +7,7 @@ alone writes outputs (atomically, as each bank finishes), so a worker that dies 
 behind. A re-run never rewrites an output that exists and verifies; a bank that was cut short
 is fitted whole again, so the outputs it still lacks get the bytes an uninterrupted run writes.
 """
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -16,10 +17,11 @@ from PIL import Image
 from . import bitstream, tiles
 from .checks import integer
 from .codec import bank_key, check_arguments, encode_bank
-from .errors import ConfigError, DDCError, FormatError
+from .decoding import read_file
+from .errors import ConfigError, DDCError
 from .fit import FitConfig
 from .nets import Architecture
-from .images import MAX_INPUT_PIXELS, channels_of_mode, read_image, write_atomic
+from .images import MAX_INPUT_PIXELS, channels_of_mode, check_output, read_image, write_atomic
 from .quant import QuantConfig
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"}
@@ -72,7 +74,7 @@ class Outcome:
 def find_images(folder) -> list:
     """Image files under folder, recursively, in a stable (sorted) order."""
     folder = Path(folder)
-    if not folder.is_dir():
+    if not os.path.isdir(folder):  # os.path: a name too long is not a folder either, not a crash
         raise ConfigError(f"{folder} is not a folder")
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
@@ -96,14 +98,14 @@ def probe(path) -> tuple:
 def verified(output: Path, source_key: Optional[tuple]) -> bool:
     """An existing output counts as done if it parses (CRC included) and has the source's size."""
     try:
-        data = output.read_bytes()
+        data = read_file(output)
         if tiles.is_tiled(data):
             width, height, _, _, members = tiles.unpack_members(data, bitstream.MAX_WORK)
             header, _ = bitstream.unpack(members[0])
         else:
             header, _ = bitstream.unpack(data)
             width, height = header.width, header.height
-    except (OSError, FormatError):
+    except (DDCError, OSError):  # unreadable, too large, damaged
         return False
     key = bank_key((height, width) + (() if header.arch.out_channels == 1 else (3,)))
     return source_key is None or key == source_key
@@ -128,12 +130,15 @@ def plan(pairs: Iterable, bank: int = 8, force: bool = False, settings: Settings
         except Exception as e:  # noqa: BLE001 - any unreadable header is this file's failure
             settled.append(Outcome(str(src), str(out), "failed", f"cannot read image ({e})"))
             continue
-        done = out.exists() and not force
+        done = os.path.exists(out) and not force  # os.path: False for a name too long, not an error
         if done and verified(out, key):
             settled.append(Outcome(str(src), str(out), "skipped"))
         elif done:
             settled.append(Outcome(str(src), str(out), "failed",
                                    f"{out} exists but is not a valid .ddc of this image (use --force to replace it)"))
+        elif (problem := unwritable(out, src, force)) is not None:  # found now, not after the fit
+            settled.append(Outcome(str(src), str(out), "failed", problem))
+            done = True
         # Settled images stay in the plan: banks are cut from the full input list, so a re-run of
         # a run killed mid-bank fits that bank whole again and writes the bytes it would have.
         groups.setdefault(key, []).append((str(src), str(out), done))
@@ -146,6 +151,24 @@ def plan(pairs: Iterable, bank: int = 8, force: bool = False, settings: Settings
             jobs.append(BankJob(first + len(jobs), tuple(s for s, _, _ in chunk), tuple(o for _, o, _ in chunk),
                                 settings, frozenset(o for _, o, done in chunk if done)))
     return jobs, settled
+
+
+def unwritable(out: Path, src: Path, force: bool = False) -> Optional[str]:
+    """Why out could not be written once its bank is fitted (write_results makes its missing
+    folders), or None: a file or a link where a folder must be, or what check_output refuses."""
+    folder = out.parent
+    while not os.path.lexists(folder) and folder != folder.parent:
+        folder = folder.parent  # the nearest folder that is there
+    if not os.path.isdir(folder):
+        return f"cannot write {out}: {folder} is not a folder"
+    try:
+        if folder == out.parent:
+            check_output(out, force, inputs=[src])
+        elif not os.access(folder, os.W_OK | os.X_OK):
+            return f"cannot write {out}: the folder {folder} is not writable"
+    except DDCError as e:
+        return str(e)
+    return None
 
 
 def run_bank(job: BankJob, progress=None) -> list:

@@ -15,7 +15,7 @@ import torch
 
 from . import bitstream, entropy, exact, tiles
 from .checks import integer
-from .errors import ConfigError, out_of_memory
+from .errors import ConfigError, ImageError, LimitError, out_of_memory
 from .metrics import bpp as bits_per_pixel
 from .nets import build, param_count, seeded_input, tensor_shapes
 from .quant import dequantize, step_from_code, steps_tensor
@@ -93,6 +93,24 @@ def _with_weights(header, ints: list):
         for (_, t), q, s, shape in zip(model.named_tensors(), ints, steps, shapes):
             t.copy_(dequantize(torch.from_numpy(q.astype(np.float32)).view(1, *shape), s))
     return model
+
+
+# No file the reader takes is larger: at most 2^26 weights (MAX_SYMBOLS, a tiled file's members
+# together), each under 24 bits in the range coder's leaky 24-bit probabilities, plus headers.
+MAX_FILE_BYTES = 1 << 28
+
+
+def read_file(path) -> bytes:
+    """The bytes of the .ddc file at path. A file larger than any the reader takes is refused
+    after MAX_FILE_BYTES + 1 bytes, not read to its end: `ddc info /dev/zero` would never end."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise ImageError(f"{path}: {e.strerror}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise LimitError(f"{path}: larger than any .ddc file the reader takes ({MAX_FILE_BYTES} bytes)")
+    return data
 
 
 def _file_bytes(data) -> bytes:

@@ -52,8 +52,9 @@ def from_pil(im: Image.Image, max_pixels: int = MAX_INPUT_PIXELS) -> np.ndarray:
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
     elif im.mode == "PA":  # palette colours with an alpha channel: RGB(A), not grayscale
         im = im.convert("RGBA")
-    elif im.mode in ("RGB", "L") and "transparency" in im.info:
+    elif im.mode in ("RGB", "L", "1") and "transparency" in im.info:
         # a PNG tRNS colour key: the pixels of that colour are transparent, as a palette's are
+        # (a 1-bit image may carry one too: converted to LA, its key becomes the alpha)
         im = im.convert("RGBA" if im.mode == "RGB" else "LA")
     if im.mode in ("RGBA", "LA", "PA"):
         if np.asarray(im.getchannel("A")).min() < 255:
@@ -124,25 +125,39 @@ def check_output(path, force: bool = False, inputs=()) -> Path:
     """Refuse, before any work, an output that write_atomic would refuse or could not write:
     an empty name, an input, a folder, a device, FIFO or symbolic link (replacing one with a
     regular file would break what it stood for, /dev/null included), an existing file without
-    force, a missing or read-only folder."""
+    force, a name too long for the file system, a missing or read-only folder."""
     path = named(path, OutputError)
+    try:  # lstat, not exists(): a name too long or a loop of links on the way is an error here,
+        st = os.lstat(path)  # where exists() says False and the write would fail after the fit
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror}") from None
+    real = os.path.realpath(path)  # realpath, not Path.resolve(): a loop of links raises there
     for src in inputs:
-        if (path.exists() and Path(src).exists() and os.path.samefile(src, path)) \
-                or path.resolve() == Path(src).resolve():
+        if real == os.path.realpath(src) or (st is not None and _same_file(src, path)):
             raise OutputExistsError(f"{path}: refusing to overwrite the input")
-    if path.is_dir():
+    if os.path.isdir(path):
         raise OutputExistsError(f"{path} is a directory")
-    if os.path.lexists(path):
-        if path.is_symlink() or not stat.S_ISREG(path.lstat().st_mode):
+    if st is not None:
+        if not stat.S_ISREG(st.st_mode):  # a link, a device, a FIFO
             raise OutputError(f"{path} exists and is not a regular file; not replaced")
         if not force:
             raise OutputExistsError(f"{path} exists (use --force to replace it)")
     folder = path.parent
-    if not folder.is_dir():
+    if not os.path.isdir(folder):
         raise OutputError(f"cannot write {path}: no folder {folder}")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write {path}: the folder {folder} is not writable")
     return path
+
+
+def _same_file(a, b) -> bool:
+    """Hard links and other spellings of one file; False where a is not there to compare."""
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
 
 
 def check_image_name(path) -> Path:
@@ -207,7 +222,9 @@ def write_atomic(path, data: bytes, force: bool = False, inputs=()) -> None:
     regular file: see check_output)."""
     path = check_output(path, force, inputs)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # the name's start only (48 characters, at most 192 bytes): mkstemp adds 14, and a name near the
+        # file system's limit (255 bytes) that check_output let pass must not fail here, after the fit
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:48]}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise OutputError(f"cannot write {path}: {e.strerror}") from None
     try:

@@ -157,6 +157,11 @@ def _finer_until_within(clamp, floor, lo, best, found, within) -> np.ndarray:
     return np.where(found[None, :], best, floor)
 
 
+def code_floor(params) -> np.ndarray:
+    """[T, B] the smallest step codes whose integers span under the entropy coder's alphabet."""
+    return _code_range(params)[0]
+
+
 def _code_range(params):
     """[T, B] floor and ceiling codes. Floor: the smallest codes whose integers span under the
     entropy coder's alphabet limit. Ceiling: a step no larger than the tensor's largest weight,

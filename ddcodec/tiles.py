@@ -16,11 +16,12 @@ import zlib
 
 import numpy as np
 
-from .bitstream import MAGIC, MAX_MACS, MAX_PIXELS, MAX_SIDE, _Reader, _uvarint, unpack
+from .bitstream import (MAGIC, MAX_MACS, MAX_PIXELS, MAX_SIDE, MAX_SYMBOLS, MAX_WORK, TILED_VERSION, _Reader,
+                        _uvarint, unpack)
 from .errors import ConfigError, CorruptError, LimitError, NotDDCError, TruncatedError
-from .nets import macs
+from .nets import macs, param_count, work
 
-VERSION = 4
+VERSION = TILED_VERSION
 TILE = (192, 128)  # (width, height) of the auto tile for a 384x256 image (kodak-half: 2x2 tiles)
 # the auto tile grows with the image as (long side / 384)^TILE_GROWTH: a larger photo's tiles
 # hold smoother content (at 768x512, 0.5 bpp, kodim03: 3x3 tiles 32.31 dB, 4x4 31.26)
@@ -40,6 +41,13 @@ SHARE_RANGE = (0.2, 4.0)  # a tile's rate as a multiple of the image's
 FLOOR_BYTES = 200  # and never under this: a member's header alone is 50-75 bytes
 MAX_TILES = 1 << 12
 _MEMBER_VERSIONS = (2, 3)
+# A tiled file's members are decoded one after another, so its decode takes their sum: they
+# share the budgets a plain file has alone, as multiply-adds (nets.macs), weights (entropy
+# decoding, ~0.1 us each) and padded k * pixels (nets.work: the exact decode's time follows it
+# at ~60-120 ns a unit on the 2-core CPU, whatever k; its memory is per member). Work is shared
+# up to this many plain files' worth: a 4K photo's tiles at 1 bpp (k ~70, ~2^29.2) fit, 4,096
+# one-pixel members of 12 blocks, each run at 2048x2048 (2^35, hours), do not.
+TILED_WORK_FILES = 8
 
 
 def auto_tile(bpp: float, height: int, width: int) -> tuple:
@@ -169,7 +177,7 @@ def is_tiled(data: bytes) -> bool:
     return len(data) > len(MAGIC) and data[:len(MAGIC)] == MAGIC and data[len(MAGIC)] == VERSION
 
 
-def _grid_problem(width: int, height: int, rows: int, cols: int) -> str:
+def grid_problem(width: int, height: int, rows: int, cols: int) -> str:
     """What is wrong with a tiled file's size and grid, or "": the one statement of the bounds
     that the writer refuses (ConfigError) and the reader calls corruption."""
     if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE and width * height <= MAX_PIXELS):
@@ -179,18 +187,43 @@ def _grid_problem(width: int, height: int, rows: int, cols: int) -> str:
     return ""
 
 
+def member_cost(arch, height: int, width: int) -> tuple:
+    """(multiply-adds, padded k * pixels, weights) of decoding one member: what its tiled file's
+    members share (TILED_WORK_FILES)."""
+    return macs(arch, height, width), work(arch, height, width), param_count(arch)
+
+
+def budget_problem(spent, max_work: int = MAX_WORK, max_macs: int = MAX_MACS) -> str:
+    """What a tiled file's members together exceed, or "": the one statement of the shared
+    budgets that the encoder checks before its fits and the reader before any decode."""
+    total_macs, total_work, total_weights = spent
+    if total_macs > max_macs:
+        return f"more than the reader's limit of {max_macs} multiply-adds"
+    if total_work > TILED_WORK_FILES * max_work:
+        return f"more than the reader's limit of {TILED_WORK_FILES * max_work} k*pixels (padded) together"
+    if total_weights > MAX_SYMBOLS:
+        return f"more than the reader's limit of {MAX_SYMBOLS} weights together"
+    return ""
+
+
 def _check_packable(width: int, height: int, rows: int, cols: int, members: list) -> None:
     """Refuse (ConfigError) a grid or a member that unpack_members would take for corruption:
     the writer must not make a file that reads back as damaged."""
-    problem = _grid_problem(width, height, rows, cols)
+    problem = grid_problem(width, height, rows, cols)
     if problem:
         raise ConfigError(f"{problem}: it cannot be stored")
     if len(members) != rows * cols:
         raise ConfigError(f"{len(members)} tiles for a {cols}x{rows} grid")
+    spent = (0, 0, 0)
     for i, (m, (top, bottom, left, right)) in enumerate(zip(members, boxes(height, width, rows, cols))):
         if len(m) <= len(MAGIC) or m[len(MAGIC)] not in _MEMBER_VERSIONS:
             raise ConfigError(f"tile {i} is not a version-2 or -3 file")
         h, _ = unpack(m)  # a whole member file, as the reader will check it
+        if h.arch.kind != "deep-decoder":
+            raise ConfigError(f"tile {i} is a {h.arch.kind} net; tiles are Deep Decoders")
+        spent = tuple(a + b for a, b in zip(spent, member_cost(h.arch, h.height, h.width)))
+        if budget_problem(spent):
+            raise ConfigError(f"decoding tiles 0..{i} would take {budget_problem(spent)}")
         if (h.width, h.height) != (right - left, bottom - top):
             raise ConfigError(f"tile {i} is {h.width}x{h.height}, its place in the grid {right - left}x{bottom - top}")
 
@@ -210,8 +243,9 @@ def pack(width: int, height: int, rows: int, cols: int, members: list) -> bytes:
 def unpack_members(data: bytes, max_work: int, max_macs: int = MAX_MACS) -> tuple:
     """A version-4 file -> (width, height, rows, cols, [member .ddc files]), every field and the
     CRC checked before any member is decoded; each member is then checked as a file of its own.
-    max_work bounds each member (they are decoded one at a time); max_macs bounds the members'
-    multiply-adds together, since the decode's time is their sum."""
+    max_work bounds each member (they are decoded one at a time); the members together share
+    max_macs, TILED_WORK_FILES * max_work and MAX_SYMBOLS (budget_problem), since the decode's
+    time is their sum."""
     data = bytes(data)
     if not is_tiled(data):
         raise NotDDCError("not a tiled .ddc file")
@@ -229,7 +263,7 @@ def unpack_members(data: bytes, max_work: int, max_macs: int = MAX_MACS) -> tupl
             raise
 
     width, height, cols, rows = (uvarint(w) for w in ("width", "height", "columns", "rows"))
-    problem = _grid_problem(width, height, rows, cols)
+    problem = grid_problem(width, height, rows, cols)
     if problem:
         raise CorruptError(problem)
     bodies = []
@@ -242,17 +276,19 @@ def unpack_members(data: bytes, max_work: int, max_macs: int = MAX_MACS) -> tupl
         raise CorruptError(f"{r.end - r.pos} unexpected bytes after the last tile")
     if not crc_ok:
         raise CorruptError("CRC mismatch: the file is corrupted")
-    members, budget = [], max_macs
+    members, spent = [], (0, 0, 0)
     for i, (body, (top, bottom, left, right)) in enumerate(zip(bodies, boxes(height, width, rows, cols))):
         if not body or body[0] not in _MEMBER_VERSIONS:
             raise CorruptError(f"tile {i} is not a version-2 or -3 member")
         member = MAGIC + body
         member += struct.pack("<I", zlib.crc32(member))
         h, _ = unpack(member, max_work, max_macs)  # every bound of a plain file, per tile
-        budget -= macs(h.arch, h.height, h.width)
-        if budget < 0:
-            raise LimitError(f"decoding tiles 0..{i} takes more than the reader's limit of "
-                             f"{max_macs} multiply-adds")
+        if h.arch.kind != "deep-decoder":  # the writer never makes one (_check_packable)
+            raise CorruptError(f"tile {i} is a {h.arch.kind} net, not a Deep Decoder")
+        spent = tuple(a + b for a, b in zip(spent, member_cost(h.arch, h.height, h.width)))
+        problem = budget_problem(spent, max_work, max_macs)
+        if problem:
+            raise LimitError(f"decoding tiles 0..{i} takes {problem}")
         if (h.width, h.height) != (right - left, bottom - top):
             raise CorruptError(f"tile {i} is {h.width}x{h.height}, its place in the grid "
                                f"{right - left}x{bottom - top}")

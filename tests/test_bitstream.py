@@ -274,3 +274,27 @@ def test_the_folded_kind_is_corruption_before_version_3(ddc_bytes):
     as_v2 += struct.pack("<I", zlib.crc32(bytes(as_v2)))
     with pytest.raises(CorruptError, match="architecture 2"):
         bitstream.unpack(bytes(as_v2))
+
+
+def test_a_payload_of_part_of_a_word_is_corruption_to_info_as_to_decode(ddc_bytes):
+    h, payload = bitstream.unpack(ddc_bytes)
+    data = _with_crc(ddc_bytes[:-4] + b"\0\0")  # two bytes more: half a 32-bit word
+    for read in (ddcodec.info, ddcodec.decode):
+        with pytest.raises(CorruptError, match="multiple of 4"):
+            read(data)
+    with pytest.raises(ConfigError, match="32-bit words"):  # nor will the writer make one
+        bitstream.pack(h, payload + b"\0\0")
+
+
+def test_the_single_network_reader_names_a_tiled_file_as_such(ddc_bytes):
+    from ddcodec import tiles
+    h = ddcodec.info(ddc_bytes)
+    with pytest.raises(UnsupportedVersionError, match="tiled"):
+        ddcodec.load_model(tiles.pack(2 * h["width"], h["height"], 1, 2, [ddc_bytes] * 2))
+
+
+def test_the_encoder_refuses_an_image_over_the_readers_pixel_limit_before_the_fit(monkeypatch):
+    monkeypatch.setattr(bitstream, "MAX_PIXELS", 1000)
+    monkeypatch.setattr(ddcodec.codec, "optimise", None)  # refused before any fit
+    with pytest.raises(ImageError, match="1000 pixels"):
+        ddcodec.encode(np.zeros((32, 32), np.uint8), 1, 1, ddcodec.FitConfig(iters=1), device="cpu")

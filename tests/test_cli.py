@@ -468,7 +468,7 @@ def test_a_pattern_that_matches_nothing_is_an_error_not_a_silent_skip(tmp_path):
     Image.fromarray(small(16, 16)).save(tmp_path / "a.png")
     res = run("encode", tmp_path / "a.png", tmp_path / "nomatch*.png", "-o", tmp_path / "out", *FAST)
     _one_line_error(res)
-    assert "nomatch*.png: no file matches" in res.output and not (tmp_path / "out").exists()
+    assert "nomatch*.png: no image file matches" in res.output and not (tmp_path / "out").exists()
 
 
 def test_an_unsupported_image_is_named_in_its_error(tmp_path):

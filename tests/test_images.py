@@ -50,6 +50,14 @@ def test_a_colour_key_counts_as_transparency_only_where_a_pixel_has_it(tmp_path,
     assert np.array_equal(read_image(_save(tmp_path, im, "n.png", transparency=absent)), np.asarray(im))
 
 
+def test_a_bilevel_image_with_a_colour_key_is_refused_where_a_pixel_has_it(tmp_path):
+    bits = np.arange(64).reshape(8, 8) % 3 == 0  # black and white pixels both
+    with pytest.raises(ImageError, match="transparency"):
+        read_image(_save(tmp_path, Image.fromarray(bits), "k.png", transparency=0))
+    white = Image.fromarray(np.ones((8, 8), bool))  # no pixel has the key: nothing is transparent
+    assert np.array_equal(read_image(_save(tmp_path, white, "n.png", transparency=0)), np.full((8, 8), 255, np.uint8))
+
+
 @pytest.mark.parametrize("im", [
     Image.fromarray(np.zeros((8, 8), np.uint16) + 300),  # 16-bit
     Image.new("CMYK", (8, 8)),

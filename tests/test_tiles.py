@@ -15,7 +15,7 @@ from ddcodec.errors import ConfigError, CorruptError, FormatError, ImageError, L
 from ddcodec.nets import macs, tensor_shapes
 from ddcodec.metrics import psnr
 
-from .conftest import FAST_FIT, FAST_QUANT, assert_decodes_like_the_fit, small
+from .conftest import FAST_FIT, FAST_QUANT, assert_decodes_like_the_fit, returns_within, small
 
 FIT_TINY = ddcodec.FitConfig(iters=20)
 
@@ -253,3 +253,67 @@ def test_merge_puts_split_tiles_back_into_the_same_image(height, width, rows, co
         wrong = [p[:, :-1] if p.shape[1] > 1 else np.zeros((p.shape[0], 2) + p.shape[2:], np.uint8) for p in parts]
         with pytest.raises(CorruptError):
             tiles.merge(wrong, height, width, rows, cols)
+
+
+def _member(k: int, layers: int, width: int = 1, height: int = 1, kind: str = "deep-decoder") -> bytes:
+    """A valid member of all-zero tensors (no payload): cheap to read, however costly to decode."""
+    arch = ddcodec.Architecture(kind, k, layers, 1, folded=kind == "deep-decoder")
+    n = len(tensor_shapes(arch))
+    return bitstream.pack(bitstream.Header(width, height, arch, 0, (0,) * n, (TensorModel(0, 0, 0, int(DECAYS[0])),) * n), b"")
+
+
+def _hostile(monkeypatch, n: int, member: bytes) -> bytes:
+    """An n x n grid of one-pixel tiles, all `member`, packed by a writer that checks nothing."""
+    monkeypatch.setattr(tiles, "_check_packable", lambda *a: None)
+    return tiles.pack(n, n, n, n, [member] * (n * n))
+
+
+def test_the_tiles_of_a_file_share_one_budget_of_padded_work(monkeypatch):
+    # one pixel at 12 blocks runs at 2048x2048: ~1 s to decode a member, however small its file
+    member = _member(2, 12)
+    head, _ = bitstream.unpack(member)
+    one = ddcodec.nets.work(head.arch, 1, 1)
+    assert 17 * 17 * one > tiles.TILED_WORK_FILES * bitstream.MAX_WORK >= 16 * 16 * one
+    with pytest.raises(ConfigError, match="k\\*pixels"):  # the writer will not make it
+        tiles.pack(17, 17, 17, 17, [member] * 17 * 17)
+    data = _hostile(monkeypatch, 3, member)
+    assert tiles.unpack_members(data, 2 * one)[2:4] == (3, 3)  # 9 members' work within 8 x 2 members'
+    with returns_within(10), pytest.raises(LimitError, match="tiles 0..8 .*k\\*pixels"):
+        ddcodec.decode(data, max_work=one)  # each member alone within its bound, 9 > 8 together
+
+
+def test_the_tiles_of_a_file_share_one_budget_of_weights(monkeypatch):
+    member = _member(64, 3)
+    weights = bitstream.unpack(member)[0].symbols
+    monkeypatch.setattr(tiles, "MAX_SYMBOLS", 8 * weights)  # as if each member were 1/8 of a file's weights
+    with pytest.raises(ConfigError, match="weights"):
+        tiles.pack(3, 3, 3, 3, [member] * 9)
+    with returns_within(10), pytest.raises(LimitError, match="tiles 0..8 .*weights"):
+        ddcodec.decode(_hostile(monkeypatch, 3, member))
+
+
+def test_a_skip_net_is_no_tile():
+    member = _member(2, 1, kind="skip")
+    with pytest.raises(ConfigError, match="skip"):
+        tiles.pack(1, 1, 1, 1, [member])
+
+
+def test_a_skip_net_member_is_corruption(monkeypatch):
+    with pytest.raises(CorruptError, match="skip"):
+        ddcodec.decode(_hostile(monkeypatch, 1, _member(2, 1, kind="skip")))
+
+
+def test_the_encoder_refuses_tiles_whose_work_together_the_reader_would_refuse(monkeypatch):
+    one = ddcodec.nets.work(ddcodec.Architecture("deep-decoder", 6, 6, 3), 32, 48)
+    monkeypatch.setattr(ddcodec.bitstream, "MAX_WORK", one)  # one tile passes, 4 x 6 of them not
+    monkeypatch.setattr(ddcodec.codec, "fit_bank", None)  # refused before any fit
+    with pytest.raises(ImageError, match="tiles together .*k\\*pixels"):
+        ddcodec.encode(small(288, 128), channels=6, fit=FAST_FIT, quant=FAST_QUANT, device="cpu", tile=(48, 32))
+
+
+def test_an_image_over_the_containers_pixel_limit_is_refused_before_the_pilot(monkeypatch):
+    monkeypatch.setattr(tiles, "MAX_PIXELS", 1000)
+    monkeypatch.setattr(ddcodec.codec, "fit_bank", None)
+    with pytest.raises(ImageError, match="cannot be stored"):
+        ddcodec.encode(small(48, 32), fit=FAST_FIT, quant=ddcodec.QuantConfig(target_bpp=1.0), device="cpu",
+                       channels=None, tile=(16, 16))

@@ -1,0 +1,183 @@
+"""The command line against awkward paths and batches: names too long for the file system,
+loops of symbolic links, a write that fails in the middle of a bank, inputs named twice or
+matched by a pattern with other files, folders a run made and has to remove again."""
+import json
+import os
+
+import pytest
+from PIL import Image
+
+import ddcodec
+import ddcodec.collection
+from ddcodec.errors import OutputError
+from ddcodec.images import write_atomic
+
+from .conftest import small
+from .test_cli import FAST, _no_fit, _one_line_error, run
+
+LONG = "n" * 300  # over NAME_MAX (255 bytes) on every common file system
+
+
+def _images(folder, names, size=(16, 16)):
+    folder.mkdir(exist_ok=True)
+    for n in names:
+        Image.fromarray(small(*size)).save(folder / n)
+
+
+def test_names_too_long_and_loops_of_links_are_one_line_errors(tmp_path, ddc_bytes):
+    _images(tmp_path, ["a.png"])
+    (tmp_path / "a.ddc").write_bytes(ddc_bytes)
+    os.symlink("loop.ddc", tmp_path / "loop.ddc")  # a link to itself
+    os.symlink("loop.png", tmp_path / "loop.png")
+    for args in (["decode", tmp_path / "a.ddc", "-o", tmp_path / f"{LONG}.png"],
+                 ["encode", tmp_path / f"{LONG}.png", *FAST],
+                 ["encode", tmp_path / "a.png", "-o", tmp_path / "loop.ddc", *FAST, "--force"],
+                 ["encode", tmp_path / "loop.png", "-o", tmp_path / "b.ddc", *FAST],
+                 ["encode-dir", tmp_path / LONG, "-o", tmp_path / "out", *FAST]):
+        _one_line_error(run(*args))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ddc", "a.png", "loop.ddc", "loop.png"]
+
+
+def test_a_bad_name_in_a_batch_is_skipped_and_the_rest_encoded(tmp_path):
+    _images(tmp_path, ["a.png"])
+    os.symlink("loop.png", tmp_path / "loop.png")
+    res = run("encode", tmp_path / "a.png", tmp_path / "loop.png", tmp_path / f"{LONG}.png", "-o", tmp_path / "out", *FAST)
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert res.output.strip().splitlines()[-1] == "ddc: error: 2 of 3 images failed"
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["a.ddc"]
+
+
+def test_an_output_name_at_the_file_systems_limit_is_written(tmp_path):
+    # the temp file beside it must not need a longer name than the output's own
+    name = "x" * 251 + ".ddc"
+    write_atomic(tmp_path / name, b"data")
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+    assert (tmp_path / name).read_bytes() == b"data"
+
+
+def test_a_failed_write_fails_that_image_alone(tmp_path, monkeypatch):
+    import ddcodec_cli.batch as batch
+    _images(tmp_path, ["a.png", "b.png", "c.png"])
+    real = batch.write_atomic
+
+    def failing(path, *args, **kwargs):
+        if path.name == "b.ddc":
+            raise OutputError(f"cannot write {path}: No space left on device")
+        return real(path, *args, **kwargs)
+    monkeypatch.setattr(batch, "write_atomic", failing)
+    res = run("encode", tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png", "-o", tmp_path / "out", *FAST)
+    assert res.exit_code == 1
+    failed = [line for line in res.output.splitlines() if line.startswith("ddc: failed")]
+    assert len(failed) == 1 and "b.png" in failed[0] and "No space left" in failed[0]
+    assert res.output.strip().splitlines()[-1] == "ddc: error: 1 of 3 images failed"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.ddc", "c.ddc"]
+
+
+def test_one_file_with_glob_characters_in_its_name_is_one_output_file(tmp_path):
+    _images(tmp_path, ["g[1].png", "g1.png"])  # g1.png: what the name would match as a pattern
+    res = run("encode", tmp_path / "g[1].png", "-o", tmp_path / "one.ddc", *FAST)
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "one.ddc").is_file()
+    assert ddcodec.decode((tmp_path / "one.ddc").read_bytes()).shape == (16, 16, 3)
+
+
+def test_the_same_image_named_twice_is_encoded_once(tmp_path, monkeypatch):
+    _images(tmp_path, ["a.png"])
+    monkeypatch.chdir(tmp_path)
+    res = run("encode", "a.png", "./a.png", tmp_path / "a.png", "-o", "out", *FAST)
+    assert res.exit_code == 0, res.output
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["a.ddc"]  # a folder: three inputs named
+
+
+def test_a_pattern_takes_only_the_image_files_it_matches(tmp_path):
+    _images(tmp_path / "g", ["a.png", "b.png"])
+    (tmp_path / "g" / "sub.png").mkdir()  # a folder with an image's suffix
+    res = run("encode", tmp_path / "g" / "*", *FAST)
+    assert res.exit_code == 0, res.output
+    before = (tmp_path / "g" / "a.ddc").read_bytes()
+    # again with --force: the .ddc files of the first run are matched too, and are not inputs
+    res = run("encode", tmp_path / "g" / "*", *FAST, "--force")
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "g").iterdir()) == ["a.ddc", "a.png", "b.ddc", "b.png", "sub.png"]
+    assert (tmp_path / "g" / "a.ddc").read_bytes() == before
+
+
+def test_a_run_that_writes_nothing_removes_every_folder_it_made(tmp_path, monkeypatch):
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    (tmp_path / "worse.png").write_bytes(b"nor this")
+    res = run("encode", tmp_path / "bad.png", tmp_path / "worse.png", "-o", tmp_path / "deep" / "er" / "out", *FAST)
+    assert res.exit_code == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.png", "worse.png"]
+    (tmp_path / "kept").mkdir()  # made before the run: stays, and so does what is under it
+    res = run("encode", tmp_path / "bad.png", tmp_path / "worse.png", "-o", tmp_path / "kept" / "new" / "out", *FAST)
+    assert res.exit_code == 1 and list((tmp_path / "kept").iterdir()) == []
+
+
+def test_an_interrupted_demo_leaves_no_folder(tmp_path, monkeypatch):
+    import tempfile
+
+    def made(prefix=""):
+        (tmp_path / "demo-tmp").mkdir()
+        return str(tmp_path / "demo-tmp")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(tempfile, "mkdtemp", made)
+    monkeypatch.setattr(ddcodec, "encode", interrupted)
+    assert run("demo", "--iters", "5").exit_code == 130
+    assert run("demo", "--iters", "5", "-o", tmp_path / "new" / "sub").exit_code == 130
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_encode_dir_refuses_an_output_it_could_not_write_before_any_fit(tmp_path, monkeypatch):
+    monkeypatch.setattr(ddcodec.collection, "encode_bank", _no_fit)
+    _images(tmp_path / "in", ["a.png", "b.png"])
+    (tmp_path / "file").write_bytes(b"in the way")
+    res = run("encode-dir", tmp_path / "in", "-o", tmp_path / "file" / "sub", *FAST)
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    failed = [line for line in res.output.splitlines() if line.startswith("ddc: failed")]
+    assert len(failed) == 2 and all("is not a folder" in line for line in failed)
+    (tmp_path / "out").mkdir()
+    os.symlink("elsewhere.ddc", tmp_path / "out" / "a.ddc")  # a link where a.ddc goes: never replaced
+    jobs, settled = ddcodec.collection.plan(ddcodec.collection.folder_pairs(tmp_path / "in", tmp_path / "out"), force=True)
+    assert [(os.path.basename(o.output), o.status) for o in settled] == [("a.ddc", "failed")]
+    assert "not a regular file" in settled[0].error
+    assert jobs[0].settled == frozenset({str(tmp_path / "out" / "a.ddc")})  # fitted with its bank, never written
+
+
+@pytest.mark.parametrize("command", ["encode", "encode-dir"])
+def test_json_lines_stay_json_when_the_fit_is_exact(tmp_path, monkeypatch, command):
+    # an exact fit's PSNR is infinite; JSON has no infinity, so it is null there
+    _images(tmp_path / "in", ["a.png"])
+    real = ddcodec.encode_bank
+
+    def exact(*args, **kwargs):
+        results = real(*args, **kwargs)
+        for r in results:
+            r.psnr = r.psnr_float = float("inf")
+        return results
+    monkeypatch.setattr(ddcodec, "encode_bank", exact)
+    monkeypatch.setattr(ddcodec.collection, "encode_bank", exact)
+    res = run(command, tmp_path / "in" if command == "encode-dir" else tmp_path / "in" / "a.png", "-o", tmp_path / "out",
+              *FAST, "--json")
+    assert res.exit_code == 0, res.output
+
+    def strict(token):
+        raise ValueError(f"not JSON: {token}")
+    line = json.loads(res.output.strip().splitlines()[-1], parse_constant=strict)
+    assert line["psnr"] is None and line["psnr_float"] is None and line["bytes"] > 0
+
+
+def test_a_file_larger_than_any_ddc_is_refused_without_reading_it_to_the_end(tmp_path, ddc_bytes, monkeypatch):
+    import ddcodec.decoding
+    from ddcodec.errors import LimitError
+    monkeypatch.setattr(ddcodec.decoding, "MAX_FILE_BYTES", len(ddc_bytes) + 3)
+    (tmp_path / "a.ddc").write_bytes(ddc_bytes + b"\0" * 4)
+    for args in (["info", tmp_path / "a.ddc"], ["decode", tmp_path / "a.ddc"]):
+        res = run(*args)
+        _one_line_error(res)
+        assert "larger than any .ddc" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ddc"]
+    if os.path.exists("/dev/zero"):  # endless: read up to the bound, then refused
+        with pytest.raises(LimitError):
+            ddcodec.decoding.read_file("/dev/zero")
