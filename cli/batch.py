@@ -8,13 +8,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
+import torch
 
 import ddcodec
 from ddcodec import FitConfig, QuantConfig, restore, tiles
 from ddcodec.codec import bank_key, check_arguments
 from ddcodec.collection import IMAGE_SUFFIXES
 from ddcodec.degrade import Degradation, mask_from_image
-from ddcodec.errors import ConfigError, DDCError, ImageError, OutputError, OutputExistsError
+from ddcodec.errors import ConfigError, DDCError, ImageError, OutputError, OutputExistsError, out_of_memory
 from ddcodec.images import check_ddc_name, check_output, read_image, write_atomic
 
 from .interrupt import raise_if_interrupted
@@ -185,6 +186,12 @@ def _encode_bank(group, k, d, arch, fit, quant, deg, denoise, device, bar, force
         raise_if_interrupted()
     except DDCError as e:
         return _failed(group, e, many)
+    except (MemoryError, RuntimeError) as e:  # a bank too large for the device: the next banks may fit
+        if not many or not (isinstance(e, MemoryError) or out_of_memory(e)):
+            raise
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # what the failed bank held, for the next one
+        return _failed(group, f"out of memory in a bank of {len(group)} (try a smaller --bank, -k or image)", many)
     failed = 0
     for job, res in zip(group, results):
         src, out, _ = job

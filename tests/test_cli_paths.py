@@ -181,3 +181,39 @@ def test_a_file_larger_than_any_ddc_is_refused_without_reading_it_to_the_end(tmp
     if os.path.exists("/dev/zero"):  # endless: read up to the bound, then refused
         with pytest.raises(LimitError):
             ddcodec.decoding.read_file("/dev/zero")
+
+
+def test_a_bank_that_runs_out_of_memory_fails_alone(tmp_path, monkeypatch):
+    _images(tmp_path / "in", ["a.png", "b.png"])
+    _images(tmp_path / "in", ["c.png"], size=(24, 16))  # another size: a bank of its own
+    real, calls = ddcodec.encode_bank, []
+
+    def full_once(images, *args, **kwargs):
+        calls.append(len(images))
+        if len(calls) == 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real(images, *args, **kwargs)
+    monkeypatch.setattr(ddcodec, "encode_bank", full_once)
+    res = run("encode", tmp_path / "in", "-o", tmp_path / "out", *FAST)
+    assert res.exit_code == 1 and "Traceback" not in res.output and len(calls) == 2
+    failed = [line for line in res.output.splitlines() if line.startswith("ddc: failed")]
+    assert len(failed) == 2 and all("out of memory in a bank of 2" in line for line in failed)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["c.ddc"]
+    assert res.output.strip().splitlines()[-1] == "ddc: error: 2 of 3 images failed"
+
+
+def test_encode_dir_goes_on_after_a_bank_that_runs_out_of_memory(tmp_path, monkeypatch):
+    _images(tmp_path / "in", ["a.png", "b.png"])
+    _images(tmp_path / "in", ["c.png"], size=(24, 16))
+    real, calls = ddcodec.collection.encode_bank, []
+
+    def full_once(images, *args, **kwargs):
+        calls.append(len(images))
+        if len(calls) == 1:
+            raise MemoryError
+        return real(images, *args, **kwargs)
+    monkeypatch.setattr(ddcodec.collection, "encode_bank", full_once)
+    res = run("encode-dir", tmp_path / "in", "-o", tmp_path / "out", *FAST)
+    assert res.exit_code == 1 and "Traceback" not in res.output and len(calls) == 2
+    assert "1 encoded, 0 already done, 2 failed" in res.output
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["c.ddc"]
