@@ -15,6 +15,7 @@ from ddcodec import FitConfig, QuantConfig, restore, tiles
 from ddcodec.codec import bank_key, check_arguments
 from ddcodec.collection import IMAGE_SUFFIXES
 from ddcodec.degrade import Degradation, mask_from_image
+from ddcodec.rate import channels_for_image
 from ddcodec.errors import ConfigError, DDCError, ImageError, OutputError, OutputExistsError, out_of_memory
 from ddcodec.images import check_ddc_name, check_output, read_image, write_atomic
 
@@ -94,8 +95,10 @@ def _remove_if_empty(folders) -> None:
 
 
 def _defaults(arch, restoring, channels, layers, bpp=None):
-    if channels is None and bpp is not None and arch == "deep-decoder" and not restoring:
-        return None, layers if layers is not None else 6  # k per bank, from the target and the size
+    if channels is None and bpp is not None and arch == "deep-decoder":
+        # k per bank, from the target and the size, for restoration too: its default k=128
+        # cannot keep to most targets, which a fit of minutes would only then find
+        return None, layers if layers is not None else 6
     k = channels if channels is not None else (128 if arch == "skip" or restoring else 64)
     return k, layers if layers is not None else (5 if arch == "skip" else 6)
 
@@ -178,6 +181,8 @@ def _encode_bank(group, k, d, arch, fit, quant, deg, denoise, device, bar, force
     fails that image alone: its bank-mates' files are still written."""
     try:
         if denoise is not None:  # the fit of `ddc denoise`: stopping rule, output average, distillation
+            if k is None:  # from --bpp, as encode_bank does
+                k = channels_for_image(quant.target_bpp, group[0][2].shape, d)
             results = [restore.denoise(group[0][2], arch, k, d, denoise or None, fit.seed, fit.lr,
                                        device, bar.update, quant).result]
         else:

@@ -25,7 +25,7 @@ from .errors import ConfigError, FormatError, ImageError
 from .fit import ADAM_BETAS, FitConfig, fell_back, mse_per_image, optimise
 from .images import check_ddc_name, check_image, check_image_name, check_output, decoded_name, image_bytes, read_image, write_atomic
 from .metrics import bpp as bits_per_pixel, psnr
-from .nets import Architecture, build, macs, param_count, seeded_input, work
+from .nets import Architecture, build, layers_for, macs, param_count, seeded_input, work
 from .rate import budgets_for_psnr, budgets_for_rate, channels_for_image
 from .quant import QuantConfig, code_floor, quantize, search_steps, steps_tensor, straight_through
 
@@ -75,7 +75,10 @@ def encode_bank(images, channels: Optional[int] = 64, layers: int = 6, fit: FitC
                 arch: str = "deep-decoder", degradation: Degradation = None, tile=None) -> list:
     """Encode B images of one size and channel count as one bank: one fit, B files. With a
     tile size, the images may differ in size: their tiles are banked by size instead."""
-    check_arguments(channels, layers, fit, quant, progress, tile)
+    check_arguments(channels, layers, fit, quant, progress, tile, degradation)
+    images = list(images)  # any iterable: a generator has no len()
+    if tile is not None and not isinstance(tile, str):
+        tile = (int(tile[0]), int(tile[1]))  # numpy's integers or an array, as plain ints
     if len(images) == 0:
         return []
     if tile is not None:
@@ -85,7 +88,9 @@ def encode_bank(images, channels: Optional[int] = 64, layers: int = 6, fit: FitC
     if channels is None:
         if quant.target_bpp is None:
             raise ConfigError("channels=None needs a target bpp to choose k from")
-        channels = channels_for_image(quant.target_bpp, _as_array(images[0]).shape, layers)
+        shape = _as_array(images[0]).shape  # the file holds the network's output: x scale for super-resolution
+        channels = channels_for_image(quant.target_bpp, (degradation or Degradation()).output_size(*shape[:2]) + shape[2:],
+                                      layers)
     t0 = time.perf_counter()
     bank = fit_bank(images, channels, layers, fit, device, progress, arch, degradation)
     results = quantize_bank(bank, quant, progress)
@@ -95,7 +100,8 @@ def encode_bank(images, channels: Optional[int] = 64, layers: int = 6, fit: FitC
     return results
 
 
-def check_arguments(channels, layers, fit=FitConfig(), quant=QuantConfig(), progress=None, tile=None) -> None:
+def check_arguments(channels, layers, fit=FitConfig(), quant=QuantConfig(), progress=None, tile=None,
+                    degradation=None) -> None:
     """encode_bank's arguments, checked before any work. Public so that a front end fitting many
     banks (the CLI, ddcodec.collection) refuses a bad setting once, up front, instead of failing
     every bank with it."""
@@ -106,7 +112,9 @@ def check_arguments(channels, layers, fit=FitConfig(), quant=QuantConfig(), prog
     integer("layers", layers, 1, 12)
     if progress is not None and not callable(progress):
         raise ConfigError("progress must be a callable or None")
-    if tile is not None and tile != "auto":
+    if degradation is not None and not isinstance(degradation, Degradation):
+        raise ConfigError(f"degradation must be a Degradation or None, got {type(degradation).__name__}")
+    if tile is not None and not (isinstance(tile, str) and tile == "auto"):  # an array's != is elementwise
         try:
             w, h = tile
             integer("tile width", w, 8, bitstream.MAX_SIDE)
@@ -147,8 +155,10 @@ def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitCo
     if deg.mask is not None and (len(imgs) > 1 or flags[0]):
         raise ConfigError("a mask applies to a single image")
     h, w = imgs[0].shape[:2]
-    net = Architecture(arch, channels, layers, 1 if imgs[0].ndim == 2 else 3)
     H, W = deg.output_size(h, w)
+    if arch == "deep-decoder":  # a side of at most 2^(d-1) pixels takes fewer blocks
+        layers = layers_for(layers, H, W)
+    net = Architecture(arch, channels, layers, 1 if imgs[0].ndim == 2 else 3)
     if max(H, W) > bitstream.MAX_SIDE or H * W > bitstream.MAX_PIXELS:
         raise ImageError(f"{W}x{H}: more than the format holds (sides up to {bitstream.MAX_SIDE}, "
                          f"{bitstream.MAX_PIXELS} pixels)")
@@ -241,7 +251,8 @@ def quantize_bank(bank: FittedBank, quant: QuantConfig = QuantConfig(), progress
     # The steps were bounded by the fitted weights' range (the coder's alphabet); the
     # fine-tuning may widen a tensor past it, most of all one that was near zero and got a fine
     # step (a fit of 0 iterations leaves the folded biases at exactly 0): coarsen just those.
-    codes = np.maximum(codes, code_floor([t for _, t in model.named_tensors()]))
+    floor = code_floor([t for _, t in model.named_tensors()])
+    searched, codes = codes, np.maximum(codes, floor)
     results = []
     for b, img in enumerate(bank.originals):
         data = write(b, codes[:, b])
@@ -250,8 +261,11 @@ def quantize_bank(bank: FittedBank, quant: QuantConfig = QuantConfig(), progress
             with torch.no_grad():  # fine-tuning moved the integers past the budget: undo it
                 for (_, t), old in zip(model.named_tensors(), before):
                     t[b].copy_(old[b])
+            codes[:, b] = searched[:, b]  # the steps the search found within the budget for these weights
             data = write(b, codes[:, b])
         decoded = decode(data, device=str(z.device))
+        if quant.target_psnr is not None:
+            data, decoded = _meet_psnr(quant.target_psnr, data, decoded, img, bank, b, codes, floor, write)
         results.append(EncodeResult(
             data, decoded.shape[1], decoded.shape[0], fidelity_psnr(decoded, img, bank.degradation),
             fidelity_psnr(_unorient(bank.float_out[b], bank.flags[b]), img, bank.degradation),
@@ -290,7 +304,8 @@ def _encode_tiled(images, channels, layers, fit, quant, device, progress, tile) 
     for (_, k), keys in groups.items():
         for i, j in keys:
             p = pieces[i, j]
-            member = Architecture("deep-decoder", k, layers, 1 if p.ndim == 2 else 3, folded=True)  # as written
+            member = Architecture("deep-decoder", k, layers_for(layers, *p.shape[:2]), 1 if p.ndim == 2 else 3,
+                                  folded=True)  # as fit_bank builds and the file holds it
             spent[i] = tuple(a + b for a, b in zip(spent[i], tiles.member_cost(member, *p.shape[:2])))
     for im, total in zip(originals, spent):
         problem = tiles.budget_problem(total, bitstream.MAX_WORK, bitstream.MAX_MACS)
@@ -320,6 +335,18 @@ def _encode_tiled(images, channels, layers, fit, quant, device, progress, tile) 
     return results
 
 
+def _meet_psnr(target, data, decoded, img, bank, b, codes, floor, write):
+    """A PSNR target is a budget on the float network's loss; the decoded 8-bit file can land a
+    little below it (by ~0.001 dB). Member b's steps are made finer, an eighth of an octave at a
+    time, until its decoded file reaches the target (or every step is at the coder's floor)."""
+    dev = str(bank.z.device)
+    while fidelity_psnr(decoded, img, bank.degradation) < target and (codes[:, b] > floor[:, b]).any():
+        codes[:, b] = np.maximum(codes[:, b] - 1, floor[:, b])
+        data = write(b, codes[:, b])
+        decoded = decode(data, device=dev)
+    return data, decoded
+
+
 def _tile_targets(pieces: dict, grids, layers, fit: FitConfig, bpp: float, device, progress=None) -> dict:
     """Each tile's bpp: a pilot fit of every tile at the image's k for a few hundred steps
     measures how hard it is; tiles.allocate turns the MSEs into equal-slope shares."""
@@ -341,7 +368,10 @@ def _tile_targets(pieces: dict, grids, layers, fit: FitConfig, bpp: float, devic
         if len(keys) == 1:
             targets[keys[0]] = bpp
             continue
-        shares = tiles.allocate([mse[key] for key in keys], [pieces[key].shape[0] * pieces[key].shape[1] for key in keys], bpp)
+        height = sum(pieces[i, j * cols].shape[0] for j in range(rows))  # the image's size, from its tiles
+        width = sum(pieces[i, j].shape[1] for j in range(cols))
+        room = bpp - 8 * tiles.container_excess(width, height, rows, cols) / (height * width)
+        shares = tiles.allocate([mse[key] for key in keys], [pieces[key].shape[0] * pieces[key].shape[1] for key in keys], room)
         targets.update(zip(keys, shares))
     return targets
 

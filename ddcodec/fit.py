@@ -53,19 +53,22 @@ class FitConfig:
     live_first_block: Optional[bool] = None
 
     def __post_init__(self):
-        integer("iters", self.iters, 0, 10_000_000)
+        # checked, and kept as Python's own int and float: a numpy integer passes the check
+        # but not every consumer (torch.Generator.manual_seed refuses np.uint64)
+        keep = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 - frozen
+        keep("iters", integer("iters", self.iters, 0, 10_000_000))
         if self.lr is not None:
-            number("lr", self.lr, 0, 1, lo_open=True)
-        number("lr_floor", self.lr_floor, 0, 1)
-        number("input_noise", self.input_noise, 0, 10)
-        integer("seed", self.seed, 0, 2**64 - 1)
-        number("stop_mse", self.stop_mse, 0, 1, hi_open=True)
-        number("average", self.average, 0, 1, hi_open=True)
+            keep("lr", number("lr", self.lr, 0, 1, lo_open=True))
+        keep("lr_floor", number("lr_floor", self.lr_floor, 0, 1))
+        keep("input_noise", number("input_noise", self.input_noise, 0, 10))
+        keep("seed", integer("seed", self.seed, 0, 2**64 - 1))
+        keep("stop_mse", number("stop_mse", self.stop_mse, 0, 1, hi_open=True))
+        keep("average", number("average", self.average, 0, 1, hi_open=True))
         if self.rollback_db is not None:
-            number("rollback_db", self.rollback_db, 0, 100)
+            keep("rollback_db", number("rollback_db", self.rollback_db, 0, 100))
         for name in ("beta1", "beta2"):
             if getattr(self, name) is not None:
-                number(name, getattr(self, name), 0, 1, hi_open=True)
+                keep(name, number(name, getattr(self, name), 0, 1, hi_open=True))
         if self.precision not in ("fp32", "tf32", "bf16"):
             raise ConfigError(f"precision must be fp32, tf32 or bf16, got {self.precision!r}")
         if not (isinstance(self.compile, bool) or self.compile == "auto" or self.compile in COMPILE_PRESETS):

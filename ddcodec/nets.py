@@ -58,6 +58,17 @@ def input_shape(arch: Architecture, height: int, width: int) -> tuple:
     return (arch.channels, math.ceil(height / f), math.ceil(width / f))
 
 
+def layers_for(layers: int, height: int, width: int) -> int:
+    """The Deep Decoder's blocks for a height x width output: at most `layers`, and few enough
+    that each side of more than one pixel starts from at least two input pixels. One input
+    pixel along a side stays constant through every upsampling and normalisation, so the whole
+    output would be constant along it (a 48x32 image at 6 blocks decoded to 32 equal rows)."""
+    for side in (height, width):
+        if side > 1:
+            layers = min(layers, (side - 1).bit_length())  # 2^(d-1) < side
+    return layers
+
+
 def work(arch: Architecture, height: int, width: int) -> int:
     """The largest activation, in floats, that decoding height x width takes: the network runs
     on the padded size input_shape implies, not on the cropped image (a 1x1 image at 12 blocks

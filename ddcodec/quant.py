@@ -40,14 +40,15 @@ class QuantConfig:
     target_psnr: Optional[float] = None  # or: the budget is what the fit has above this PSNR
 
     def __post_init__(self):
-        number("max_loss_db", self.max_loss_db, 0, 40)
-        integer("qat_iters", self.qat_iters, 0, 1_000_000)
-        number("qat_lr", self.qat_lr, 0, 1, lo_open=True)
-        integer("search_rounds", self.search_rounds, 1, 60)
+        keep = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 - frozen; as FitConfig
+        keep("max_loss_db", number("max_loss_db", self.max_loss_db, 0, 40))
+        keep("qat_iters", integer("qat_iters", self.qat_iters, 0, 1_000_000))
+        keep("qat_lr", number("qat_lr", self.qat_lr, 0, 1, lo_open=True))
+        keep("search_rounds", integer("search_rounds", self.search_rounds, 1, 60))
         if self.target_bpp is not None:
-            number("target bpp", self.target_bpp, 0, 64, lo_open=True)
+            keep("target_bpp", number("target bpp", self.target_bpp, 0, 64, lo_open=True))
         if self.target_psnr is not None:
-            number("target PSNR (dB)", self.target_psnr, 0, 100, lo_open=True)
+            keep("target_psnr", number("target PSNR (dB)", self.target_psnr, 0, 100, lo_open=True))
         if self.target_bpp is not None and self.target_psnr is not None:
             raise ConfigError("give a target bpp or a target PSNR, not both")
 

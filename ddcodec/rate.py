@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
-from .nets import Architecture, param_count
+from .nets import Architecture, layers_for, param_count
 from .quant import QuantConfig, search_steps, sensitivities
 
 LOSS_RANGE_DB = (0.005, 6.0)  # budgets searched; beyond ~2 dB a smaller k is the better trade (NOTES.md)
@@ -33,8 +33,9 @@ def channels_for_bpp(bpp: float, height: int, width: int, layers: int = 6, out_c
 
 
 def channels_for_image(bpp: float, shape, layers: int = 6) -> int:
-    """channels_for_bpp for an image array's shape ([H, W] or [H, W, 3])."""
-    return channels_for_bpp(bpp, shape[0], shape[1], layers, 1 if len(shape) == 2 else 3)
+    """channels_for_bpp for an image array's shape ([H, W] or [H, W, 3]), at the blocks the
+    fit will have (nets.layers_for)."""
+    return channels_for_bpp(bpp, shape[0], shape[1], layers_for(layers, shape[0], shape[1]), 1 if len(shape) == 2 else 3)
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from .codec import EncodeResult, _as_array, _to_uint8, decode, fit_bank, quantize_bank
+from .codec import EncodeResult, _as_array, _to_uint8, check_arguments, decode, fit_bank, quantize_bank
 from .degrade import Degradation, denoise_iterations, estimate_sigma, mask_from_image
 from .errors import ConfigError
 from .fit import ADAM_BETAS, REFERENCE_LR, FitConfig, mse_per_image, optimise
@@ -73,6 +73,11 @@ def _run(img, task, deg, arch, channels, layers, iters, seed, lr, device, progre
          quant: QuantConfig = RESTORE_QUANT, stop_mse: float = 0.0):
     t0 = time.perf_counter()
     k, d, fit = _config(task, arch, channels, layers, iters, seed, lr, stop_mse)
+    check_arguments(k, d, fit, quant, progress)  # typed errors before the fit, as encode's
+    if task == "denoise" and quant.target_psnr is not None:
+        # the file is quantized against the fit's own average (distill), not against a clean
+        # image this has not got: a PSNR target would be met against the wrong thing
+        raise ConfigError("a PSNR target needs the clean image; denoising has only the noisy one (use --bpp)")
     bank = fit_bank([img], k, d, fit, device, progress, arch, deg)
     image = None
     if bank.average is not None:

@@ -100,6 +100,16 @@ def check_rate(bpp: float, height: int, width: int, rows: int, cols: int) -> Non
                           f"--tile none or a higher target")
 
 
+def container_excess(width: int, height: int, rows: int, cols: int) -> int:
+    """The most bytes a tiled file takes beyond its members' own files: its header, a length
+    per member (members under 2 MB: 3 bytes) and its CRC, less the magic and CRC each member
+    sheds (8 bytes). Positive only for two tiles (~3 bytes), where the members' shares of a
+    rate target must leave it room."""
+    n = rows * cols
+    head = len(MAGIC) + 1 + sum(len(_uvarint(v)) for v in (width, height, cols, rows)) + 4
+    return max(0, head + 3 * n - 8 * n)
+
+
 def allocate(mse, pixels, bpp: float) -> np.ndarray:
     """Per-tile targets (bpp) from the pilot's MSEs: equal slopes under D = C R^-GAMMA, each
     share within SHARE_RANGE of bpp and at least FLOOR_BYTES, with a pixel-weighted mean of bpp

@@ -4,6 +4,7 @@ matched by a pattern with other files, folders a run made and has to remove agai
 import json
 import os
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -217,3 +218,16 @@ def test_encode_dir_goes_on_after_a_bank_that_runs_out_of_memory(tmp_path, monke
     assert res.exit_code == 1 and "Traceback" not in res.output and len(calls) == 2
     assert "1 encoded, 0 already done, 2 failed" in res.output
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["c.ddc"]
+
+
+def test_a_rate_target_with_a_mask_picks_k_from_the_target(tmp_path):
+    # the restoration default (k=128) cannot keep to 2 bpp on a 32x32 image: once found only
+    # after the whole fit ("cannot reach 2 bpp with 99331 weights")
+    _images(tmp_path, ["a.png"], size=(32, 32))
+    mask = np.full((32, 32), 255, np.uint8)
+    mask[8:16, 8:24] = 0
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    res = run("encode", tmp_path / "a.png", "--mask", tmp_path / "m.png", "--bpp", "2", *FAST[2:], "--json")
+    assert res.exit_code == 0, res.output
+    line = json.loads(res.output.strip().splitlines()[-1])
+    assert line["bpp"] <= 2 and line["arch"]["channels"] < 128

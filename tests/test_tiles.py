@@ -12,7 +12,7 @@ from ddcodec import bitstream, tiles
 from ddcodec.entropy import DECAYS, TensorModel
 from ddcodec.degrade import Degradation
 from ddcodec.errors import ConfigError, CorruptError, FormatError, ImageError, LimitError
-from ddcodec.nets import macs, tensor_shapes
+from ddcodec.nets import layers_for, macs, tensor_shapes
 from ddcodec.metrics import psnr
 
 from .conftest import FAST_FIT, FAST_QUANT, assert_decodes_like_the_fit, returns_within, small
@@ -103,7 +103,7 @@ def test_the_tiles_of_a_file_share_one_budget_of_products(ddc_bytes):
 
 
 def test_the_encoder_refuses_tiles_whose_products_together_the_reader_would_refuse(monkeypatch):
-    one = macs(ddcodec.Architecture("deep-decoder", 6, 6, 3), 32, 48)
+    one = macs(ddcodec.Architecture("deep-decoder", 6, layers_for(6, 32, 48), 3), 32, 48)  # the blocks a tile gets
     monkeypatch.setattr(ddcodec.bitstream, "MAX_MACS", 3 * one)  # one tile passes, four do not
     monkeypatch.setattr(ddcodec.codec, "fit_bank", None)  # refused before any fit
     with pytest.raises(ImageError, match="tiles together"):
@@ -317,3 +317,15 @@ def test_an_image_over_the_containers_pixel_limit_is_refused_before_the_pilot(mo
     with pytest.raises(ImageError, match="cannot be stored"):
         ddcodec.encode(small(48, 32), fit=FAST_FIT, quant=ddcodec.QuantConfig(target_bpp=1.0), device="cpu",
                        channels=None, tile=(16, 16))
+
+
+@given(st.integers(1, 300), st.integers(1, 300), st.data())
+@settings(deadline=None, max_examples=30)
+def test_a_tiled_file_is_no_larger_than_its_members_and_the_container_excess(height, width, data):
+    # the rate allocation leaves the container this room, so that a file of two tiles at their
+    # shares keeps to the image's target
+    rows, cols = data.draw(st.integers(1, min(height, 4))), data.draw(st.integers(1, min(width, 4)))
+    members = [_constant_member(right - left, bottom - top, 1, i)
+               for i, (top, bottom, left, right) in enumerate(tiles.boxes(height, width, rows, cols))]
+    packed = tiles.pack(width, height, rows, cols, members)
+    assert len(packed) <= sum(map(len, members)) + tiles.container_excess(width, height, rows, cols)
