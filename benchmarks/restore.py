@@ -117,6 +117,7 @@ def main(argv=None):
     ap.add_argument("--data", type=Path, default=Path("../shared/data/kodak"))
     ap.add_argument("--images", type=int, default=6, help="first N images (0: all but the tuning image)")
     ap.add_argument("--skip-images", type=int, default=1, help="images the DIP skip net runs on (it is slow on a CPU)")
+    ap.add_argument("--skip-tasks", default=",".join(TASKS), help="tasks the DIP skip net runs (default: all of --tasks)")
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--channels", type=int, default=None, help="Deep Decoder k (default: by image size)")
     ap.add_argument("--iters", type=int, default=0, help="override the per-task iteration defaults")
@@ -135,7 +136,8 @@ def main(argv=None):
     for task in ([] if a.summary_only else a.tasks.split(",")):
         for i, (name, img) in enumerate(images.items()):
             degraded, known = degrade(task, img, seed=i)
-            methods = ("deep-decoder",) + (("skip",) if i < a.skip_images else ()) + BASELINES[task]
+            skip = i < a.skip_images and task in a.skip_tasks.split(",")
+            methods = ("deep-decoder",) + (("skip",) if skip else ()) + BASELINES[task]
             for method in methods:
                 if (task, name, method) in done:
                     continue
