@@ -16,7 +16,7 @@ from ddcodec.errors import ConfigError, DDCError, out_of_memory
 from ddcodec.fit import COMPILE_PRESETS
 from ddcodec.images import MAX_INPUT_PIXELS, check_outputs, decoded_name, png_bytes, read_image, write_atomic
 
-from .interrupt import latched_sigint
+from .interrupt import latched_sigint, raise_if_interrupted
 from .paths import named_path
 from .progress import FitProgress
 
@@ -241,6 +241,7 @@ def demo(output, iters, device, force):
         fit, quant = FitConfig(iters=iters), QuantConfig()
         with FitProgress(fit, quant, False) as bar:
             res = ddcodec.encode(img, 16, 6, fit, quant, device, progress=bar.update)
+        raise_if_interrupted()  # a Ctrl-C torch swallowed after the last report: nothing written
         write_atomic(out / "sample.ddc", res.data, force)
         t0 = time.perf_counter()
         dec = ddcodec.decode(res.data)

@@ -52,7 +52,10 @@ class FitProgress:
 
     def update(self, stage: str, it: int, total: int, loss: float, psnr: float):
         raise_if_interrupted()  # a Ctrl-C that torch swallowed ends the fit here
-        if stage != self.stage:  # stages (fit, distil, qat) follow each other in one bar
+        # stages (fit, distil, qat) follow each other in one bar; a stage may follow one of
+        # its own name (the tiles' pilot fits, one per tile size; fits with no fine-tuning
+        # between them), which its count starting again tells
+        if stage != self.stage or it <= self.stage_done:
             self._end_stage()
             self.stage, self.stage_total = stage, total
         if stage == "fit" and total != self.fit_iters and self.offset == 0:

@@ -31,7 +31,9 @@ def compiled(model, preset=True, device=torch.device("cpu")):
         import torch._dynamo.config as dynamo_config
         # Every bank shape (k, bank size, image size) is one compilation of the same forward;
         # torch's default limit of 8 sends a benchmark sweeping k back to eager half-way.
-        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
+        # (cache_size_limit was its name before torch 2.7; pyproject allows older torch)
+        name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+        setattr(dynamo_config, name, max(getattr(dynamo_config, name), RECOMPILE_LIMIT))
         deep_decoder = model.arch.kind == "deep-decoder"
         if preset in TRITON_PRESETS and not tail_supported(model.arch):
             # nothing for the tail kernels to do: the default compile, or its CUDA-graph form

@@ -273,7 +273,8 @@ def optimise(model, z, loss_fn, iters: int, lr: float, lr_floor: float = 1.0,
             l = losses.detach()
             progress(it + 1, iters, float(l.mean()), float(psnr_from_mse(l).mean()))
         if rollback_db and (it + 1) % ROLLBACK_EVERY == 0:
-            _roll_back(opt, params, best.tensors, losses.detach() > best_loss * 10 ** (rollback_db / 10))
+            # not (loss <= bound): a NaN or infinite loss is a blow-up too (NaN > bound is False)
+            _roll_back(opt, params, best.tensors, ~(losses.detach() <= best_loss * 10 ** (rollback_db / 10)))
         if stop and (it + 1) % STOP_EVERY == 0 and stop(it + 1, losses.detach()):
             break
     with torch.no_grad():  # the final iterate has not been scored yet
@@ -318,7 +319,8 @@ def adam(params, lr: float, betas: tuple) -> torch.optim.Optimizer:
 def _roll_back(opt, params, best, bad):
     """Members flagged in bad [B] return to their best weights. Adam's first moment (the
     blow-up's momentum) is cleared; the second keeps the large gradients it saw, which damps
-    the next steps, as a short drop of the learning rate would."""
+    the next steps, as a short drop of the learning rate would, except where it is no longer
+    finite (a NaN gradient): there it restarts from 0, else every later step stays NaN."""
     if not bool(bad.any()):
         return
     for p, b in zip(params, best):
@@ -327,6 +329,9 @@ def _roll_back(opt, params, best, bad):
         state = opt.state.get(p, {})
         if "exp_avg" in state:
             state["exp_avg"].masked_fill_(m, 0.0)
+        if "exp_avg_sq" in state:
+            sq = state["exp_avg_sq"]
+            sq.masked_fill_(m & ~torch.isfinite(sq), 0.0)
 
 
 class _BestIterate:

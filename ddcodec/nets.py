@@ -180,9 +180,11 @@ def channel_norm(x: torch.Tensor, g=None, b=None) -> torch.Tensor:
     """Per-channel normalisation of [1, C, H, W] over its pixels, then scale g and shift b
     (none: the folded net's plain normalisation).
     One pixel (a 1x1 image, one block) normalises to 0, as the formula's limit says;
-    batch_norm refuses that case with a ValueError."""
+    batch_norm refuses that case with a ValueError. x * 0, not x - x.detach(): both are 0,
+    but the latter passes a gradient of 1 back, and the weights before it, on which the
+    output does not depend, drifted through the fit (and cost rate)."""
     if x.shape[2] * x.shape[3] == 1:
-        y = x - x.detach()
+        y = x * 0
         return y if g is None else y * g.view(1, -1, 1, 1) + b.view(1, -1, 1, 1)
     return F.batch_norm(x, None, None, g, b, training=True, eps=BN_EPS)
 
@@ -252,7 +254,7 @@ class DeepDecoder(nn.Module):
         W' b_i (a bias before the upsampling is a bias after it: bilinear weights sum to 1)."""
         arch = Architecture(self.arch.kind, self.arch.channels, self.arch.layers,
                             self.arch.out_channels, folded=True)
-        f = FoldedDeepDecoder(arch, self.bank).to(self.out.device)
+        f = FoldedDeepDecoder(arch, self.bank).to(self.out.device, self.out.dtype)  # a float64 net stays float64
         d = self.arch.layers
         nxt = [self.weight[i] for i in range(1, d)] + [self.out]
         f.weight[0].copy_(self.weight[0])

@@ -231,3 +231,18 @@ def test_a_rate_target_with_a_mask_picks_k_from_the_target(tmp_path):
     assert res.exit_code == 0, res.output
     line = json.loads(res.output.strip().splitlines()[-1])
     assert line["bpp"] <= 2 and line["arch"]["channels"] < 128
+
+
+def test_a_demo_interrupted_after_its_last_report_writes_nothing(tmp_path, monkeypatch):
+    # torch can swallow a Ctrl-C; the latch must still end the demo before its files
+    from ddcodec_cli import interrupt
+    real = ddcodec.encode
+
+    def swallowed(*args, **kwargs):
+        res = real(*args, **kwargs)
+        monkeypatch.setattr(interrupt, "_pending", True)
+        return res
+    monkeypatch.setattr(ddcodec, "encode", swallowed)
+    res = run("demo", "--iters", "2", "--device", "cpu", "-o", tmp_path / "d")
+    assert res.exit_code == 130
+    assert not (tmp_path / "d").exists()

@@ -552,3 +552,32 @@ def test_a_full_gpu_in_the_first_backward_is_reported_not_taken_for_a_compile_fa
     with pytest.raises(RuntimeError, match="out of memory"):  # eager kernels would not fit either
         optimise(model, seeded_input(arch, 8, 8, 0)[None], lambda out: out.flatten(1).mean(1), 3, 0.01, compile=True)
     assert not fell_back(model)
+
+
+def test_a_member_whose_loss_turns_nan_is_rolled_back_and_recovers():
+    # NaN > bound is False, so the blow-up test once passed NaN by, and Adam's NaN second
+    # moment would have kept every later step NaN even after a roll-back
+    from ddcodec.fit import mse_per_image, optimise
+    from ddcodec.nets import Architecture, build, seeded_input
+    torch.manual_seed(0)
+    arch, target = Architecture("deep-decoder", 4, 3, 3), torch.rand(2, 3, 16, 16)
+    losses = []
+
+    def run(inject):
+        model = build(arch, seeds=(0, 1))
+        z = torch.stack([seeded_input(arch, 16, 16, s) for s in (0, 1)])
+
+        def progress(it, *_):
+            if inject and it == 40:
+                with torch.no_grad():
+                    model.weight[1][0, 0, 0] = float("nan")  # member 0 only
+        seen = []
+        optimise(model, z, lambda out: mse_per_image(out, target), 100, 0.05, 0.05, progress=progress,
+                 rollback_db=3.0, betas=(0.8, 0.99), observe=lambda out: seen.append(mse_per_image(out, target)))
+        losses.append(torch.stack(seen))
+        with torch.no_grad():
+            return mse_per_image(model(z), target)
+    clean, hit = run(False), run(True)
+    assert torch.isfinite(hit).all() and hit[0] < 2 * clean[0]  # member 0 is back on course
+    assert torch.equal(losses[1][:, 1], losses[0][:, 1])  # and member 1 never noticed
+    assert torch.isfinite(losses[1][60:, 0]).all()  # finite again within ten steps of the roll-back

@@ -189,3 +189,27 @@ def test_the_shared_program_keeps_a_bf16_activation_in_bf16():
             plain, shared = model(z), decoder_program(z, *model.program_args(p))
         assert shared.dtype == plain.dtype == torch.bfloat16
         assert torch.allclose(shared.float(), plain.float(), atol=1e-2)
+
+
+def test_a_one_pixel_block_passes_no_gradient_to_the_weights_before_it():
+    # its normalisation is 0 whatever its input, so the output does not depend on them
+    from ddcodec.nets import Architecture, build, seeded_input
+    arch = Architecture("deep-decoder", 4, 1, 3)
+    model = build(arch)
+    out = model(seeded_input(arch, 1, 1, 0)[None])
+    first = model.named_tensors()[0][1]  # block 0's conv
+    out.sum().backward()
+    assert first.grad is not None and float(first.grad.abs().max()) == 0.0
+
+
+def test_folding_a_float64_net_keeps_float64_and_the_function():
+    from ddcodec.nets import Architecture, build, seeded_input
+    arch = Architecture("deep-decoder", 5, 3, 3)
+    model = build(arch, seeds=(0, 1)).double()
+    with torch.no_grad():
+        for _, t in model.named_tensors():
+            t.add_(torch.randn_like(t) * 0.1)  # scales and shifts off their init too
+        z = torch.stack([seeded_input(arch, 12, 8, s) for s in (0, 1)]).double()
+        folded = model.fold()
+        assert all(t.dtype == torch.float64 for _, t in folded.named_tensors())
+        assert float((folded(z) - model(z)).abs().max()) < 1e-12

@@ -45,3 +45,15 @@ def test_banks_that_run_in_full_count_every_iteration():
         bar.update("qat", 20, 20, 0.01, 20.0)
         bar.next_bank()
     assert bar.offset == bar.total == 240
+
+
+def test_stages_of_one_name_back_to_back_count_on():
+    # the tiles' pilot fits (one per tile size), or fits with no fine-tuning between them,
+    # report one stage name twice in a row: the second's count starts again and must add on
+    bar = progress.FitProgress(FitConfig(iters=20), QuantConfig(qat_iters=0), quiet=True)
+    seen = []
+    for _ in range(3):
+        for it in (10, 20):
+            bar.update("fit", it, 20, 0.01, 20.0)
+            seen.append(bar.done)
+    assert seen == [10, 20, 30, 40, 50, 60]
