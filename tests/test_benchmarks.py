@@ -373,6 +373,24 @@ def test_a_speed_row_keeps_the_fastest_of_its_timing_rounds(monkeypatch):
     assert next(clock, None) is None  # all three rounds were timed
 
 
+def test_a_speed_rows_psnr_is_its_weights_scored_in_fp32_not_the_loops_own_loss(monkeypatch):
+    # a bf16 or TF32 loop scores its iterates in its own precision; the row's PSNR, held
+    # against the fp32 row's, must be of the weights, scored as that row's are
+    import benchmarks.speed as speed
+    from ddcodec.fit import psnr_from_mse
+    seen = {}
+
+    def flattering(model, z, loss, *a, **kw):  # a loop that reports a loss its weights do not have
+        seen.update(model=model, z=z, loss=loss)
+        return torch.full((z.shape[0],), 1e-9)
+    monkeypatch.setattr(speed, "optimise", flattering)
+    imgs = [np.full((16, 24, 3), 100, np.uint8)] * 2
+    r = speed.measure(imgs, 4, "fp32", False, torch.device("cpu"), iters=1, warmup=1, quality_iters=1)
+    with torch.no_grad():
+        expected = float(psnr_from_mse(seen["loss"](seen["model"](seen["z"]))).mean())
+    assert r["psnr"] == pytest.approx(expected) and r["psnr"] < 80  # not the 90 dB the loop claimed
+
+
 def test_alternated_forms_are_each_timed_once_a_round_in_turn_inside_their_own_context(monkeypatch):
     from contextlib import contextmanager
 
