@@ -54,8 +54,12 @@ class Degradation:
 
 
 def lanczos_kernel(factor: int, a: int = LANCZOS_A) -> np.ndarray:
-    """2*a*factor taps of a Lanczos-a low-pass for downsampling by factor, summing to 1."""
-    d = (np.arange(2 * a * factor) - a * factor + 0.5) / factor
+    """A Lanczos-a low-pass for downsampling by factor, summing to 1, centred on the output
+    pixel's centre: 2*a*factor taps for an even factor, where that centre falls between two
+    input pixels, one more for an odd factor, where it falls on one (2*a*factor taps there
+    shifted the output by half an input pixel)."""
+    n = 2 * a * factor + factor % 2
+    d = (np.arange(n) - (n - 1) / 2) / factor
     k = np.sinc(d) * np.sinc(d / a)
     return (k / k.sum()).astype(np.float32)
 

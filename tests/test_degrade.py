@@ -11,13 +11,23 @@ from ddcodec.metrics import psnr
 from .conftest import small
 
 
-@pytest.mark.parametrize("factor", [2, 4])
+@pytest.mark.parametrize("factor", [2, 3, 4, 5])
 def test_lanczos_downsampler_matches_pillows_lanczos(factor):
-    img = small(96, 64)
+    img = small(120, 60)
     x = torch.from_numpy(img.transpose(2, 0, 1)[None].astype(np.float32))
     ours = lanczos_downsample(x, factor)[0].permute(1, 2, 0).round().clamp(0, 255).byte().numpy()
-    ref = np.asarray(Image.fromarray(img).resize((96 // factor, 64 // factor), Image.LANCZOS))
+    ref = np.asarray(Image.fromarray(img).resize((120 // factor, 60 // factor), Image.LANCZOS))
     assert ours.shape == ref.shape and psnr(ours, ref) > 40
+
+
+@pytest.mark.parametrize("factor", [2, 3, 4, 5, 7])
+def test_each_downsampled_pixel_sits_at_its_block_centre(factor):
+    # on a ramp the low-pass returns the ramp's value at the output pixel's centre, (j + 1/2)
+    # factor - 1/2 in input pixels; an odd factor was once half an input pixel off
+    x = torch.arange(20 * factor, dtype=torch.float64).repeat(4 * factor, 1)[None, None]
+    y = lanczos_downsample(x, factor)[0, 0, 1]
+    centres = (torch.arange(y.shape[0], dtype=torch.float64) + 0.5) * factor - 0.5
+    assert y.shape[0] == 20 and float((y - centres)[3:-3].abs().max()) < 1e-3
 
 
 def test_lanczos_kernel_sums_to_one_and_is_symmetric():
