@@ -104,10 +104,13 @@ def _defaults(arch, restoring, channels, layers, bpp=None):
 
 
 def encode_command(images, output, channels, layers, arch, iters, lr, seed, device, quiet, precision, compile_,
-                   max_loss, qat_iters, bpp, psnr, tile, denoise, mask, scale, bank, max_pixels, force, as_json):
-    paths, many = expand(images)
+                   max_loss, qat_iters, bpp, psnr, tile, denoise, mask, scale, bank, max_pixels, force, as_json,
+                   folder: bool = False):
+    """folder: the output names a folder even for one image (it was given as "out/")."""
+    paths, several = expand(images)
+    many = several or folder  # the output is a folder
     outs = _outputs(paths, output, many)
-    if mask is not None and many:
+    if mask is not None and several:
         raise ConfigError("--mask applies to a single image")
     if denoise and (mask is not None or scale > 1):
         raise ConfigError("--denoise cannot be combined with --mask or --scale")

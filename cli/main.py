@@ -2,6 +2,7 @@
 DDCError becomes one line on stderr and exit code 1, Ctrl-C exit code 130."""
 import functools
 import json
+import os
 import sys
 import time
 import warnings
@@ -169,8 +170,9 @@ def rate_options(f):
 
 @cli.command()
 @click.argument("images", nargs=-1, required=True)
-@click.option("-o", "--output", type=named_path(),
-              help="Output .ddc [default: IMAGE with .ddc]; a folder when encoding several images.")
+@click.option("-o", "--output", type=named_path(path_type=str),
+              help="Output .ddc [default: IMAGE with .ddc]; a folder when encoding several images, "
+                   "or when it ends in /.")
 @fit_options(channels=None, layers=None, iters=None)
 @speed_options
 @rate_options
@@ -187,7 +189,9 @@ def encode(images, output, **opts):
 
     IMAGES are files, folders or glob patterns; several are fitted in banks on one device."""
     from .batch import encode_command
-    encode_command(images, output, **opts)
+    # read as text: a Path drops the trailing slash of "-o out/", which asks for a folder
+    folder = output is not None and output.endswith(("/", os.sep))
+    encode_command(images, None if output is None else Path(output), folder=folder, **opts)
 
 
 @cli.command()

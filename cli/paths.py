@@ -12,4 +12,4 @@ class NamedPath(click.Path):
 
 def named_path(**kwargs) -> NamedPath:
     from pathlib import Path
-    return NamedPath(path_type=Path, **kwargs)
+    return NamedPath(**{"path_type": Path, **kwargs})

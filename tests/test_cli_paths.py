@@ -246,3 +246,10 @@ def test_a_demo_interrupted_after_its_last_report_writes_nothing(tmp_path, monke
     res = run("demo", "--iters", "2", "--device", "cpu", "-o", tmp_path / "d")
     assert res.exit_code == 130
     assert not (tmp_path / "d").exists()
+
+
+def test_an_output_ending_in_a_slash_is_a_folder_for_one_image_too(tmp_path):
+    _images(tmp_path, ["a.png"])
+    res = run("encode", tmp_path / "a.png", "-o", f"{tmp_path / 'out'}/", *FAST)
+    assert res.exit_code == 0, res.output
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["a.ddc"]
