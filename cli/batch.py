@@ -8,15 +8,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
-import torch
 
 import ddcodec
 from ddcodec import FitConfig, QuantConfig, restore, tiles
 from ddcodec.codec import bank_key, check_arguments
 from ddcodec.collection import IMAGE_SUFFIXES
 from ddcodec.degrade import Degradation, mask_from_image
-from ddcodec.rate import channels_for_image
-from ddcodec.errors import ConfigError, DDCError, ImageError, OutputError, OutputExistsError, out_of_memory
+from ddcodec.errors import ConfigError, DDCError, ImageError, OutputError, OutputExistsError, bank_out_of_memory
 from ddcodec.images import check_ddc_name, check_output, read_image, write_atomic
 
 from .interrupt import raise_if_interrupted
@@ -48,8 +46,8 @@ def expand(args) -> tuple:
         raise ImageError("no input images found")
     seen, paths = set(), []
     for p in out:
-        if os.path.realpath(p) not in seen:
-            seen.add(os.path.realpath(p))
+        if (real := os.path.realpath(p)) not in seen:
+            seen.add(real)
             paths.append(p)
     return paths, many or len(out) > 1
 
@@ -184,8 +182,6 @@ def _encode_bank(group, k, d, arch, fit, quant, deg, denoise, device, bar, force
     fails that image alone: its bank-mates' files are still written."""
     try:
         if denoise is not None:  # the fit of `ddc denoise`: stopping rule, output average, distillation
-            if k is None:  # from --bpp, as encode_bank does
-                k = channels_for_image(quant.target_bpp, group[0][2].shape, d)
             results = [restore.denoise(group[0][2], arch, k, d, denoise or None, fit.seed, fit.lr,
                                        device, bar.update, quant).result]
         else:
@@ -195,11 +191,10 @@ def _encode_bank(group, k, d, arch, fit, quant, deg, denoise, device, bar, force
     except DDCError as e:
         return _failed(group, e, many)
     except (MemoryError, RuntimeError) as e:  # a bank too large for the device: the next banks may fit
-        if not many or not (isinstance(e, MemoryError) or out_of_memory(e)):
+        report = bank_out_of_memory(e, len(group)) if many else None
+        if report is None:
             raise
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()  # what the failed bank held, for the next one
-        return _failed(group, f"out of memory in a bank of {len(group)} (try a smaller --bank, -k or image)", many)
+        return _failed(group, report, many)
     failed = 0
     for job, res in zip(group, results):
         src, out, _ = job

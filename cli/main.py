@@ -212,8 +212,9 @@ def decode(file, output, device, force):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def info(file, as_json):
     """Show the header of a .ddc file."""
+    data = read_file(file)  # its errors name the file already
     try:
-        d = ddcodec.info(read_file(file))
+        d = ddcodec.info(data)
     except ddcodec.errors.FormatError as e:  # name the file, as decode does
         raise type(e)(f"{file}: {e}") from None
     if as_json:

@@ -296,6 +296,9 @@ def _encode_tiled(images, channels, layers, fit, quant, device, progress, tile) 
         for im, (rows, cols) in zip(originals, grids):
             tiles.check_rate(quant.target_bpp, im.shape[0], im.shape[1], rows, cols)
         targets = _tile_targets(pieces, grids, layers, fit, quant.target_bpp, device, progress)
+    elif quant.target_bpp is not None:  # k given: every tile at the image's rate, less the container's room
+        targets = {(i, j): _room(quant.target_bpp, im.shape[0], im.shape[1], rows, cols)
+                   for i, (im, (rows, cols)) in enumerate(zip(originals, grids)) for j in range(rows * cols)}
     groups = {}  # (bank key, k) -> tile keys
     for key, p in pieces.items():
         k = channels or channels_for_image(targets[key], p.shape, layers)
@@ -306,7 +309,7 @@ def _encode_tiled(images, channels, layers, fit, quant, device, progress, tile) 
             p = pieces[i, j]
             member = Architecture("deep-decoder", k, layers_for(layers, *p.shape[:2]), 1 if p.ndim == 2 else 3,
                                   folded=True)  # as fit_bank builds and the file holds it
-            spent[i] = tuple(a + b for a, b in zip(spent[i], tiles.member_cost(member, *p.shape[:2])))
+            spent[i] = tiles.add_cost(spent[i], member, *p.shape[:2])
     for im, total in zip(originals, spent):
         problem = tiles.budget_problem(total, bitstream.MAX_WORK, bitstream.MAX_MACS)
         if problem:
@@ -347,6 +350,14 @@ def _meet_psnr(target, data, decoded, img, bank, b, codes, floor, write):
     return data, decoded
 
 
+def _room(bpp: float, height: int, width: int, rows: int, cols: int) -> float:
+    """The bpp an image's tiles may share: its target less the tiled container's own bytes
+    beyond its members' (a grid of one tile is written as a plain file: all of it)."""
+    if rows * cols == 1:
+        return bpp
+    return bpp - 8 * tiles.container_excess(width, height, rows, cols) / (height * width)
+
+
 def _tile_targets(pieces: dict, grids, layers, fit: FitConfig, bpp: float, device, progress=None) -> dict:
     """Each tile's bpp: a pilot fit of every tile at the image's k for a few hundred steps
     measures how hard it is; tiles.allocate turns the MSEs into equal-slope shares."""
@@ -370,8 +381,8 @@ def _tile_targets(pieces: dict, grids, layers, fit: FitConfig, bpp: float, devic
             continue
         height = sum(pieces[i, j * cols].shape[0] for j in range(rows))  # the image's size, from its tiles
         width = sum(pieces[i, j].shape[1] for j in range(cols))
-        room = bpp - 8 * tiles.container_excess(width, height, rows, cols) / (height * width)
-        shares = tiles.allocate([mse[key] for key in keys], [pieces[key].shape[0] * pieces[key].shape[1] for key in keys], room)
+        shares = tiles.allocate([mse[key] for key in keys], [pieces[key].shape[0] * pieces[key].shape[1] for key in keys],
+                                _room(bpp, height, width, rows, cols))
         targets.update(zip(keys, shares))
     return targets
 

@@ -18,7 +18,7 @@ from . import bitstream, tiles
 from .checks import integer
 from .codec import bank_key, check_arguments, encode_bank
 from .decoding import read_file
-from .errors import ConfigError, DDCError, out_of_memory
+from .errors import ConfigError, DDCError, bank_out_of_memory
 from .fit import FitConfig
 from .nets import Architecture
 from .images import MAX_INPUT_PIXELS, channels_of_mode, check_output, read_image, write_atomic
@@ -191,9 +191,9 @@ def run_bank(job: BankJob, progress=None) -> list:
         except DDCError as e:
             results += [(s, o, None, str(e), {}) for s, o, _ in members]
         except (MemoryError, RuntimeError) as e:  # a bank too large for the device: the next banks may fit
-            if not (isinstance(e, MemoryError) or out_of_memory(e)):
+            error = bank_out_of_memory(e, len(members))
+            if error is None:
                 raise
-            error = f"out of memory in a bank of {len(members)} (try a smaller --bank, -k or image)"
             results += [(s, o, None, error, {}) for s, o, _ in members]
     return job.pending(results)
 

@@ -55,3 +55,11 @@ def out_of_memory(e: BaseException) -> bool:
     """Whether torch raised e for want of memory (on any device)."""
     return isinstance(e, RuntimeError) and (type(e).__name__ == "OutOfMemoryError"
                                             or any(t in str(e) for t in _OOM_TEXTS))
+
+
+def bank_out_of_memory(e: BaseException, size: int):
+    """What to report for a bank of `size` images whose fit raised e, if e is a full device
+    (then the next banks may still fit): else None, and the caller raises e."""
+    if isinstance(e, MemoryError) or out_of_memory(e):
+        return f"out of memory in a bank of {size} (try a smaller --bank, -k or image)"
+    return None

@@ -170,8 +170,10 @@ def _code_range(params):
     sensitivity probe cannot foresee (see _finer_until_within)."""
     amax = torch.stack([p.detach().flatten(1).abs().amax(1) for p in params]).cpu().double().numpy()
     amax = np.maximum(amax, 1e-30)
-    floor = np.ceil(8 * np.log2(amax / 30000)).astype(np.int64) + 1
-    ceil = np.maximum(np.floor(8 * np.log2(amax)).astype(np.int64), np.maximum(floor, STEP_CODE_MIN))
+    # and never below the finest code a file can hold: a tensor of weights under ~8e-4 (or of
+    # zeros) would get a floor the writer refuses, and a search stepping down to it would fail
+    floor = np.maximum(np.ceil(8 * np.log2(amax / 30000)).astype(np.int64) + 1, STEP_CODE_MIN)
+    ceil = np.maximum(np.floor(8 * np.log2(amax)).astype(np.int64), floor)
     return floor, ceil
 
 

@@ -20,6 +20,7 @@ from .degrade import Degradation, denoise_iterations, estimate_sigma, mask_from_
 from .errors import ConfigError
 from .fit import ADAM_BETAS, REFERENCE_LR, FitConfig, mse_per_image, optimise
 from .quant import QuantConfig
+from .rate import channels_for_image
 
 DEFAULTS = {  # arch -> (channels, layers, iterations for inpainting / super-resolution)
     "deep-decoder": (128, 6, 3000),
@@ -73,6 +74,11 @@ def _run(img, task, deg, arch, channels, layers, iters, seed, lr, device, progre
          quant: QuantConfig = RESTORE_QUANT, stop_mse: float = 0.0):
     t0 = time.perf_counter()
     k, d, fit = _config(task, arch, channels, layers, iters, seed, lr, stop_mse)
+    if channels is None and isinstance(quant, QuantConfig) and quant.target_bpp is not None and arch == "deep-decoder":
+        # k from the rate target, as encode_bank chooses it: the default k=128 cannot keep to
+        # most targets, which a fit of minutes would only then find (on the output's size)
+        shape = img.shape if deg is None else deg.output_size(*img.shape[:2]) + img.shape[2:]
+        k = channels_for_image(quant.target_bpp, shape, d)
     check_arguments(k, d, fit, quant, progress)  # typed errors before the fit, as encode's
     if task == "denoise" and quant.target_psnr is not None:
         # the file is quantized against the fit's own average (distill), not against a clean

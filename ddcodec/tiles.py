@@ -103,8 +103,8 @@ def check_rate(bpp: float, height: int, width: int, rows: int, cols: int) -> Non
 def container_excess(width: int, height: int, rows: int, cols: int) -> int:
     """The most bytes a tiled file takes beyond its members' own files: its header, a length
     per member (members under 2 MB: 3 bytes) and its CRC, less the magic and CRC each member
-    sheds (8 bytes). Positive only for two tiles (~3 bytes), where the members' shares of a
-    rate target must leave it room."""
+    sheds (8 bytes). Positive for small grids (a few bytes for two tiles), where the members'
+    shares of a rate target must leave it room."""
     n = rows * cols
     head = len(MAGIC) + 1 + sum(len(_uvarint(v)) for v in (width, height, cols, rows)) + 4
     return max(0, head + 3 * n - 8 * n)
@@ -197,10 +197,11 @@ def grid_problem(width: int, height: int, rows: int, cols: int) -> str:
     return ""
 
 
-def member_cost(arch, height: int, width: int) -> tuple:
-    """(multiply-adds, padded k * pixels, weights) of decoding one member: what its tiled file's
-    members share (TILED_WORK_FILES)."""
-    return macs(arch, height, width), work(arch, height, width), param_count(arch)
+def add_cost(spent: tuple, arch, height: int, width: int) -> tuple:
+    """spent plus one member's (multiply-adds, padded k * pixels, weights): what a tiled file's
+    members share (budget_problem)."""
+    cost = macs(arch, height, width), work(arch, height, width), param_count(arch)
+    return tuple(a + b for a, b in zip(spent, cost))
 
 
 def budget_problem(spent, max_work: int = MAX_WORK, max_macs: int = MAX_MACS) -> str:
@@ -231,9 +232,9 @@ def _check_packable(width: int, height: int, rows: int, cols: int, members: list
         h, _ = unpack(m)  # a whole member file, as the reader will check it
         if h.arch.kind != "deep-decoder":
             raise ConfigError(f"tile {i} is a {h.arch.kind} net; tiles are Deep Decoders")
-        spent = tuple(a + b for a, b in zip(spent, member_cost(h.arch, h.height, h.width)))
-        if budget_problem(spent):
-            raise ConfigError(f"decoding tiles 0..{i} would take {budget_problem(spent)}")
+        spent = add_cost(spent, h.arch, h.height, h.width)
+        if problem := budget_problem(spent):
+            raise ConfigError(f"decoding tiles 0..{i} would take {problem}")
         if (h.width, h.height) != (right - left, bottom - top):
             raise ConfigError(f"tile {i} is {h.width}x{h.height}, its place in the grid {right - left}x{bottom - top}")
 
@@ -295,7 +296,7 @@ def unpack_members(data: bytes, max_work: int, max_macs: int = MAX_MACS) -> tupl
         h, _ = unpack(member, max_work, max_macs)  # every bound of a plain file, per tile
         if h.arch.kind != "deep-decoder":  # the writer never makes one (_check_packable)
             raise CorruptError(f"tile {i} is a {h.arch.kind} net, not a Deep Decoder")
-        spent = tuple(a + b for a, b in zip(spent, member_cost(h.arch, h.height, h.width)))
+        spent = add_cost(spent, h.arch, h.height, h.width)
         problem = budget_problem(spent, max_work, max_macs)
         if problem:
             raise LimitError(f"decoding tiles 0..{i} takes {problem}")

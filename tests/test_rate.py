@@ -78,3 +78,16 @@ def test_channels_for_bpp_grow_with_the_target_and_fit_the_budget():
     for bpp, k in zip((0.1, 0.25, 0.5, 1.0, 2.0), ks):  # what the file stores: the folded net
         fits = lambda k: param_count(ddcodec.Architecture("deep-decoder", k, 6, 3, folded=True)) * BITS_PER_PARAM  # noqa: E731
         assert fits(k) <= bpp * 512 * 768 < fits(k + 1)
+
+
+def test_a_psnr_target_with_a_tensor_of_zeros_still_writes_a_file(monkeypatch):
+    # without fitting, the folded biases are exactly 0: their floor code was far below the
+    # finest a file holds (-200), and making the steps finer to meet the target went past it
+    import ddcodec.codec
+    bank = fit_bank([small(16, 16)], 4, 3, FitConfig(iters=0), "cpu")
+    with torch.no_grad():
+        reached = float(-10 * torch.log10(bank.loss_fn(bank.model(bank.z))).min())
+    real = ddcodec.codec.budgets_for_psnr
+    monkeypatch.setattr(ddcodec.codec, "budgets_for_psnr", lambda *a: real(*a) + 3.0)
+    r = quantize_bank(bank, QuantConfig(qat_iters=0, target_psnr=reached - 0.05))[0]
+    assert r.psnr >= reached - 0.05 and ddcodec.decode(r.data).shape == (16, 16, 3)
