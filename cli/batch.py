@@ -127,7 +127,7 @@ def encode_command(images, output, channels, layers, arch, iters, lr, seed, devi
     # -k is one error, not one per image
     check_arguments(k, d, fit, quant, None, tile)
     with output_folder(output if many else None):
-        jobs, failed = _read_jobs(paths, outs, many, force, [mask] if mask else [], max_pixels)
+        jobs, failed = _read_jobs(paths, outs, many, force, [mask] if mask else [], max_pixels, as_json)
         banks = _banks(jobs, 1 if (denoise or mask is not None) else bank)
         fits = len(banks) if tile is None else sum(tiles.fits_for([j[2].shape for j in g], tile, bpp) for g in banks)
         with FitProgress(fit, quant, quiet or as_json, fits) as bar:
@@ -151,7 +151,7 @@ def output_folder(folder, made=()):
         _remove_if_empty(made)
 
 
-def _read_jobs(paths, outs, many: bool, force: bool, other_inputs, max_pixels):
+def _read_jobs(paths, outs, many: bool, force: bool, other_inputs, max_pixels, as_json: bool = False):
     """(path, output, image) for every input whose output may be written, read before any fit
     so that a bad file costs nothing; with many inputs a bad one is reported and counted."""
     jobs, failed, claimed = [], 0, set()
@@ -166,6 +166,7 @@ def _read_jobs(paths, outs, many: bool, force: bool, other_inputs, max_pixels):
             if not many:
                 raise
             click.echo(f"ddc: skipped {p}: {str(e).removeprefix(f'{p}: ')}", err=True)  # once, not twice
+            _json_failure(p, o, e, as_json)
             failed += 1
     return jobs, failed
 
@@ -189,35 +190,44 @@ def _encode_bank(group, k, d, arch, fit, quant, deg, denoise, device, bar, force
                                           bar.update, arch, deg, tile)
         raise_if_interrupted()
     except DDCError as e:
-        return _failed(group, e, many)
+        return _failed(group, e, many, as_json)
     except (MemoryError, RuntimeError) as e:  # a bank too large for the device: the next banks may fit
         report = bank_out_of_memory(e, len(group)) if many else None
         if report is None:
             raise
-        return _failed(group, report, many)
+        return _failed(group, report, many, as_json)
     failed = 0
     for job, res in zip(group, results):
         src, out, _ = job
         try:
             write_atomic(out, res.data, force, inputs=[src])
         except DDCError as e:
-            failed += _failed([job], e, many)
+            failed += _failed([job], e, many, as_json)
             continue
         _report(src, out, res, as_json)
     return failed
 
 
-def _failed(jobs, error, many: bool) -> int:
+def _failed(jobs, error, many: bool, as_json: bool = False) -> int:
     if not many:
         raise error
-    for src, _, _ in jobs:
+    for src, out, _ in jobs:
         click.echo(f"ddc: failed {src}: {error}", err=True)
+        _json_failure(src, out, error, as_json)
     return len(jobs)
+
+
+def _json_failure(src, out, error, as_json: bool) -> None:
+    """With --json, a failed image gets its line too (encode-dir's record): a script reading
+    stdout sees every input, not only the ones written."""
+    if as_json:
+        click.echo(json.dumps({"input": str(src), "output": str(out), "status": "failed", "error": str(error)}))
 
 
 def _report(src, out, res, as_json):
     if as_json:
-        click.echo(json.dumps({"input": str(src), "output": str(out), **res.summary()}, allow_nan=False))
+        click.echo(json.dumps({"input": str(src), "output": str(out), "status": "written", "error": "",
+                               **res.summary()}, allow_nan=False))
     else:
         click.echo(f"{out}: {res.bytes} bytes, {res.bpp:.4f} bpp, PSNR {res.psnr:.2f} dB "
                    f"({res.width}x{res.height}, k={res.arch.channels}, {res.params} params, {res.seconds:.1f} s on {res.device})")

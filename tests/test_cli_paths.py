@@ -253,3 +253,15 @@ def test_an_output_ending_in_a_slash_is_a_folder_for_one_image_too(tmp_path):
     res = run("encode", tmp_path / "a.png", "-o", f"{tmp_path / 'out'}/", *FAST)
     assert res.exit_code == 0, res.output
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["a.ddc"]
+
+
+def test_json_gives_every_input_a_line_written_or_failed(tmp_path):
+    # as encode-dir does: a script reading stdout sees the failures too, not only the stderr text
+    _images(tmp_path, ["a.png"])
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    res = run("encode", tmp_path / "a.png", tmp_path / "bad.png", "-o", tmp_path / "out", *FAST, "--json")
+    assert res.exit_code == 1
+    lines = [json.loads(line) for line in res.output.splitlines() if line.startswith("{")]
+    by_input = {os.path.basename(d["input"]): d for d in lines}
+    assert by_input["a.png"]["status"] == "written" and by_input["a.png"]["bytes"] > 0
+    assert by_input["bad.png"]["status"] == "failed" and "cannot read image" in by_input["bad.png"]["error"]
