@@ -1,6 +1,7 @@
+import math
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 import ddcodec
 from ddcodec import FitConfig, QuantConfig
@@ -155,21 +156,42 @@ def _taken(config, field, value):
         return _REFUSED
 
 
+# each numeric field's valid range, (lo, hi, lo_open, hi_open): a value taken must lie in it
+_FIT_RANGES = {"iters": (0, 10_000_000, False, False), "seed": (0, 2**64 - 1, False, False),
+               "lr": (0, 1, True, False), "lr_floor": (0, 1, False, False), "input_noise": (0, 10, False, False),
+               "stop_mse": (0, 1, False, True), "average": (0, 1, False, True), "beta1": (0, 1, False, True),
+               "beta2": (0, 1, False, True), "rollback_db": (0, 100, False, False)}
+_QUANT_RANGES = {"max_loss_db": (0, 40, False, False), "qat_iters": (0, 1_000_000, False, False),
+                 "qat_lr": (0, 1, True, False), "search_rounds": (1, 60, False, False),
+                 "target_bpp": (0, 64, True, False), "target_psnr": (0, 100, True, False)}
+
+
+def _in_range(value, lo, hi, lo_open, hi_open) -> bool:
+    return (lo < value if lo_open else lo <= value) and (value < hi if hi_open else value <= hi)
+
+
 @given(st.sampled_from(["iters", "seed", "lr", "lr_floor", "input_noise", "stop_mse", "average",
                         "beta1", "beta2", "rollback_db", "compile", "live_first_block", "precision"]), _ODD)
+@example("iters", -1)
+@example("lr", -math.inf)
+@example("rollback_db", 1e300)
 @settings(max_examples=200, deadline=None)
 def test_a_fit_setting_is_taken_or_refused_with_a_config_error(field, value):
     got = _taken(FitConfig, field, value)
     if got is _REFUSED:
         return
-    # taken: then it is a usable value, never NaN or a string number
+    # taken: then it is a usable value, never NaN or a string number, and within its range
     assert got is None or isinstance(got, (bool, int, float)) or got in ("auto", "fp32", "tf32", "bf16")
     assert not (isinstance(got, float) and got != got)
     if field in ("iters", "seed"):
         assert isinstance(got, int) and not isinstance(got, bool)
+    if field in _FIT_RANGES and got is not None:
+        assert _in_range(got, *_FIT_RANGES[field]), (field, got)
 
 
 @given(st.sampled_from(["max_loss_db", "qat_iters", "qat_lr", "search_rounds", "target_bpp", "target_psnr"]), _ODD)
+@example("qat_iters", -3)
+@example("max_loss_db", -1e300)
 @settings(max_examples=120, deadline=None)
 def test_a_quant_setting_is_taken_or_refused_with_a_config_error(field, value):
     got = _taken(QuantConfig, field, value)
@@ -178,6 +200,8 @@ def test_a_quant_setting_is_taken_or_refused_with_a_config_error(field, value):
     assert got is None or (isinstance(got, (int, float)) and not isinstance(got, bool) and got == got)
     if field in ("qat_iters", "search_rounds"):
         assert isinstance(got, int)
+    if got is not None:
+        assert _in_range(got, *_QUANT_RANGES[field]), (field, got)
 
 
 @pytest.mark.parametrize("kwargs", [

@@ -110,6 +110,12 @@ def test_a_rerun_skips_tiled_outputs_that_verify(tmp_path):
     assert [o.status for o in first] == ["written"] and (tmp_path / "out" / "a.ddc").read_bytes()[4] == 4
     again = encode_collection(folder_pairs(src, tmp_path / "out"), tiled)
     assert [o.status for o in again] == ["skipped"]
+    # and one that does not verify is not: a member's byte flipped (the container's CRC fails)
+    data = bytearray((tmp_path / "out" / "a.ddc").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / "out" / "a.ddc").write_bytes(bytes(data))
+    assert [o.status for o in encode_collection(folder_pairs(src, tmp_path / "out"), tiled)] == ["failed"]
+    assert [o.status for o in encode_collection(folder_pairs(src, tmp_path / "out"), tiled, force=True)] == ["written"]
 
 
 @pytest.mark.parametrize("bad", [dict(channels=0), dict(layers=13), dict(max_pixels=0), dict(arch="unet"),
