@@ -58,7 +58,7 @@ GPU_CONFIGS = [  # (name, bank, precision, torch.compile, downscale, k); the ban
     ("bf16 B=18", 18, "bf16", False, 1, 64), ("fp32 B=1", 1, "fp32", False, 1, 64),
     ("tf32 B=1", 1, "tf32", False, 1, 64), ("tf32+compile B=18", 18, "tf32", True, 1, 64),
     ("bf16+compile B=18", 18, "bf16", True, 1, 64), ("tf32+compile B=1", 1, "tf32", True, 1, 64),
-    # one image is launch-bound (design.md): CUDA graphs replay a step's kernels in one launch
+    # one image is launch-bound (the team's design notes): CUDA graphs replay a step's kernels in one launch
     ("tf32+graphs B=1", 1, "tf32", "reduce-overhead", 1, 64),
     # the fifteenth session's: fewer bytes per step (compiling.FUSED_OPTIONS), and bf16 for one image
     ("bf16+fused B=18", 18, "bf16", "fused", 1, 64), ("bf16+graphs B=1", 1, "bf16", "reduce-overhead", 1, 64),

@@ -19,7 +19,7 @@ def output_options(f):
     f = click.option("--ddc", type=named_path(dir_okay=False),
                      help="Also write the fitted network as a .ddc file.")(f)
     return click.option("-o", "--output", type=named_path(dir_okay=False),
-                        help="Restored image [default: IMAGE.<task>.png].")(f)
+                        help="Restored image [default: IMAGE.denoised.png, IMAGE.inpainted.png or IMAGE.superres.png, by the command].")(f)
 
 
 def run(task, image, output, ddc, force, quiet, fn, mask_path=None, **kw):

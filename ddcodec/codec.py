@@ -4,7 +4,8 @@
     decode:  .ddc -> integers * steps -> network, z = noise(seed) -> one forward pass -> image
 
 The PSNR that encode() reports is measured by decoding the bytes it produced, so it is the
-PSNR a user gets from decode() (up to float differences between devices, see docs/format.md).
+PSNR a user gets from decode() on any machine or device (exact decoding, docs/format.md); with
+a mask or a scale it is measured through the degradation (fidelity_psnr).
 """
 import math
 import time
@@ -38,7 +39,7 @@ class EncodeResult:
     psnr: float  # dB, decoded 8-bit output against the 8-bit input
     psnr_float: float  # dB, the unquantized network's 8-bit output
     bpp: float  # from len(data)
-    seconds: float  # wall clock of the whole encode (fit, quantization, coding)
+    seconds: float  # wall clock of the encode (fit, quantization, coding); for a bank, divided by its images
     device: str
     params: int
     arch: Architecture

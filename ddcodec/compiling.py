@@ -2,7 +2,7 @@
 tail's custom ops, and the eager fallback when compiling fails.
 
 A step of the Deep Decoder is memory-bound: its time goes to the upsampling, ReLU and
-normalisation at full resolution and their backward passes (design.md), which eager PyTorch
+normalisation at full resolution and their backward passes (the team's design notes), which eager PyTorch
 runs as separate kernels that each read and write the whole activation. Compiling fuses them;
 the presets trade more (recompute instead of store, CUDA graphs against launch overhead, the
 hand-written tail kernels of tail.py) for the cases where that pays. fit.optimise calls

@@ -23,7 +23,7 @@ from .errors import ConfigError
 
 @dataclass(frozen=True)
 class FitConfig:
-    iters: int = 3000  # design.md measured 3,000; the reference uses 5,000-20,000
+    iters: int = 3000  # the team's design notes measured 3,000; the reference uses 5,000-20,000
     lr: Optional[float] = None  # Adam; None: default_lr(k), from 0.05 for small nets to 0.01
 
     lr_floor: float = 0.05  # cosine decay to lr*lr_floor: late steps polish instead of jump
@@ -36,8 +36,9 @@ class FitConfig:
     # COMPILE_PRESETS compiles with those settings ("fused", "reduce-overhead", ...).
     compile: Union[bool, str] = "auto"
     # Stop once every member's loss (that of the output average, when one is kept) is at most
-    # this MSE (0-1 scale), checked every STOP_EVERY steps; iters is then a cap. Denoising sets
-    # it to the noise variance: the discrepancy principle (restore.denoise).
+    # this MSE (0-1 scale), checked every STOP_EVERY steps; iters is then a cap. Denoising with
+    # the skip net sets it to 0.93 times the estimated noise variance, the discrepancy principle
+    # (restore.denoise); the Deep Decoder's denoising uses its iteration budget instead.
     stop_mse: float = 0.0
     # A member whose loss climbs this many dB above its best goes back to its best iterate
     # (optimise's rollback_db); None: ROLLBACK_DB when compressing, off elsewhere (restoration
@@ -337,7 +338,7 @@ def _roll_back(opt, params, best, bad):
 class _BestIterate:
     """Each member's best weights, in one [B, N] tensor; .tensors are views of it shaped like
     the parameters. Keeping the best is then a few launches a step, not two per tensor: a
-    single image on a GPU is bound by launches (design.md)."""
+    single image on a GPU is bound by launches (the team's design notes)."""
 
     def __init__(self, params):
         self.flat = self._flatten(params)  # cat makes a new tensor: nothing shared with params

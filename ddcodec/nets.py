@@ -3,7 +3,7 @@
 A bank holds B independent decoders as batched tensors: block i's 1x1 convolution is one
 [B, k, k] tensor applied with bmm, and the channel normalisation runs as batch_norm on a
 [1, B*k, H, W] view, so each image is normalised over its own pixels. One Adam step then
-advances B fits whose gradients never mix (design.md: bmm beat grouped convolutions).
+advances B fits whose gradients never mix (the team's design notes: bmm beat grouped convolutions).
 
 Block i: 1x1 conv (no bias) -> bilinear x2 upsample (not in the last block) -> ReLU ->
 normalisation with affine scale/shift. Then a 1x1 conv to the image channels and a sigmoid.
@@ -109,7 +109,7 @@ def seeded_input(arch: Architecture, height: int, width: int, seed: int) -> torc
 
 
 def param_count(arch: Architecture) -> int:
-    """N = d*k^2 + 2*d*k + c*k for the Deep Decoder (design.md); d*k^2 + (d-1)*k + c*k + c
+    """N = d*k^2 + 2*d*k + c*k for the Deep Decoder (the team's design notes); d*k^2 + (d-1)*k + c*k + c
     folded; counted for the skip net."""
     if arch.kind == "skip":
         return sum(math.prod(s) for _, s in tensor_shapes(arch))
