@@ -1,6 +1,6 @@
-"""Fused Adam against the plain (foreach) form on this machine: ms per fit step, the two
-alternated in one process so that a shared machine's drift falls on both alike
-(benchmarks/alternate.py).
+"""Fused Adam against the plain form (on a CPU, torch's single-tensor loop, not its foreach
+form) on this machine: ms per fit step, the two alternated in one process so that a shared
+machine's drift falls on both alike (benchmarks/alternate.py).
 
     python -m benchmarks.adam --data ../shared/data/kodak
 

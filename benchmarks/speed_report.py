@@ -3,6 +3,8 @@ measures; this module only formats and stores)."""
 import json
 from pathlib import Path
 
+import torch
+
 from ddcodec.fit import FitConfig
 
 from . import products
@@ -23,6 +25,8 @@ def _on_file(out: Path, tag: str, device: str, counts):
         return None
     old = json.loads(f.read_text())
     same = old.get("device") == device and (counts is None or (old.get("timed_iters"), old.get("quality_iters"), old.get("timing_rounds", 1)) == counts)
+    # a CPU's rows hold for its thread count only (every CPU is "cpu" where platform names none)
+    same = same and (tag != "cpu" or old.get("threads") == torch.get_num_threads())
     return old if same else None
 
 

@@ -173,6 +173,17 @@ def test_speed_rows_on_file_are_reused_only_for_the_same_device_and_counts(tmp_p
     assert _on_file(tmp_path, "cpu", "H200", None) is None
 
 
+def test_cpu_rows_on_file_are_reused_only_at_the_same_thread_count(tmp_path, monkeypatch):
+    import json
+
+    from benchmarks.speed import _on_file
+    (tmp_path / "speed_cpu.json").write_text(json.dumps(dict(device="cpu", threads=2, timed_iters=100, quality_iters=300)))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert _on_file(tmp_path, "cpu", "cpu", (100, 300, 1)) is not None
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # a one-thread run must not resume two-thread rows
+    assert _on_file(tmp_path, "cpu", "cpu", (100, 300, 1)) is None
+
+
 def test_a_speed_configuration_that_fails_is_reported_and_the_others_still_run(tmp_path, monkeypatch):
     import json
 
