@@ -15,7 +15,7 @@ from ddcodec.codec import bank_key, check_arguments
 from ddcodec.collection import IMAGE_SUFFIXES
 from ddcodec.degrade import Degradation, mask_from_image
 from ddcodec.errors import ConfigError, DDCError, ImageError, OutputError, OutputExistsError, bank_out_of_memory
-from ddcodec.images import check_ddc_name, check_output, read_image, write_atomic
+from ddcodec.images import check_ddc_name, check_output, missing_folders, read_image, write_atomic
 
 from .interrupt import raise_if_interrupted
 from .progress import FitProgress
@@ -71,10 +71,7 @@ def _outputs(paths, output, many: bool) -> list:
 def _make_folder(folder: Path) -> list:
     """Make the output folder and any missing folders above it -> those this call made, the
     deepest first, so that a run that wrote nothing can remove them again."""
-    made, p = [], Path(folder)
-    while not os.path.lexists(p) and p != p.parent:
-        made.append(p)
-        p = p.parent
+    made = missing_folders(folder)
     try:
         Path(folder).mkdir(parents=True, exist_ok=True)
     except OSError as e:

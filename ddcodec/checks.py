@@ -8,6 +8,13 @@ import numbers
 from .errors import ConfigError
 
 
+def keep(config, name: str, value) -> None:
+    """Store a checked value on a frozen dataclass (its __post_init__): the plain int or float
+    the check returned, since a numpy integer passes the check but not every consumer
+    (torch.Generator.manual_seed refuses np.uint64)."""
+    object.__setattr__(config, name, value)
+
+
 def integer(name: str, value, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ConfigError(f"{name} must be an integer in {lo}..{hi}, got {value!r}")

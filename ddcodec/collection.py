@@ -21,7 +21,7 @@ from .decoding import read_file
 from .errors import ConfigError, DDCError, bank_out_of_memory
 from .fit import FitConfig
 from .nets import Architecture
-from .images import MAX_INPUT_PIXELS, channels_of_mode, check_output, read_image, write_atomic
+from .images import MAX_INPUT_PIXELS, channels_of_mode, check_output, missing_folders, read_image, write_atomic
 from .quant import QuantConfig
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"}
@@ -156,9 +156,8 @@ def plan(pairs: Iterable, bank: int = 8, force: bool = False, settings: Settings
 def unwritable(out: Path, src: Path, force: bool = False) -> Optional[str]:
     """Why out could not be written once its bank is fitted (write_results makes its missing
     folders), or None: a file or a link where a folder must be, or what check_output refuses."""
-    folder = out.parent
-    while not os.path.lexists(folder) and folder != folder.parent:
-        folder = folder.parent  # the nearest folder that is there
+    missing = missing_folders(out.parent)
+    folder = missing[-1].parent if missing else out.parent  # the nearest folder that is there
     if not os.path.isdir(folder):
         return f"cannot write {out}: {folder} is not a folder"
     try:

@@ -9,11 +9,12 @@ through a transform.
 import contextlib
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Optional, Union
 
 import torch
 
-from .checks import integer, number
+from .checks import integer, keep as keep_checked, number
 # the compile machinery lives in compiling.py; these names stay importable from here, where
 # FitConfig's compile option and optimise use them
 from .compiling import (COMPILE_PRESETS, FUSED_OPTIONS, GRAPH_MODES, TAIL_MAX_CHANNELS, TORCH_MODES,  # noqa: F401
@@ -54,9 +55,7 @@ class FitConfig:
     live_first_block: Optional[bool] = None
 
     def __post_init__(self):
-        # checked, and kept as Python's own int and float: a numpy integer passes the check
-        # but not every consumer (torch.Generator.manual_seed refuses np.uint64)
-        keep = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 - frozen
+        keep = partial(keep_checked, self)  # checked, and kept as Python's own int and float
         keep("iters", integer("iters", self.iters, 0, 10_000_000))
         if self.lr is not None:
             keep("lr", number("lr", self.lr, 0, 1, lo_open=True))

@@ -160,6 +160,16 @@ def _same_file(a, b) -> bool:
         return False
 
 
+def missing_folders(folder) -> list:
+    """The folders from `folder` up that are not there yet, the deepest first (os.path's probe:
+    False for a name too long, not an error). What a mkdir with parents would make."""
+    missing, p = [], Path(folder)
+    while not os.path.lexists(p) and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    return missing
+
+
 def check_image_name(path) -> Path:
     """An image output's suffix must name a format Pillow writes (none: PNG); checked before the
     fit rather than after it."""

@@ -10,12 +10,13 @@ single scale c is then searched (on real rounded weights) for the largest c whos
 stays within QuantConfig.max_loss_db, the knob that trades distortion for rate.
 """
 from dataclasses import dataclass
+from functools import partial
 from typing import Optional
 
 import numpy as np
 import torch
 
-from .checks import integer, number
+from .checks import integer, keep as keep_checked, number
 from .errors import ConfigError
 
 # 2^(j/8) for j = 0..7, as exact float32 literals: the decoder must not call pow().
@@ -40,7 +41,7 @@ class QuantConfig:
     target_psnr: Optional[float] = None  # or: the budget is what the fit has above this PSNR
 
     def __post_init__(self):
-        keep = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 - frozen; as FitConfig
+        keep = partial(keep_checked, self)  # checked, and kept as Python's own int and float
         keep("max_loss_db", number("max_loss_db", self.max_loss_db, 0, 40))
         keep("qat_iters", integer("qat_iters", self.qat_iters, 0, 1_000_000))
         keep("qat_lr", number("qat_lr", self.qat_lr, 0, 1, lo_open=True))
