@@ -15,6 +15,9 @@ from PIL import Image, ImageOps
 from .errors import ImageError, OutputError, OutputExistsError
 
 MAX_INPUT_PIXELS = 1 << 26  # the encoder's own limit; Pillow's bomb guard stays on as well
+# What a pipe may hold (`ddc encode <(curl ...)`): a stream cannot be probed for its size, so
+# its bytes are read up to this and no further; 64 Mpixels of RGB, uncompressed, and a header
+MAX_STREAM_BYTES = 3 * MAX_INPUT_PIXELS + (1 << 20)
 
 
 GRAY_MODES = ("1", "L", "LA")  # the modes from_pil turns into [H, W] arrays; the rest give RGB or are refused
@@ -72,7 +75,7 @@ def from_pil(im: Image.Image, max_pixels: int = MAX_INPUT_PIXELS) -> np.ndarray:
 def read_image(path, max_pixels: int = MAX_INPUT_PIXELS) -> np.ndarray:
     """Any image Pillow reads -> uint8 [H, W, 3] or [H, W]."""
     try:
-        with Image.open(path) as im:
+        with _image_source(path) as f, Image.open(f) as im:
             if im.width * im.height > max_pixels:  # refuse before decoding any pixel data
                 raise ImageError(f"{path}: {im.width}x{im.height} has more pixels than the limit {max_pixels}")
             im.load()
@@ -88,6 +91,22 @@ def read_image(path, max_pixels: int = MAX_INPUT_PIXELS) -> np.ndarray:
         raise ImageError(f"{path}: {e}") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageError(f"{path}: cannot read image ({e})") from None
+
+
+def _image_source(path):
+    """The file at path, open for reading. Pillow opens a path itself but, given a pipe, reads
+    it into memory and leaves the pipe's own handle unclosed (a ResourceWarning on every
+    `ddc encode <(...)`), and reads it to its end however long: a stream is read here instead,
+    up to MAX_STREAM_BYTES."""
+    import io
+    f = open(path, "rb")
+    if f.seekable():
+        return f
+    with f:
+        data = f.read(MAX_STREAM_BYTES + 1)
+    if len(data) > MAX_STREAM_BYTES:
+        raise ImageError(f"{path}: a stream of more than {MAX_STREAM_BYTES} bytes, more than any image the encoder takes")
+    return io.BytesIO(data)
 
 
 def check_image(img: np.ndarray) -> np.ndarray:

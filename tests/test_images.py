@@ -11,7 +11,7 @@ from PIL import Image
 
 import ddcodec
 from ddcodec.errors import ImageError, OutputError, OutputExistsError
-from ddcodec.images import channels_of_mode, check_outputs, image_bytes, read_image, write_atomic
+from ddcodec.images import channels_of_mode, check_outputs, image_bytes, png_bytes, read_image, write_atomic
 
 from .conftest import small
 
@@ -226,3 +226,46 @@ def test_lossless_image_bytes_read_back_as_the_same_array(suffix, h, w, gray, se
         p.write_bytes(image_bytes(img, p))
         got = read_image(p)
     assert got.dtype == np.uint8 and np.array_equal(got, img)
+
+
+def _serve_fifo(path, data: bytes):
+    """A writer thread for a named pipe: writes data (as much as the reader takes) and closes."""
+    import threading
+
+    def serve():
+        try:
+            with open(path, "wb") as f:
+                f.write(data)
+        except BrokenPipeError:
+            pass  # the reader stopped early, as it should past its limit
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return t
+
+
+def test_an_image_through_a_pipe_is_read_and_the_pipe_closed(tmp_path):
+    import gc
+    import warnings
+    img = np.random.default_rng(0).integers(0, 256, (12, 9, 3), dtype=np.uint8)
+    p = tmp_path / "pipe"
+    os.mkfifo(p)
+    writer = _serve_fifo(p, png_bytes(img))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = read_image(p)
+        gc.collect()  # an unclosed handle warns when it is collected
+    writer.join(5)
+    np.testing.assert_array_equal(out, img)
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+def test_a_pipe_longer_than_any_image_is_refused_at_the_limit(tmp_path, monkeypatch):
+    import ddcodec.images
+    monkeypatch.setattr(ddcodec.images, "MAX_STREAM_BYTES", 1000)
+    p = tmp_path / "pipe"
+    os.mkfifo(p)
+    writer = _serve_fifo(p, png_bytes(np.zeros((64, 64, 3), np.uint8)) + bytes(200_000))
+    with pytest.raises(ImageError, match="more than 1000 bytes"):
+        read_image(p)
+    writer.join(5)
+    assert not writer.is_alive()
