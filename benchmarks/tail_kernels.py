@@ -116,7 +116,7 @@ def times(dev, copy_gbs: float, configs=((24, "bf16"), (1, "tf32")), launches=LA
         xs = _cast(inputs(bsz, k, h, w, c, dev), precision)
         gx = torch.rand(bsz, c, 2 * h, 2 * w, device=dev)
 
-        def step(fn, ts):  # under _Precision: as the fit, autocast around the forward alone
+        def step(fn, ts, precision=precision, gx=gx):  # under _Precision: as the fit, autocast around the forward alone
             for t in ts:
                 t.grad = None
             with torch.autocast("cuda", torch.bfloat16, enabled=precision == "bf16"):
@@ -132,7 +132,7 @@ def times(dev, copy_gbs: float, configs=((24, "bf16"), (1, "tf32")), launches=LA
         mine = launches if bsz > 1 else [l for l in launches if (l.tile, l.warps) == (launches[0].tile, launches[0].warps)]
         forms = [(f"tail {l.tile}/{l.chunk}/{l.warps}", lambda *a, l=l: tail.tail(*a, launch=l), l.chunk)
                  for l in mine]
-        forms += [("torch.compile", lambda *a: compiled(*a).float(), None)]
+        forms += [("torch.compile", lambda *a, compiled=compiled: compiled(*a).float(), None)]
         for name, fn, chunk in forms:
             with _Precision(precision):
                 try:

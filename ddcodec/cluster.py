@@ -36,6 +36,9 @@ class BankWorker:
         self.device = device
         self.fault_marker = fault_marker
 
+    def ready(self) -> bool:  # returns once the cluster has placed this actor
+        return True
+
     def run(self, job: BankJob):
         if self.fault_marker:  # fault injection for the tests: die once, mid-job
             try:
@@ -78,26 +81,49 @@ def _run(ray, jobs, workers, cpus_per_worker):
         n, resources, device = workers or gpus, {"num_gpus": 1}, "cuda"
     else:
         cpus = int(ray.cluster_resources().get("CPU", 1))
+        largest = max((int(node.get("Resources", {}).get("CPU", 0)) for node in ray.nodes() if node.get("Alive")),
+                      default=cpus)
+        if cpus_per_worker > largest:  # no node could ever place one: Ray would wait for it forever
+            raise ConfigError(f"a worker needs {cpus_per_worker} CPUs and no Ray node has more than {largest}")
         n = workers or max(1, cpus // cpus_per_worker)
         resources, device = {"num_cpus": cpus_per_worker}, "cpu"
     actor_cls = ray.remote(max_restarts=RETRIES, max_task_retries=RETRIES, **resources)(BankWorker)
     fault = os.environ.get(FAULT_ENV, "")
     actors = [actor_cls.remote(device, cpus_per_worker, fault) for _ in range(min(n, len(jobs)))]
+    try:
+        yield from _dispatch(ray, actors, jobs)
+    finally:  # actors the cluster never placed still hold a request for resources: drop them
+        for actor in actors:
+            try:
+                ray.kill(actor)
+            except ray.exceptions.RayError:  # already gone
+                pass
+
+
+def _dispatch(ray, actors, jobs):
+    """Hand banks to actors as each proves it is running. More actors than the cluster can
+    place (--workers above its GPUs or CPUs) wait for resources that the running ones hold
+    until the end: a bank sent to one of those at the start would never run, and the job
+    would hang. So an actor gets its first bank only once its ready() call returns."""
     queue = list(reversed(jobs))
+    starting = {actor.ready.remote(): actor for actor in actors}  # placement probes
     running = {}  # future -> (actor, job)
-    for actor in actors:
-        if queue:
-            job = queue.pop()
-            running[actor.run.remote(job)] = (actor, job)
-    while running:
-        [ready], _ = ray.wait(list(running), num_returns=1)
-        actor, job = running.pop(ready)
-        try:
-            yield ray.get(ready)
-        except ray.exceptions.RayError as e:  # retries exhausted: this bank fails, the job goes on
-            yield job, _failed(job, f"worker failed: {type(e).__name__}")
-            if isinstance(e, ray.exceptions.RayActorError):
-                actor = None  # out of restarts: send nothing more to it
+    while running or (queue and starting):
+        [done], _ = ray.wait(list(running) + list(starting), num_returns=1)
+        if done in starting:
+            actor = starting.pop(done)
+            try:
+                ray.get(done)
+            except ray.exceptions.RayError:  # it never came up: the others go on
+                continue
+        else:
+            actor, job = running.pop(done)
+            try:
+                yield ray.get(done)
+            except ray.exceptions.RayError as e:  # retries exhausted: this bank fails, the job goes on
+                yield job, _failed(job, f"worker failed: {type(e).__name__}")
+                if isinstance(e, ray.exceptions.RayActorError):
+                    actor = None  # out of restarts: send nothing more to it
         if actor is not None and queue:
             job = queue.pop()
             running[actor.run.remote(job)] = (actor, job)

@@ -8,11 +8,16 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from ddcodec_cli.main import cli
 
-from .test_scale import CLI_FIT, serial, tree  # noqa: F401 - serial is a fixture
+from ddcodec.cluster import ray_runner
+from ddcodec.collection import encode_collection, folder_pairs
+from ddcodec.errors import ConfigError
+
+from .test_scale import CLI_FIT, SETTINGS, serial, tree  # noqa: F401 - serial is a fixture
 
 # The tests below run a local Ray instance. Ray is in the test extra (pip install '.[test]'), as
 # hypothesis is: a missing or broken Ray fails here instead of hiding behind a skip.
@@ -66,3 +71,22 @@ def _serial_with(src: Path, out: Path, args) -> Path:
     r = CliRunner().invoke(cli, ["encode-dir", str(src), "-o", str(out), *args])
     assert r.exit_code == 0, r.output
     return out
+
+
+@pytest.mark.timeout(240)
+def test_ray_run_with_more_workers_than_the_cluster_can_place_finishes_with_the_serial_files(tmp_path, serial):
+    # one CPU: the second and third actors wait for it until the end; banks sent to them would never run
+    src, expected = serial
+    runner = ray_runner(workers=3, init_options={"num_cpus": 1})
+    outcomes = encode_collection(folder_pairs(src, tmp_path / "out"), SETTINGS, bank=2, runner=runner)
+    assert [o.status for o in outcomes] == ["written"] * 5
+    assert tree(tmp_path / "out") == expected
+
+
+@pytest.mark.timeout(120)
+def test_ray_worker_larger_than_any_node_is_refused_not_awaited(tmp_path, serial):
+    src, _ = serial
+    runner = ray_runner(workers=1, cpus_per_worker=4, init_options={"num_cpus": 2})
+    with pytest.raises(ConfigError, match="needs 4 CPUs and no Ray node has more than 2"):
+        encode_collection(folder_pairs(src, tmp_path / "out"), SETTINGS, bank=2, runner=runner)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.ddc"))
