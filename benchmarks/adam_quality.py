@@ -24,6 +24,7 @@ from ddcodec.fit import FitConfig, optimise, psnr_from_mse
 from ddcodec.nets import build
 
 from .adam import adam_of, plain_adam
+from .common import code_version
 from .rd import load_images
 from .speed import _bank
 
@@ -54,7 +55,7 @@ def main(argv=None):
     model = build(arch, seeds, recipe.live_first_block_for(True, a.k, z.shape[2] * z.shape[3]))
     with adam_of(plain_adam) if a.form == "plain" else nullcontext():
         best = optimise(model, z, loss, recipe.iters, **recipe.schedule(a.k), compile=False)
-    row = {"form": a.form, "k": a.k, "downscale": a.downscale, "threads": torch.get_num_threads(),
+    row = {"form": a.form, "k": a.k, "downscale": a.downscale, "threads": torch.get_num_threads(), "code": code_version(), "torch": torch.__version__,
            "psnr": dict(zip(names, [round(float(p), 4) for p in psnr_from_mse(best)]))}
     a.out.mkdir(parents=True, exist_ok=True)
     with open(a.out / "adam_quality_cpu.jsonl", "a") as f:

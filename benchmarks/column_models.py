@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 import ddcodec
 from ddcodec import bitstream, entropy
@@ -99,7 +100,7 @@ def main(argv=None):
             bits = file_bits(data)
             row = {"image": name, **setting, "k": ddcodec.info(data)["arch"]["channels"], **bits,
                    "saving_oracle": 1 - bits["column_oracle"] / bits["tensor"],
-                   "saving_adaptive": 1 - bits["column_adaptive"] / bits["tensor"], "code": code_version()}
+                   "saving_adaptive": 1 - bits["column_adaptive"] / bits["tensor"], "code": code_version(), "torch": torch.__version__}
             f.write(json.dumps(row) + "\n")
             print(f"{name} k={row['k']}: {bits['file_bits'] / 8:.0f} bytes; column oracle "
                   f"{100 * row['saving_oracle']:+.2f} %, adaptive {100 * row['saving_adaptive']:+.2f} % of the weights' bits",

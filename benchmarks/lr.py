@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 import ddcodec
 from ddcodec.fit import default_lr
@@ -59,7 +60,7 @@ def main(argv=None):
                 k = ddcodec.info(r.data)["arch"]["channels"]
                 row = {"image": name, "crop": f"{width}x{height}", "target_bpp": a.bpp, "lr": lr,
                        "lr_used": fit.lr_for(k), "rule_lr": default_lr(k), "k": k, "bytes": r.bytes,
-                       "bpp": r.bpp, "psnr": r.psnr, "bank_seconds": seconds, "code": code_version()}
+                       "bpp": r.bpp, "psnr": r.psnr, "bank_seconds": seconds, "code": code_version(), "torch": torch.__version__}
                 f.write(json.dumps(row) + "\n")
                 print(f"{name} lr {lr} (k={k}, {row['lr_used']:.4f}): {r.psnr:.2f} dB at {r.bpp:.4f} bpp", flush=True)
 

@@ -20,6 +20,7 @@ from ddcodec import FitConfig, QuantConfig
 from ddcodec.codec import fit_bank, quantize_bank
 from ddcodec.rate import channels_for_image
 
+from .common import code_version
 from .rd import load_images
 
 # (steps, learning rate): the setting before the sixteenth session, then the default since
@@ -56,7 +57,7 @@ def main(argv=None):
     k = channels_for_image(a.bpp, ims[0].shape) if a.bpp else a.channels
     h, w = ims[0].shape[:2]
     row = {"names": names, "size": f"{max(h, w)}x{min(h, w)}", "threads": torch.get_num_threads(),
-           "compile": a.compile, **compare(ims, k, a.bpp, fit=fit)}
+           "compile": a.compile, "code": code_version(), "torch": torch.__version__, **compare(ims, k, a.bpp, fit=fit)}
     a.out.mkdir(parents=True, exist_ok=True)
     with open(a.out / "qat.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")

@@ -10,9 +10,12 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 import ddcodec
 from ddcodec.metrics import psnr
 
+from .common import code_version
 from .rd import load_images
 
 
@@ -37,7 +40,8 @@ def main(argv=None):
         row = dict(image=name, size=f"{img.shape[1]}x{img.shape[0]}", target_bpp=a.bpp, tile=a.tile,
                    iters=a.iters, grid=meta.get("tiles", [1, 1]), tile_k=meta.get("tile_k", [meta["arch"]["channels"]]),
                    bytes=len(res.data), bpp=8 * len(res.data) / (img.shape[0] * img.shape[1]),
-                   psnr=psnr(ddcodec.decode(res.data), img), psnr_float=res.psnr_float, seconds=time.perf_counter() - t0, device=res.device)
+                   psnr=psnr(ddcodec.decode(res.data), img), psnr_float=res.psnr_float, seconds=time.perf_counter() - t0, device=res.device,
+                   threads=torch.get_num_threads(), code=code_version(), torch=torch.__version__)
         print(json.dumps(row), flush=True)
         a.out.parent.mkdir(parents=True, exist_ok=True)
         with a.out.open("a") as f:
