@@ -14,8 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checks import integer
+from .checks import integer, keep, number
 from .errors import ConfigError, ImageError
+from .images import check_image
 
 LANCZOS_A = 3
 
@@ -26,7 +27,7 @@ class Degradation:
     mask: np.ndarray = None  # bool [H, W]: True where the input pixel is known
 
     def __post_init__(self):
-        integer("scale", self.scale, 1, 16)
+        keep(self, "scale", integer("scale", self.scale, 1, 16))  # a numpy integer as int: layers_for uses bit_length
         if self.mask is not None:
             m = self.mask
             if not isinstance(m, np.ndarray) or m.ndim != 2:
@@ -66,6 +67,9 @@ def lanczos_kernel(factor: int, a: int = LANCZOS_A) -> np.ndarray:
 
 def lanczos_downsample(x: torch.Tensor, factor: int) -> torch.Tensor:
     """[N, C, H, W] -> [N, C, H/factor, W/factor], separable, output pixel centres aligned."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
+        raise ConfigError("lanczos_downsample takes a float tensor [N, C, H, W]")
+    factor = integer("factor", factor, 1, 16)
     k = torch.from_numpy(lanczos_kernel(factor)).to(x)
     pad = LANCZOS_A * factor - factor // 2
     n, c, h, w = x.shape
@@ -77,7 +81,12 @@ def lanczos_downsample(x: torch.Tensor, factor: int) -> torch.Tensor:
 
 
 def mask_from_image(mask_img: np.ndarray) -> np.ndarray:
-    """Any mask image -> bool [H, W]; white (>= 128 in grayscale) means known."""
+    """Any mask image (uint8 [H, W] or [H, W, 3]) -> bool [H, W]; white (>= 128 in grayscale)
+    means known."""
+    try:
+        mask_img = check_image(mask_img)
+    except ImageError as e:
+        raise ImageError(f"mask {e}") from None
     m = mask_img if mask_img.ndim == 2 else mask_img.mean(axis=2)
     known = m >= 128
     if not known.any():
@@ -88,7 +97,7 @@ def mask_from_image(mask_img: np.ndarray) -> np.ndarray:
 def estimate_sigma(img: np.ndarray) -> float:
     """Gaussian noise std on the 0-255 scale, from the median absolute finest diagonal Haar
     coefficient (Donoho's MAD estimator): image content barely reaches that band."""
-    x = img.astype(np.float64)
+    x = check_image(img).astype(np.float64)
     x = x[..., None] if x.ndim == 2 else x
     h, w = (x.shape[0] // 2) * 2, (x.shape[1] // 2) * 2
     if h < 2 or w < 2:
@@ -115,6 +124,11 @@ def denoise_iterations(sigma: float, base: int = 3000, arch: str = "deep-decoder
     sigma). Its time to fit noise grows with the pixels it must fit; the rule scales it with
     sqrt(pixels / 192x128), which is an assumption: it gives ~2,000 at 768x512, the order of
     DIP's own full-size budgets, but only the 192x128 point was measured."""
+    sigma = number("sigma", sigma, 0, math.inf)
+    base = integer("base", base, 1, 10**9)
+    pixels = integer("pixels", pixels, 0, 2**62)
+    if arch not in ("deep-decoder", "skip"):
+        raise ConfigError(f"arch must be 'deep-decoder' or 'skip', got {arch!r}")
     if sigma <= 1:
         return base
     if arch == "skip":

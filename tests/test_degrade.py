@@ -65,6 +65,26 @@ def test_mask_white_means_known_and_an_all_black_mask_is_refused():
         mask_from_image(np.zeros((4, 4), np.uint8))
 
 
+def test_a_numpy_integer_scale_is_kept_as_a_python_int():
+    d = Degradation(scale=np.int64(2))
+    assert d.scale == 2 and type(d.scale) is int
+
+
+@pytest.mark.parametrize("call", [
+    lambda: mask_from_image(None), lambda: mask_from_image([[255, 0]]),
+    lambda: mask_from_image(np.array([255, 0], np.uint8)), lambda: mask_from_image(np.full((2, 2, 3, 1), 255, np.uint8)),
+    lambda: mask_from_image(np.ones((2, 2), np.float32)), lambda: estimate_sigma(None),
+    lambda: estimate_sigma(np.zeros((4, 4, 2), np.uint8)),
+    lambda: lanczos_downsample(torch.zeros(1, 1, 8, 8), 0), lambda: lanczos_downsample(torch.zeros(1, 1, 8, 8), 2.5),
+    lambda: lanczos_downsample(torch.zeros(8, 8), 2), lambda: lanczos_downsample(np.zeros((1, 1, 8, 8)), 2),
+    lambda: denoise_iterations("a"), lambda: denoise_iterations(-1.0), lambda: denoise_iterations(float("nan")),
+    lambda: denoise_iterations(25, base=0), lambda: denoise_iterations(25, arch="dip"),
+    lambda: denoise_iterations(25, pixels=2.5)])
+def test_the_degradation_helpers_refuse_bad_arguments_with_typed_errors(call):
+    with pytest.raises((ConfigError, ImageError)):
+        call()
+
+
 def test_mask_of_the_wrong_size_and_bad_scale_are_refused():
     with pytest.raises(ImageError):
         Degradation(mask=np.ones((3, 3), bool)).weight((4, 4), "cpu")
