@@ -15,7 +15,7 @@ from ddcodec.codec import bank_key, check_arguments
 from ddcodec.collection import IMAGE_SUFFIXES
 from ddcodec.degrade import Degradation, mask_from_image
 from ddcodec.errors import ConfigError, DDCError, ImageError, OutputError, OutputExistsError, bank_out_of_memory
-from ddcodec.images import check_ddc_name, check_output, missing_folders, read_image, write_atomic
+from ddcodec.images import beside, check_ddc_name, check_output, missing_folders, read_image, write_atomic
 
 from .interrupt import raise_if_interrupted
 from .progress import FitProgress
@@ -60,9 +60,9 @@ def _images_in(candidates) -> list:
 
 def _outputs(paths, output, many: bool) -> list:
     if not many:
-        return [check_ddc_name(output) if output is not None else paths[0].with_suffix(".ddc")]
+        return [check_ddc_name(output) if output is not None else beside(paths[0], paths[0].stem + ".ddc")]
     if output is None:
-        return [p.with_suffix(".ddc") for p in paths]
+        return [beside(p, p.stem + ".ddc") for p in paths]
     if os.path.lexists(output) and not os.path.isdir(output):
         raise ConfigError(f"{output} is a file; several inputs need an output folder")
     return [output / (p.stem + ".ddc") for p in paths]

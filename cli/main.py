@@ -2,6 +2,7 @@
 DDCError becomes one line on stderr and exit code 1, Ctrl-C exit code 130."""
 import functools
 import json
+import logging
 import os
 import sys
 import time
@@ -25,10 +26,14 @@ from .progress import FitProgress
 # click 8.2+ raises this for a group called without a command (older versions print the help
 # and exit themselves); an empty tuple catches nothing
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+# Pillow logs what it cannot decode (a TIFF's samples per pixel) before raising; with no logging
+# set up, Python prints that as a second line beside ddc's own one-line error
+_PIL_QUIET = logging.NullHandler()
 
 
 class DDCGroup(click.Group):
     def main(self, args=None, prog_name=None, standalone_mode=True, **kw):
+        logging.getLogger("PIL").addHandler(_PIL_QUIET)
         # click's own usage errors (a bad option value, a missing argument) end in one line too,
         # like every DDCError, with click's exit code 2
         if not standalone_mode:

@@ -6,7 +6,7 @@ import click
 from ddcodec import restore
 from ddcodec.fit import FitConfig
 from ddcodec.quant import QuantConfig
-from ddcodec.images import (check_ddc_name, check_image_name, check_outputs, image_bytes, named, read_image,
+from ddcodec.images import (beside, check_ddc_name, check_image_name, check_outputs, image_bytes, read_image,
                             write_atomic)
 
 from .paths import named_path
@@ -23,7 +23,7 @@ def output_options(f):
 
 
 def run(task, image, output, ddc, force, quiet, fn, mask_path=None, **kw):
-    output = output or named(image).with_name(f"{image.stem}.{task}.png")
+    output = output or beside(image, f"{image.stem}.{task}.png")
     # every output checked before the fit: a name, a folder, no clash with an input or each other
     check_image_name(output)
     if ddc is not None:
@@ -31,6 +31,7 @@ def run(task, image, output, ddc, force, quiet, fn, mask_path=None, **kw):
     check_outputs([o for o in (output, ddc) if o is not None], force,
                   inputs=[p for p in (image, mask_path) if p is not None])
     img = read_image(image)
+    check_image_name(output, 1 if img.ndim == 2 else 3)  # the writer itself, for the image's channels
     iters = kw.get("iters") or FitConfig.iters  # None (the rule) only for the bar's first length
     after = QuantConfig(qat_iters=restore.DISTILL_ITERS if task == "denoise" else 0)  # distillation
     with FitProgress(FitConfig(iters=iters), after, quiet) as bar:

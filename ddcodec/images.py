@@ -4,6 +4,7 @@ Images are uint8 arrays [H, W, 3] or [H, W]. Input modes are either converted wi
 a pixel value (palette -> RGB, 1-bit -> L, opaque alpha dropped, EXIF orientation applied) or
 refused with a one-line reason; never silently altered.
 """
+import contextlib
 import os
 import stat
 import tempfile
@@ -31,7 +32,17 @@ def channels_of_mode(mode: str) -> int:
 def decoded_name(src) -> Path:
     """Where a decoded .ddc goes by default: beside it as <stem>.decoded.png, so the original
     photo.png it was made from is never in the way."""
-    return named(src).with_name(Path(src).stem + ".decoded.png")
+    return beside(src, Path(src).stem + ".decoded.png")
+
+
+def beside(src, name: str) -> Path:
+    """A default output named `name` in src's folder. Only beside a file: a pipe's /dev/fd/63
+    (`ddc encode <(...)`) passes every check for /dev/fd/63.ddc, whose write would then fail,
+    after the fit."""
+    src = named(src)
+    if os.path.exists(src) and not os.path.isfile(src):
+        raise OutputError(f"{src} is not a regular file, so no output can go beside it: name the output with -o")
+    return src.with_name(name)
 
 
 def named(path, error=ImageError) -> Path:
@@ -78,6 +89,7 @@ def read_image(path, max_pixels: int = MAX_INPUT_PIXELS) -> np.ndarray:
         with _image_source(path) as f, Image.open(f) as im:
             if im.width * im.height > max_pixels:  # refuse before decoding any pixel data
                 raise ImageError(f"{path}: {im.width}x{im.height} has more pixels than the limit {max_pixels}")
+            _refuse_what_pixels_lose(im, path)
             im.load()
             try:
                 return from_pil(im, max_pixels)
@@ -89,24 +101,44 @@ def read_image(path, max_pixels: int = MAX_INPUT_PIXELS) -> np.ndarray:
         raise ImageError(f"{path}: no such file") from None
     except Image.DecompressionBombError as e:
         raise ImageError(f"{path}: {e}") from None
+    except Image.UnidentifiedImageError:  # its message names the stream object, not the file
+        raise ImageError(f"{path}: cannot read image (not a format Pillow reads, or damaged)") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageError(f"{path}: cannot read image ({e})") from None
 
 
 def _image_source(path):
-    """The file at path, open for reading. Pillow opens a path itself but, given a pipe, reads
-    it into memory and leaves the pipe's own handle unclosed (a ResourceWarning on every
-    `ddc encode <(...)`), and reads it to its end however long: a stream is read here instead,
-    up to MAX_STREAM_BYTES."""
+    """What Pillow should open for the file at path: the path itself for a file (Pillow opens
+    and closes it, and names it in its errors), or for a stream its bytes. Given a pipe's path,
+    Pillow reads it into memory and leaves the pipe's own handle unclosed (a ResourceWarning on
+    every `ddc encode <(...)`), and reads it to its end however long: a stream is read here,
+    up to MAX_STREAM_BYTES, and closed."""
     import io
-    f = open(path, "rb")
-    if f.seekable():
-        return f
-    with f:
+    with open(path, "rb") as f:
+        if f.seekable():
+            return contextlib.nullcontext(path)
         data = f.read(MAX_STREAM_BYTES + 1)
     if len(data) > MAX_STREAM_BYTES:
         raise ImageError(f"{path}: a stream of more than {MAX_STREAM_BYTES} bytes, more than any image the encoder takes")
     return io.BytesIO(data)
+
+
+def _refuse_what_pixels_lose(im: Image.Image, path) -> None:
+    """Refuse, before decoding, a file whose pixels would not hold all of it: frames after the
+    first (an animation or a multi-page TIFF), and 16-bit samples that Pillow opens in an 8-bit
+    mode (RGB, RGBA and gray+alpha PNGs: its mode says RGB, only the raw mode says 16 bits)."""
+    frames = getattr(im, "n_frames", 1)
+    if frames > 1:
+        raise ImageError(f"{path}: {frames} frames (an animation or a multi-page file); "
+                         "ddcodec encodes one still image: extract the frame first")
+    if im.mode not in ("RGB", "RGBA", "LA", "L"):
+        return  # other modes say their depth themselves, and from_pil refuses those it cannot keep
+    for tile in im.tile:
+        args = tile[3] if len(tile) > 3 else None
+        raw = args[0] if isinstance(args, tuple) and args else args
+        if isinstance(raw, str) and (";16" in raw or ";32" in raw):
+            raise ImageError(f"{path}: samples of more than 8 bits ({raw}) would be cut to 8; "
+                             "convert to 8-bit RGB or grayscale first")
 
 
 def check_image(img: np.ndarray) -> np.ndarray:
@@ -135,7 +167,7 @@ def image_bytes(img: np.ndarray, path) -> bytes:
     buf = io.BytesIO()
     try:
         Image.fromarray(img).save(buf, format=fmt)
-    except (KeyError, OSError, ValueError) as e:  # Pillow reads more formats than it writes
+    except (KeyError, OSError, ValueError, TypeError) as e:  # Pillow reads more formats than it writes
         raise OutputError(f"{path}: cannot write this image as {fmt} ({e})") from None
     return buf.getvalue()
 
@@ -189,13 +221,18 @@ def missing_folders(folder) -> list:
     return missing
 
 
-def check_image_name(path) -> Path:
+def check_image_name(path, channels=None) -> Path:
     """An image output's suffix must name a format Pillow writes (none: PNG); checked before the
-    fit rather than after it."""
+    fit rather than after it. channels (1 or 3): also write a one-pixel image so to be sure."""
     suffix = Path(path).suffix.lower()
     Image.init()  # registers the writers, not only the readers
     if suffix and Image.registered_extensions().get(suffix) not in Image.SAVE:
         raise OutputError(f"{path}: {suffix!r} is not an image format this can write (use .png, .webp, .jpg, ...)")
+    if channels is not None and suffix:
+        # a registered writer may still fail: WMF's and GRIB's are stubs until a handler is
+        # installed, XBM holds 1-bit images only; a one-pixel image of the output's channels
+        # finds that now, not after the fit
+        image_bytes(np.zeros((1, 1, 3) if channels == 3 else (1, 1), np.uint8), path)
     return Path(path)
 
 

@@ -3,6 +3,8 @@ loops of symbolic links, a write that fails in the middle of a bank, inputs name
 matched by a pattern with other files, folders a run made and has to remove again."""
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -265,3 +267,45 @@ def test_json_gives_every_input_a_line_written_or_failed(tmp_path):
     by_input = {os.path.basename(d["input"]): d for d in lines}
     assert by_input["a.png"]["status"] == "written" and by_input["a.png"]["bytes"] > 0
     assert by_input["bad.png"]["status"] == "failed" and "cannot read image" in by_input["bad.png"]["error"]
+
+
+@pytest.mark.timeout(120)  # before the fix a read of the pipe waited for a writer for ever
+@pytest.mark.parametrize("command", ["encode", "decode", "denoise"])
+def test_a_pipe_without_an_output_name_is_refused_before_it_is_read(tmp_path, monkeypatch, command):
+    # the default output beside it, e.g. /dev/fd/63.ddc, passed every check and failed after the fit
+    from ddcodec import restore
+    monkeypatch.setattr(restore, "denoise", _no_fit)
+    monkeypatch.setattr(ddcodec.collection, "encode_bank", _no_fit)
+    p = tmp_path / ("pipe.ddc" if command == "decode" else "pipe.png")
+    os.mkfifo(p)  # no writer: a read would wait for ever
+    res = run(command, p, *{"encode": FAST, "decode": [], "denoise": ["-k", "8", "--iters", "60", "-q"]}[command])
+    _one_line_error(res)
+    assert "name the output with -o" in res.output
+    assert sorted(q.name for q in tmp_path.iterdir()) == [p.name]
+
+
+def test_a_restoration_output_whose_writer_fails_is_refused_before_the_fit(tmp_path, monkeypatch):
+    from ddcodec import restore
+    monkeypatch.setattr(restore, "denoise", _no_fit)
+    Image.fromarray(small(16, 16)).save(tmp_path / "x.png")
+    for name in ("y.wmf", "y.xbm"):
+        res = run("denoise", tmp_path / "x.png", "-o", tmp_path / name, "-k", "8", "--iters", "60", "-q")
+        _one_line_error(res)
+        assert "cannot write this image" in res.output and not (tmp_path / name).exists()
+
+
+def test_pillows_log_of_a_bad_tiff_is_not_a_second_line(tmp_path):
+    import struct
+    Image.new("RGB", (8, 8)).save(tmp_path / "s.tif")
+    d = bytearray((tmp_path / "s.tif").read_bytes())
+    ifd = struct.unpack("<I", d[4:8])[0]
+    for i in range(struct.unpack("<H", d[ifd:ifd + 2])[0]):
+        e = ifd + 2 + 12 * i
+        if struct.unpack("<H", d[e:e + 2])[0] == 277:  # SamplesPerPixel
+            d[e + 8:e + 10] = struct.pack("<H", 2048)
+    (tmp_path / "s.tif").write_bytes(bytes(d))
+    # a process of its own: pytest's log capture would take the record that Python prints
+    p = subprocess.run([sys.executable, "-m", "ddcodec_cli.main", "encode", str(tmp_path / "s.tif"), *FAST],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and p.stdout == ""
+    assert p.stderr.splitlines() == [f"ddc: error: {tmp_path / 's.tif'}: cannot read image (not a format Pillow reads, or damaged)"]

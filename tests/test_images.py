@@ -269,3 +269,45 @@ def test_a_pipe_longer_than_any_image_is_refused_at_the_limit(tmp_path, monkeypa
         read_image(p)
     writer.join(5)
     assert not writer.is_alive()
+
+
+def _png16(path, colour_type: int, channels: int, size=(8, 6)):
+    """A 16-bit PNG written chunk by chunk: Pillow opens RGB, RGBA and gray+alpha ones in 8-bit
+    modes (and cannot write them)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    w, h = size
+    rows = b"".join(b"\0" + np.full(w * channels, 65535, ">u2").tobytes() for _ in range(h))  # opaque
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("colour_type, channels", [(2, 3), (6, 4), (4, 2), (0, 1)])
+def test_a_16_bit_png_of_any_colour_type_is_refused_not_cut_to_8_bits(tmp_path, colour_type, channels):
+    p = _png16(tmp_path / "deep.png", colour_type, channels)
+    with pytest.raises(ImageError, match=r"more than 8 bits \(\w+;16B\)|mode I;16 \(16-bit"):
+        read_image(p)
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".png", ".tiff", ".webp"])
+def test_an_image_of_several_frames_is_refused_and_one_frame_is_read(tmp_path, suffix):
+    frames = [Image.fromarray(np.full((6, 8, 3), v, np.uint8)) for v in (0, 255)]
+    p = tmp_path / f"anim{suffix}"
+    frames[0].save(p, save_all=True, append_images=frames[1:])
+    with pytest.raises(ImageError, match="2 frames"):
+        read_image(p)
+    frames[1].save(tmp_path / f"still{suffix}")
+    assert read_image(tmp_path / f"still{suffix}").shape[:2] == (6, 8)
+
+
+@pytest.mark.parametrize("channels, suffix", [(3, ".wmf"), (3, ".xbm"), (1, ".grib")])
+def test_an_image_name_whose_writer_fails_is_refused_when_checked(tmp_path, channels, suffix):
+    from ddcodec.images import check_image_name
+    check_image_name(tmp_path / f"x{suffix}")  # the suffix alone names a writer
+    with pytest.raises(OutputError, match="cannot write"):
+        check_image_name(tmp_path / f"x{suffix}", channels)
+    assert check_image_name(tmp_path / "x.webp", channels) == tmp_path / "x.webp"
