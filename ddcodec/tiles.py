@@ -94,7 +94,8 @@ def check_rate(bpp: float, height: int, width: int, rows: int, cols: int) -> Non
     FLOOR_BYTES, so rows x cols of them may already exceed the file's budget, and the file would
     silently overshoot --bpp."""
     budget = bpp * height * width / 8
-    if rows * cols * FLOOR_BYTES > budget:
+    # a grid of one tile is a plain file at the whole target: the rate search says if it cannot be met
+    if rows * cols > 1 and rows * cols * FLOOR_BYTES > budget:
         raise ConfigError(f"{bpp:g} bpp is {budget:.0f} bytes for this {width}x{height} image, less than "
                           f"{rows}x{cols} tiles need ({FLOOR_BYTES} bytes each); use larger tiles, "
                           f"--tile none or a higher target")

@@ -239,6 +239,14 @@ def test_a_rate_target_the_grid_cannot_keep_is_refused_before_the_fit():
     assert stages == []  # no pilot, no fit
 
 
+def test_a_grid_of_one_tile_keeps_a_target_under_the_tile_floor():
+    # 1 bpp is 192 bytes at 48x32, under FLOOR_BYTES; one tile is a plain file, which keeps to it
+    img = small(48, 32)
+    res = ddcodec.encode(img, None, fit=FIT_TINY, quant=ddcodec.QuantConfig(target_bpp=1.0, qat_iters=2),
+                         device="cpu", tile=(48, 32))
+    assert res.data[4] == 3 and len(res.data) <= 192
+
+
 @given(st.integers(1, 60), st.integers(1, 60), st.integers(1, 6), st.integers(1, 6), st.booleans(), st.integers(0, 2**16))
 def test_merge_puts_split_tiles_back_into_the_same_image(height, width, rows, cols, grey, seed):
     rows, cols = min(rows, height), min(cols, width)  # every tile at least a pixel
