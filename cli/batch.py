@@ -161,6 +161,7 @@ def _read_jobs(paths, outs, many: bool, force: bool, other_inputs, max_pixels, a
             jobs.append((p, o, read_image(p, max_pixels)))
         except DDCError as e:
             if not many:
+                _json_failure(p, o, e, as_json)  # --json: every input a line, a single one too
                 raise
             click.echo(f"ddc: skipped {p}: {str(e).removeprefix(f'{p}: ')}", err=True)  # once, not twice
             _json_failure(p, o, e, as_json)
@@ -207,6 +208,8 @@ def _encode_bank(group, k, d, arch, fit, quant, deg, denoise, device, bar, force
 
 def _failed(jobs, error, many: bool, as_json: bool = False) -> int:
     if not many:
+        for src, out, _ in jobs:
+            _json_failure(src, out, error, as_json)
         raise error
     for src, out, _ in jobs:
         click.echo(f"ddc: failed {src}: {error}", err=True)

@@ -269,13 +269,29 @@ def test_json_gives_every_input_a_line_written_or_failed(tmp_path):
     assert by_input["bad.png"]["status"] == "failed" and "cannot read image" in by_input["bad.png"]["error"]
 
 
+@pytest.mark.parametrize("case", ["unreadable", "target"])
+def test_json_gives_a_single_failed_input_its_line_too(tmp_path, case):
+    if case == "unreadable":
+        (tmp_path / "a.png").write_bytes(b"not an image")
+        extra = []
+    else:
+        _images(tmp_path, ["a.png"])
+        extra = ["--psnr", "60"]  # far above what 60 iterations reach: the bank's fit fails it
+    res = run("encode", tmp_path / "a.png", *FAST, *extra, "--json")
+    assert res.exit_code == 1
+    lines = [json.loads(line) for line in res.output.splitlines() if line.startswith("{")]
+    assert [(os.path.basename(d["input"]), d["status"]) for d in lines] == [("a.png", "failed")]
+    assert lines[0]["error"] and lines[0]["output"] == str(tmp_path / "a.ddc")
+    assert not (tmp_path / "a.ddc").exists()
+
+
 @pytest.mark.timeout(120)  # before the fix a read of the pipe waited for a writer for ever
 @pytest.mark.parametrize("command", ["encode", "decode", "denoise"])
 def test_a_pipe_without_an_output_name_is_refused_before_it_is_read(tmp_path, monkeypatch, command):
     # the default output beside it, e.g. /dev/fd/63.ddc, passed every check and failed after the fit
     from ddcodec import restore
     monkeypatch.setattr(restore, "denoise", _no_fit)
-    monkeypatch.setattr(ddcodec.collection, "encode_bank", _no_fit)
+    monkeypatch.setattr(ddcodec, "encode_bank", _no_fit)
     p = tmp_path / ("pipe.ddc" if command == "decode" else "pipe.png")
     os.mkfifo(p)  # no writer: a read would wait for ever
     res = run(command, p, *{"encode": FAST, "decode": [], "denoise": ["-k", "8", "--iters", "60", "-q"]}[command])
