@@ -201,7 +201,7 @@ def encode(images, output, **opts):
 
 @cli.command()
 @click.argument("file", type=named_path(dir_okay=False))
-@click.option("-o", "--output", type=named_path(),
+@click.option("-o", "--output", type=named_path(dir_okay=False),
               help="Output image [default: FILE's name with .decoded.png: photo.ddc -> photo.decoded.png, so the original photo.png is never in the way].")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
 @click.option("--force", is_flag=True, help="Replace an existing output.")

@@ -325,3 +325,20 @@ def test_pillows_log_of_a_bad_tiff_is_not_a_second_line(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 1 and p.stdout == ""
     assert p.stderr.splitlines() == [f"ddc: error: {tmp_path / 's.tif'}: cannot read image (not a format Pillow reads, or damaged)"]
+
+
+@pytest.mark.parametrize("option", ["decode -o", "denoise -o", "denoise --ddc", "inpaint -o"])
+def test_a_file_output_ending_in_a_slash_is_refused_not_written_as_a_file(tmp_path, ddc_bytes, monkeypatch, option):
+    # encode takes "out/" as a folder; these write one file, which was written under the name "out"
+    from ddcodec import restore
+    for name in ("denoise", "inpaint"):
+        monkeypatch.setattr(restore, name, _no_fit)
+    (tmp_path / "x.ddc").write_bytes(ddc_bytes)
+    Image.fromarray(small(16, 16)).save(tmp_path / "x.png")
+    command, flag = option.split()
+    args = {"decode": [tmp_path / "x.ddc"], "denoise": [tmp_path / "x.png"],
+            "inpaint": [tmp_path / "x.png", "--mask", tmp_path / "x.png"]}[command]
+    res = run(command, *args, flag, f"{tmp_path / 'out'}/")
+    assert res.exit_code == 2 and "names a folder" in res.output
+    assert len([line for line in res.output.splitlines() if line.strip()]) == 1
+    assert not (tmp_path / "out").exists()
