@@ -14,7 +14,8 @@ from ddcodec import FitConfig, QuantConfig, restore, tiles
 from ddcodec.codec import bank_key, check_arguments
 from ddcodec.collection import IMAGE_SUFFIXES
 from ddcodec.degrade import Degradation, mask_from_image
-from ddcodec.errors import ConfigError, DDCError, ImageError, OutputError, OutputExistsError, bank_out_of_memory
+from ddcodec.errors import (ConfigError, DDCError, ImageError, OutputError, OutputExistsError, PartialBankError,
+                            bank_out_of_memory)
 from ddcodec.images import beside, check_ddc_name, check_output, missing_folders, read_image, write_atomic
 
 from .interrupt import raise_if_interrupted
@@ -187,6 +188,12 @@ def _encode_bank(group, k, d, arch, fit, quant, deg, denoise, device, bar, force
             results = ddcodec.encode_bank([img for _, _, img in group], k, d, fit, quant, device,
                                           bar.update, arch, deg, tile)
         raise_if_interrupted()
+        errors = [None] * len(group)
+    except PartialBankError as e:  # images below a PSNR target fail alone: their bank-mates are written
+        if not many:
+            return _failed(group, e, many, as_json)
+        raise_if_interrupted()
+        results, errors = e.results, e.errors
     except DDCError as e:
         return _failed(group, e, many, as_json)
     except (MemoryError, RuntimeError) as e:  # a bank too large for the device: the next banks may fit
@@ -195,8 +202,11 @@ def _encode_bank(group, k, d, arch, fit, quant, deg, denoise, device, bar, force
             raise
         return _failed(group, report, many, as_json)
     failed = 0
-    for job, res in zip(group, results):
+    for job, res, error in zip(group, results, errors):
         src, out, _ = job
+        if error:
+            failed += _failed([job], error, many, as_json)
+            continue
         try:
             write_atomic(out, res.data, force, inputs=[src])
         except DDCError as e:

@@ -22,7 +22,7 @@ from . import bitstream, entropy, tiles
 from .checks import integer
 from .degrade import Degradation
 from .decoding import _unorient, decode, info, load_model, read_file, resolve_device  # noqa: F401 - info, load_model: still importable from here
-from .errors import ConfigError, FormatError, ImageError
+from .errors import ConfigError, FormatError, ImageError, PartialBankError
 from .fit import ADAM_BETAS, FitConfig, fell_back, mse_per_image, optimise
 from .images import check_ddc_name, check_image, check_image_name, check_output, decoded_name, image_bytes, read_image, write_atomic
 from .metrics import bpp as bits_per_pixel, psnr
@@ -94,10 +94,20 @@ def encode_bank(images, channels: Optional[int] = 64, layers: int = 6, fit: FitC
                                       layers)
     t0 = time.perf_counter()
     bank = fit_bank(images, channels, layers, fit, device, progress, arch, degradation)
-    results = quantize_bank(bank, quant, progress)
+    try:
+        results = quantize_bank(bank, quant, progress)
+    except PartialBankError as e:
+        _share_seconds(e.results, t0)
+        raise
+    return _share_seconds(results, t0)
+
+
+def _share_seconds(results, t0) -> list:
+    """Each image's share of the bank's wall clock since t0 (None: an image that failed)."""
     seconds = time.perf_counter() - t0
     for r in results:
-        r.seconds = seconds / len(results)
+        if r is not None:
+            r.seconds = seconds / len(results)
     return results
 
 
@@ -230,11 +240,11 @@ def quantize_bank(bank: FittedBank, quant: QuantConfig = QuantConfig(), progress
     model, z, loss_fn = bank.model, bank.z, bank.loss_fn
     write = lambda b, codes_b: _write_member(model, b, codes_b, bank.arch, bank.seed,  # noqa: E731
                                              bank.flags[b], *bank.size)
-    budgets = None
+    budgets, short = None, [None] * z.shape[0]
     if quant.target_bpp is not None:
         budgets = budgets_for_rate(model, z, loss_fn, quant, bank.size[0] * bank.size[1], write, targets)
     elif quant.target_psnr is not None:
-        budgets = budgets_for_psnr(model, z, loss_fn, quant.target_psnr)
+        budgets, short = budgets_for_psnr(model, z, loss_fn, quant.target_psnr)
     codes = search_steps(model, z, loss_fn, quant, budgets)  # [T, B]
     steps = steps_tensor(codes, z.device)
     rate_bound = quant.target_bpp is not None
@@ -256,6 +266,9 @@ def quantize_bank(bank: FittedBank, quant: QuantConfig = QuantConfig(), progress
     searched, codes = codes, np.maximum(codes, floor)
     results = []
     for b, img in enumerate(bank.originals):
+        if short[b]:  # below a PSNR target: its bank-mates are still written
+            results.append(None)
+            continue
         data = write(b, codes[:, b])
         target = targets[b] if targets is not None else quant.target_bpp
         if rate_bound and 8 * len(data) > target * bank.size[0] * bank.size[1]:
@@ -272,6 +285,8 @@ def quantize_bank(bank: FittedBank, quant: QuantConfig = QuantConfig(), progress
             fidelity_psnr(_unorient(bank.float_out[b], bank.flags[b]), img, bank.degradation),
             bits_per_pixel(len(data), decoded.shape[1], decoded.shape[0]), 0.0, str(z.device),
             param_count(bank.arch), bank.arch))
+    if any(short):
+        raise PartialBankError(results, short)
     return results
 
 
@@ -316,13 +331,22 @@ def _encode_tiled(images, channels, layers, fit, quant, device, progress, tile) 
         if problem:
             raise ImageError(f"{im.shape[1]}x{im.shape[0]}: its tiles together would take {problem}; "
                              "use a smaller -k, image or --layers")
-    coded = {}
+    coded, failed = {}, {}  # failed: image -> the first of its tiles' errors
     for (_, k), keys in groups.items():
         bank = fit_bank([pieces[key] for key in keys], k, layers, fit, device, progress)
-        out = quantize_bank(bank, quant, progress, None if targets is None else [targets[key] for key in keys])
+        try:
+            out = quantize_bank(bank, quant, progress, None if targets is None else [targets[key] for key in keys])
+        except PartialBankError as e:  # tiles below a PSNR target fail their images alone
+            out = e.results
+            for (i, j), error in zip(keys, e.errors):
+                if error:
+                    failed.setdefault(i, f"tile {j}: {error}")
         coded.update(zip(keys, out))
     results = []
     for i, (im, (rows, cols)) in enumerate(zip(originals, grids)):
+        if i in failed:
+            results.append(None)
+            continue
         parts = [coded[i, j] for j in range(rows * cols)]
         data = parts[0].data if len(parts) == 1 else tiles.pack(im.shape[1], im.shape[0], rows, cols,
                                                                 [r.data for r in parts])
@@ -333,9 +357,9 @@ def _encode_tiled(images, channels, layers, fit, quant, device, progress, tile) 
             data, im.shape[1], im.shape[0], psnr(decoded, im), -10 * math.log10(mse) if mse > 0 else math.inf,
             bits_per_pixel(len(data), im.shape[1], im.shape[0]), 0.0, parts[0].device,
             sum(r.params for r in parts), parts[0].arch))
-    seconds = time.perf_counter() - t0
-    for r in results:
-        r.seconds = seconds / len(results)
+    _share_seconds(results, t0)
+    if failed:
+        raise PartialBankError(results, [failed.get(i) for i in range(len(originals))])
     return results
 
 

@@ -18,7 +18,7 @@ from . import bitstream, tiles
 from .checks import integer
 from .codec import bank_key, check_arguments, encode_bank
 from .decoding import read_file
-from .errors import ConfigError, DDCError, bank_out_of_memory
+from .errors import ConfigError, DDCError, PartialBankError, bank_out_of_memory
 from .fit import FitConfig
 from .nets import Architecture
 from .images import MAX_INPUT_PIXELS, channels_of_mode, check_output, missing_folders, read_image, write_atomic
@@ -187,6 +187,9 @@ def run_bank(job: BankJob, progress=None) -> list:
                                   settings.fit, settings.quant, settings.device, progress, settings.arch,
                                   tile=settings.tile)
             results += [(s, o, r.data, "", r.summary()) for (s, o, _), r in zip(members, encoded)]
+        except PartialBankError as e:  # the images that failed, alone
+            results += [(s, o, None, err, {}) if err else (s, o, r.data, "", r.summary())
+                        for (s, o, _), r, err in zip(members, e.results, e.errors)]
         except DDCError as e:
             results += [(s, o, None, str(e), {}) for s, o, _ in members]
         except (MemoryError, RuntimeError) as e:  # a bank too large for the device: the next banks may fit

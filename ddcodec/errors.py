@@ -46,6 +46,16 @@ class ConfigError(DDCError):
     """An option out of its valid range."""
 
 
+class PartialBankError(ConfigError):
+    """Some images of a bank failed (a PSNR target its fit did not reach) where the others were
+    encoded: results[i] is image i's EncodeResult or None, errors[i] its message or None. Its
+    own message is the first failure's, so a caller of encode() sees that image's error."""
+
+    def __init__(self, results, errors):
+        self.results, self.errors = list(results), list(errors)
+        super().__init__(next(e for e in self.errors if e))
+
+
 # torch reports a full device as a RuntimeError: CUDA's is its OutOfMemoryError subclass ("CUDA
 # out of memory"), the CPU allocator's a plain one ("DefaultCPUAllocator: can't allocate memory").
 _OOM_TEXTS = ("out of memory", "can't allocate memory")

@@ -342,3 +342,16 @@ def test_a_file_output_ending_in_a_slash_is_refused_not_written_as_a_file(tmp_pa
     assert res.exit_code == 2 and "names a folder" in res.output
     assert len([line for line in res.output.splitlines() if line.strip()]) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_a_psnr_target_one_image_of_a_bank_misses_fails_it_alone(tmp_path):
+    from .test_rate import _easy_and_hard
+    for name, img in zip(("easy.png", "hard.png"), _easy_and_hard()):
+        Image.fromarray(img).save(tmp_path / name)
+    res = run("encode", tmp_path / "easy.png", tmp_path / "hard.png", "-o", tmp_path / "out", "-k", "8", "--layers", "4",
+              "--iters", "150", "--qat-iters", "5", "--psnr", "15", "--json", "-q")
+    assert res.exit_code == 1
+    lines = {os.path.basename(d["input"]): d for d in map(json.loads, filter(lambda x: x.startswith("{"), res.output.splitlines()))}
+    assert lines["easy.png"]["status"] == "written" and lines["easy.png"]["psnr"] >= 15
+    assert lines["hard.png"]["status"] == "failed" and "below the target 15" in lines["hard.png"]["error"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["easy.ddc"]

@@ -1,4 +1,5 @@
 """Rate control: --bpp gives the largest file within the target, --psnr the smallest at it."""
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -47,13 +48,18 @@ def test_target_psnr_is_met_within_rounding(fitted):
     assert all(r.bytes < c.bytes for r, c in zip(rs, cheaper))  # a 1 dB budget buys a smaller file than 0.05 dB
 
 
+def _more_budget(budgets_and_shortfalls, db):
+    budgets, short = budgets_and_shortfalls
+    return budgets + db, short
+
+
 def test_a_psnr_target_is_met_by_the_decoded_file_itself(fitted, monkeypatch):
     # The budget is set on the float network; the decoded 8-bit file once landed ~0.001 dB
     # under its target. Here the budget overshoots by 2 dB, as if that gap were large: the
     # encoder must still hand back a file that decodes at or above the target.
     import ddcodec.codec
     real = ddcodec.codec.budgets_for_psnr
-    monkeypatch.setattr(ddcodec.codec, "budgets_for_psnr", lambda *a: real(*a) + 2.0)
+    monkeypatch.setattr(ddcodec.codec, "budgets_for_psnr", lambda *a: _more_budget(real(*a), 2.0))
     with torch.no_grad():
         reached = -10 * torch.log10(fitted.loss_fn(fitted.model(fitted.z)))
     target = float(reached.min()) - 1.0
@@ -69,6 +75,39 @@ def test_unreachable_targets_are_config_errors(fitted):
         _quantize(fitted, target_psnr=60)
     with pytest.raises(ConfigError):
         QuantConfig(target_bpp=1, target_psnr=30)
+
+
+def _easy_and_hard(width=32, height=24):
+    """A smooth image a small net fits well, and noise it cannot fit: one bank, two fates."""
+    hard = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return [small(width, height), hard]
+
+
+def test_a_psnr_target_one_bank_member_misses_fails_that_member_alone():
+    from ddcodec.errors import PartialBankError
+    imgs = _easy_and_hard()
+    bank = fit_bank(imgs, 8, 4, FitConfig(iters=150), "cpu")
+    with torch.no_grad():
+        reached = (-10 * torch.log10(bank.loss_fn(bank.model(bank.z)))).tolist()
+    assert reached[0] > reached[1] + 4  # the premise: the noise is far harder
+    target = reached[0] - 2
+    with pytest.raises(PartialBankError) as caught:
+        quantize_bank(bank, QuantConfig(qat_iters=5, target_psnr=target))
+    (ok, bad), (ok_error, bad_error) = caught.value.results, caught.value.errors
+    assert bad is None and ok_error is None and ok.psnr >= target
+    assert ddcodec.metrics.psnr(ddcodec.decode(ok.data), imgs[0]) >= target
+    assert f"reached {reached[1]:.2f} dB" in bad_error  # its own shortfall, not the bank's minimum
+
+
+def test_a_psnr_target_one_image_misses_fails_its_tiles_alone():
+    from ddcodec.errors import PartialBankError
+    imgs = _easy_and_hard(48, 32)
+    with pytest.raises(PartialBankError) as caught:
+        ddcodec.encode_bank(imgs, 8, 4, FitConfig(iters=150), QuantConfig(qat_iters=5, target_psnr=15),
+                            device="cpu", tile=(24, 16))
+    (ok, bad), (ok_error, bad_error) = caught.value.results, caught.value.errors
+    assert bad is None and ok_error is None and bad_error.startswith("tile ")
+    assert ok.psnr >= 15 and ddcodec.info(ok.data)["tiles"] == [2, 2]
 
 
 def test_channels_for_bpp_grow_with_the_target_and_fit_the_budget():
@@ -88,6 +127,6 @@ def test_a_psnr_target_with_a_tensor_of_zeros_still_writes_a_file(monkeypatch):
     with torch.no_grad():
         reached = float(-10 * torch.log10(bank.loss_fn(bank.model(bank.z))).min())
     real = ddcodec.codec.budgets_for_psnr
-    monkeypatch.setattr(ddcodec.codec, "budgets_for_psnr", lambda *a: real(*a) + 3.0)
+    monkeypatch.setattr(ddcodec.codec, "budgets_for_psnr", lambda *a: _more_budget(real(*a), 3.0))
     r = quantize_bank(bank, QuantConfig(qat_iters=0, target_psnr=reached - 0.05))[0]
     assert r.psnr >= reached - 0.05 and ddcodec.decode(r.data).shape == (16, 16, 3)

@@ -124,3 +124,16 @@ def test_settings_refuse_a_bad_value_when_made_not_once_per_bank(bad):
     from ddcodec.errors import ConfigError
     with pytest.raises(ConfigError):
         Settings(**bad)
+
+
+def test_encode_dir_with_a_psnr_target_fails_only_the_image_that_misses_it(tmp_path):
+    from .test_rate import _easy_and_hard
+    (tmp_path / "src").mkdir()
+    for name, img in zip(("easy.png", "hard.png"), _easy_and_hard()):
+        Image.fromarray(img).save(tmp_path / "src" / name)
+    settings = Settings(channels=8, layers=4, fit=FitConfig(iters=150), quant=QuantConfig(qat_iters=5, target_psnr=15),
+                        device="cpu")
+    outcomes = encode_collection(folder_pairs(tmp_path / "src", tmp_path / "out"), settings, bank=2)
+    status = {Path(o.source).name: o.status for o in outcomes}
+    assert status == {"easy.png": "written", "hard.png": "failed"}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["easy.ddc"]
