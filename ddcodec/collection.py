@@ -18,7 +18,7 @@ from . import bitstream, tiles
 from .checks import integer
 from .codec import bank_key, check_arguments, encode_bank
 from .decoding import read_file
-from .errors import ConfigError, DDCError, PartialBankError, bank_out_of_memory
+from .errors import ConfigError, DDCError, ImageError, PartialBankError, bank_out_of_memory
 from .fit import FitConfig
 from .nets import Architecture
 from .images import MAX_INPUT_PIXELS, channels_of_mode, check_output, missing_folders, read_image, write_atomic
@@ -72,11 +72,23 @@ class Outcome:
 
 
 def find_images(folder) -> list:
-    """Image files under folder, recursively, in a stable (sorted) order."""
+    """Image files under folder, recursively, in a stable (sorted) order. A link with an image
+    name that leads nowhere (dangling, or a loop) is listed too, so that it is reported as
+    failed rather than passed over; links to folders are not followed. A folder that cannot be
+    listed is an error: Path.rglob skipped it without a word, and its images with it."""
     folder = Path(folder)
     if not os.path.isdir(folder):  # os.path: a name too long is not a folder either, not a crash
         raise ConfigError(f"{folder} is not a folder")
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+    def unlisted(e: OSError):
+        raise ImageError(f"cannot list the folder {e.filename}: {e.strerror}")
+    found = []
+    for top, _, names in os.walk(folder, onerror=unlisted):
+        for name in names:
+            p = Path(top) / name
+            if p.suffix.lower() in IMAGE_SUFFIXES and (os.path.isfile(p) or not os.path.exists(p)):
+                found.append(p)
+    return sorted(found)
 
 
 def output_path(source: Path, root: Path, out_dir: Path) -> Path:
@@ -121,17 +133,20 @@ def plan(pairs: Iterable, bank: int = 8, force: bool = False, settings: Settings
     groups, settled, seen = {}, [], set()
     for src, out in pairs:
         src, out = Path(src), Path(out)
-        if out in seen:
+        if (real := os.path.realpath(out)) in seen:  # the file itself: out/sub may be a link to out
             settled.append(Outcome(str(src), str(out), "failed", f"another input also maps to {out}"))
             continue
-        seen.add(out)
+        seen.add(real)
         try:
             key = probe(src)
         except Exception as e:  # noqa: BLE001 - any unreadable header is this file's failure
             settled.append(Outcome(str(src), str(out), "failed", f"cannot read image ({e})"))
             continue
         done = os.path.exists(out) and not force  # os.path: False for a name too long, not an error
-        if done and verified(out, key):
+        if os.path.isdir(out):  # no --force can replace a folder: say so, not "use --force"
+            settled.append(Outcome(str(src), str(out), "failed", f"{out} is a folder"))
+            done = True
+        elif done and verified(out, key):
             settled.append(Outcome(str(src), str(out), "skipped"))
         elif done:
             settled.append(Outcome(str(src), str(out), "failed",
@@ -156,7 +171,10 @@ def plan(pairs: Iterable, bank: int = 8, force: bool = False, settings: Settings
 def unwritable(out: Path, src: Path, force: bool = False) -> Optional[str]:
     """Why out could not be written once its bank is fitted (write_results makes its missing
     folders), or None: a file or a link where a folder must be, or what check_output refuses."""
-    missing = missing_folders(out.parent)
+    try:
+        missing = missing_folders(out.parent)
+    except DDCError as e:  # a folder name too long, a loop of links: the mkdir after the fit would fail
+        return str(e)
     folder = missing[-1].parent if missing else out.parent  # the nearest folder that is there
     if not os.path.isdir(folder):
         return f"cannot write {out}: {folder} is not a folder"

@@ -212,12 +212,19 @@ def _same_file(a, b) -> bool:
 
 
 def missing_folders(folder) -> list:
-    """The folders from `folder` up that are not there yet, the deepest first (os.path's probe:
-    False for a name too long, not an error). What a mkdir with parents would make."""
+    """The folders from `folder` up that are not there yet, the deepest first: what a mkdir with
+    parents would make. A name that could never be made (too long, a loop of links on the
+    way) is an OutputError now, not the mkdir's failure later."""
     missing, p = [], Path(folder)
-    while not os.path.lexists(p) and p != p.parent:
-        missing.append(p)
-        p = p.parent
+    while p != p.parent:
+        try:
+            os.lstat(p)
+            break
+        except (FileNotFoundError, NotADirectoryError):  # a file on the way: its caller says so
+            missing.append(p)
+            p = p.parent
+        except OSError as e:
+            raise OutputError(f"cannot make the folder {p}: {e.strerror}") from None
     return missing
 
 

@@ -7,6 +7,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+import ddcodec.collection
 from ddcodec import FitConfig, QuantConfig
 from ddcodec.collection import Settings, encode_collection, folder_pairs, plan
 from ddcodec_cli.main import cli
@@ -137,3 +138,59 @@ def test_encode_dir_with_a_psnr_target_fails_only_the_image_that_misses_it(tmp_p
     status = {Path(o.source).name: o.status for o in outcomes}
     assert status == {"easy.png": "written", "hard.png": "failed"}
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["easy.ddc"]
+
+
+def _no_fit(*args, **kwargs):
+    raise AssertionError("a bank was fitted")
+
+
+def test_a_folder_that_cannot_be_listed_is_an_error_not_skipped(tmp_path, monkeypatch):
+    import os
+
+    from ddcodec.collection import find_images
+    from ddcodec.errors import ImageError
+    src = make_folder(tmp_path)
+    real_walk = os.walk
+
+    def walk(top, onerror=None, **kw):  # as a folder without read permission lists, for root too
+        yield from real_walk(top, onerror=onerror, **kw)
+        onerror(PermissionError(13, "Permission denied", str(Path(top) / "locked")))
+    monkeypatch.setattr(os, "walk", walk)
+    with pytest.raises(ImageError, match="cannot list the folder .*locked: Permission denied"):
+        find_images(src)
+
+
+def test_a_link_with_an_image_name_that_leads_nowhere_is_reported_failed(tmp_path, monkeypatch):
+    src = make_folder(tmp_path, n=2)
+    (src / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    (src / "loop.png").symlink_to(src / "loop.png")
+    monkeypatch.setattr(ddcodec.collection, "encode_bank", _no_fit)
+    jobs, settled = plan(folder_pairs(src, tmp_path / "out"), bank=2)
+    assert sorted((Path(o.source).name, o.status) for o in settled) == [("dangling.png", "failed"), ("loop.png", "failed")]
+
+
+def test_two_outputs_that_are_one_file_through_a_link_are_caught_before_the_fit(tmp_path):
+    src = make_folder(tmp_path, n=2)  # in/im0.png and in/sub/im1.png
+    Image.fromarray(small(32, 24)).save(src / "sub" / "im0.png")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "sub").symlink_to(".")  # out/sub/im0.ddc is out/im0.ddc
+    jobs, settled = plan(folder_pairs(src, tmp_path / "out"), bank=2, force=True)
+    assert [(Path(o.source).relative_to(src).as_posix(), o.status) for o in settled] == [("sub/im0.png", "failed")]
+    assert "another input also maps to" in settled[0].error
+
+
+def test_an_output_folder_name_too_long_is_refused_before_the_fit(tmp_path, monkeypatch):
+    src = make_folder(tmp_path, n=2)
+    monkeypatch.setattr(ddcodec.collection, "encode_bank", _no_fit)
+    outcomes = encode_collection(folder_pairs(src, tmp_path / ("x" * 300)), SETTINGS, bank=2)
+    assert [o.status for o in outcomes] == ["failed", "failed"]
+    assert all("too long" in o.error for o in outcomes)
+
+
+def test_an_output_that_is_a_folder_is_not_offered_force(tmp_path):
+    src = make_folder(tmp_path, n=2)
+    (tmp_path / "out" / "im0.ddc").mkdir(parents=True)
+    for force in (False, True):
+        _, settled = plan(folder_pairs(src, tmp_path / "out"), bank=2, force=force)
+        assert [(Path(o.source).name, o.status) for o in settled] == [("im0.png", "failed")]
+        assert "is a folder" in settled[0].error and "--force" not in settled[0].error
