@@ -236,6 +236,9 @@ def _check_packable(width: int, height: int, rows: int, cols: int, members: list
         spent = add_cost(spent, h.arch, h.height, h.width)
         if problem := budget_problem(spent):
             raise ConfigError(f"decoding tiles 0..{i} would take {problem}")
+        if h.arch.out_channels != unpack(members[0])[0].arch.out_channels:
+            raise ConfigError(f"tile {i} has {h.arch.out_channels} channels, tile 0 {unpack(members[0])[0].arch.out_channels}: "
+                              "the tiles of an image share its channels")
         if (h.width, h.height) != (right - left, bottom - top):
             raise ConfigError(f"tile {i} is {h.width}x{h.height}, its place in the grid {right - left}x{bottom - top}")
 
@@ -288,7 +291,7 @@ def unpack_members(data: bytes, max_work: int, max_macs: int = MAX_MACS) -> tupl
         raise CorruptError(f"{r.end - r.pos} unexpected bytes after the last tile")
     if not crc_ok:
         raise CorruptError("CRC mismatch: the file is corrupted")
-    members, spent = [], (0, 0, 0)
+    members, spent, channels = [], (0, 0, 0), None
     for i, (body, (top, bottom, left, right)) in enumerate(zip(bodies, boxes(height, width, rows, cols))):
         if not body or body[0] not in _MEMBER_VERSIONS:
             raise CorruptError(f"tile {i} is not a version-2 or -3 member")
@@ -304,5 +307,7 @@ def unpack_members(data: bytes, max_work: int, max_macs: int = MAX_MACS) -> tupl
         if (h.width, h.height) != (right - left, bottom - top):
             raise CorruptError(f"tile {i} is {h.width}x{h.height}, its place in the grid "
                                f"{right - left}x{bottom - top}")
+        if h.arch.out_channels != (channels := channels or h.arch.out_channels):  # before any decode
+            raise CorruptError(f"tile {i} has {h.arch.out_channels} channels, tile 0 {channels}")
         members.append(member)
     return width, height, rows, cols, members

@@ -120,6 +120,19 @@ def test_a_tiled_member_inside_a_tiled_file_is_corruption(ddc_bytes, monkeypatch
         ddcodec.decode(tiles.pack(h["width"], h["height"], 1, 1, [inner]))
 
 
+def test_tiles_of_different_channels_are_refused_by_the_writer_and_corrupt_to_the_reader(monkeypatch):
+    rgb, grey = (ddcodec.encode(small(16, 16, mode), 4, 3, ddcodec.FitConfig(iters=5), ddcodec.QuantConfig(qat_iters=0),
+                                device="cpu").data for mode in ("RGB", "L"))
+    with pytest.raises(ConfigError, match="share its channels"):
+        tiles.pack(32, 16, 1, 2, [rgb, grey])
+    monkeypatch.setattr(tiles, "_check_packable", lambda *a: None)  # a hostile writer's file
+    data = tiles.pack(32, 16, 1, 2, [rgb, grey])
+    with pytest.raises(CorruptError, match="tile 1 has 1 channels, tile 0 3"):
+        ddcodec.info(data)  # the header alone tells: no member decoded first
+    with pytest.raises(CorruptError, match="tile 1 has 1 channels"):
+        ddcodec.decode(data)
+
+
 @pytest.mark.parametrize("width,height,rows,cols", [(-16, 16, 1, 1), (0, 16, 1, 1), (16, 16, 0, 1),
                                                     (16, 16, 1, 17), (16, 16, 2, 1)])
 def test_the_tiled_writer_refuses_a_grid_its_reader_would_call_corrupt(ddc_bytes, width, height, rows, cols):
