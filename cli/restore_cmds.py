@@ -31,7 +31,8 @@ def run(task, image, output, ddc, force, quiet, fn, mask_path=None, **kw):
     check_outputs([o for o in (output, ddc) if o is not None], force,
                   inputs=[p for p in (image, mask_path) if p is not None])
     img = read_image(image)
-    check_image_name(output, 1 if img.ndim == 2 else 3)  # the writer itself, for the image's channels
+    scale = kw.get("scale", 1)  # the writer itself, for the image's channels and size
+    check_image_name(output, 1 if img.ndim == 2 else 3, (img.shape[1] * scale, img.shape[0] * scale))
     iters = kw.get("iters") or FitConfig.iters  # None (the rule) only for the bar's first length
     after = QuantConfig(qat_iters=restore.DISTILL_ITERS if task == "denoise" else 0)  # distillation
     with FitProgress(FitConfig(iters=iters), after, quiet) as bar:

@@ -4,6 +4,10 @@ range (every comparison with it is False, so `not lo <= x <= hi` alone lets noth
 a reversed test lets it pass)."""
 import math
 import numbers
+import os
+from pathlib import Path
+
+import numpy as np
 
 from .errors import ConfigError
 
@@ -13,6 +17,21 @@ def keep(config, name: str, value) -> None:
     the check returned, since a numpy integer passes the check but not every consumer
     (torch.Generator.manual_seed refuses np.uint64)."""
     object.__setattr__(config, name, value)
+
+
+def flag(name: str, value) -> bool:
+    """A bool (numpy's too): force="False" is a non-empty string, true to an if."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ConfigError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def a_path(name: str, value) -> Path:
+    """A file name as str or os.PathLike: bytes, numbers and None would reach open() or Path()
+    as a TypeError, or as a file descriptor."""
+    if isinstance(value, bool) or not isinstance(value, (str, os.PathLike)):
+        raise ConfigError(f"{name} must be a path (str or os.PathLike), got {type(value).__name__}")
+    return Path(value)
 
 
 def integer(name: str, value, lo: int, hi: int) -> int:

@@ -19,12 +19,12 @@ import torch
 from PIL import Image
 
 from . import bitstream, entropy, tiles
-from .checks import integer
+from .checks import a_path, flag, integer
 from .degrade import Degradation
 from .decoding import _unorient, decode, info, load_model, read_file, resolve_device  # noqa: F401 - info, load_model: still importable from here
 from .errors import ConfigError, FormatError, ImageError, PartialBankError
 from .fit import ADAM_BETAS, FitConfig, fell_back, mse_per_image, optimise
-from .images import check_ddc_name, check_image, check_image_name, check_output, decoded_name, image_bytes, read_image, write_atomic
+from .images import beside, check_ddc_name, check_image, check_image_name, check_output, decoded_name, image_bytes, read_image, write_atomic
 from .metrics import bpp as bits_per_pixel, psnr
 from .nets import Architecture, build, layers_for, macs, param_count, seeded_input, work
 from .rate import budgets_for_psnr, budgets_for_rate, channels_for_image
@@ -482,8 +482,8 @@ def _as_array(image) -> np.ndarray:
 def encode_file(src, dst=None, force: bool = False, **kwargs) -> EncodeResult:
     """Encode the image at src into dst (default: src with .ddc), written atomically; an
     existing dst needs force, and the input is never overwritten. kwargs go to encode()."""
-    src = Path(src)
-    dst = Path(dst) if dst is not None else src.with_suffix(".ddc")
+    src, force = a_path("src", src), flag("force", force)
+    dst = a_path("dst", dst) if dst is not None else beside(src, src.stem + ".ddc")
     check_output(check_ddc_name(dst), force, inputs=[src])  # before the fit, not after it
     result = encode(read_image(src), **kwargs)
     write_atomic(dst, result.data, force, inputs=[src])
@@ -493,8 +493,8 @@ def encode_file(src, dst=None, force: bool = False, **kwargs) -> EncodeResult:
 def decode_file(src, dst=None, force: bool = False, device: str = "cpu") -> np.ndarray:
     """Decode the .ddc file at src into an image file at dst (default: <stem>.decoded.png; the
     suffix picks the format), written atomically; the input is never overwritten."""
-    src = Path(src)
-    dst = Path(dst) if dst is not None else decoded_name(src)
+    src, force = a_path("src", src), flag("force", force)
+    dst = a_path("dst", dst) if dst is not None else decoded_name(src)
     check_output(check_image_name(dst), force, inputs=[src])
     data = read_file(src)
     try:

@@ -80,7 +80,11 @@ def _parse(data: bytes, max_work: int, max_macs: int = bitstream.MAX_MACS):
 def load_model(data: bytes, max_work: int = bitstream.MAX_WORK):
     """.ddc bytes -> (Header, the network with the float32 dequantized weights), on the CPU.
     Parsing and dequantization are exact: the weights are bit-identical on every machine.
-    (decode() renders the Deep Decoder with ddcodec.exact, not with this network.)"""
+    (decode() renders the Deep Decoder with ddcodec.exact, not with this network.)
+    The network's output is the image as fitted: with header.flags & bitstream.FLAG_TRANSPOSED
+    (info()'s "transposed") that is the image turned, [W, H] (nets.seeded_input for that size, then .mT)."""
+    data = _file_bytes(data)
+    integer("max_work", max_work, 1, 2**62)
     header, ints = _parse(data, max_work)
     return header, _with_weights(header, ints)
 
@@ -131,10 +135,12 @@ def info(data: bytes) -> dict:
                 "params": sum(p["params"] for p in parts), "bytes": len(data),
                 "payload_bytes": sum(p["payload_bytes"] for p in parts),
                 "header_bytes": len(data) - 4 - sum(p["payload_bytes"] for p in parts),
-                "bpp": bits_per_pixel(len(data), width, height), "tile_k": [p["arch"]["channels"] for p in parts]}
+                "bpp": bits_per_pixel(len(data), width, height), "tile_k": [p["arch"]["channels"] for p in parts],
+                "tile_transposed": [p["transposed"] for p in parts]}
     h, payload = bitstream.unpack(data)
     return {"version": data[4], "width": h.width, "height": h.height,
             "channels": h.arch.out_channels, "arch": asdict(h.arch), "seed": h.seed,
             "params": param_count(h.arch), "bytes": len(data), "payload_bytes": len(payload),
             "header_bytes": len(data) - len(payload) - 4, "bpp": bits_per_pixel(len(data), h.width, h.height),
-            "step_codes": list(h.step_codes)}
+            "step_codes": list(h.step_codes),
+            "transposed": bool(h.flags & bitstream.FLAG_TRANSPOSED)}  # fitted turned: load_model's output is [W, H]

@@ -169,6 +169,14 @@ def image_bytes(img: np.ndarray, path) -> bytes:
         Image.fromarray(img).save(buf, format=fmt)
     except (KeyError, OSError, ValueError, TypeError) as e:  # Pillow reads more formats than it writes
         raise OutputError(f"{path}: cannot write this image as {fmt} ({e})") from None
+    try:  # ICO (and the like) write what sizes they hold, smaller than the image, without a word
+        with Image.open(io.BytesIO(buf.getvalue())) as back:
+            size = back.size
+    except Exception:  # noqa: BLE001 - a format Pillow writes but does not read (PDF): nothing to check
+        size = None
+    if size is not None and size != (img.shape[1], img.shape[0]):
+        raise OutputError(f"{path}: {fmt} would hold this {img.shape[1]}x{img.shape[0]} image as {size[0]}x{size[1]}; "
+                          "use .png, .webp, .tif, ...")
     return buf.getvalue()
 
 
@@ -228,9 +236,10 @@ def missing_folders(folder) -> list:
     return missing
 
 
-def check_image_name(path, channels=None) -> Path:
+def check_image_name(path, channels=None, size=None) -> Path:
     """An image output's suffix must name a format Pillow writes (none: PNG); checked before the
-    fit rather than after it. channels (1 or 3): also write a one-pixel image so to be sure."""
+    fit rather than after it. channels (1 or 3): also write a blank image of that many channels
+    and size ((width, height), else one pixel) to be sure."""
     suffix = Path(path).suffix.lower()
     Image.init()  # registers the writers, not only the readers
     if suffix and Image.registered_extensions().get(suffix) not in Image.SAVE:
@@ -239,7 +248,8 @@ def check_image_name(path, channels=None) -> Path:
         # a registered writer may still fail: WMF's and GRIB's are stubs until a handler is
         # installed, XBM holds 1-bit images only; a one-pixel image of the output's channels
         # finds that now, not after the fit
-        image_bytes(np.zeros((1, 1, 3) if channels == 3 else (1, 1), np.uint8), path)
+        w, h = size or (1, 1)
+        image_bytes(np.zeros((h, w, 3) if channels == 3 else (h, w), np.uint8), path)
     return Path(path)
 
 

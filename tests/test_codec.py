@@ -2,6 +2,7 @@ import math
 import numpy as np
 import pytest
 from hypothesis import example, given, settings, strategies as st
+from PIL import Image
 
 import ddcodec
 from ddcodec import FitConfig, QuantConfig
@@ -222,6 +223,59 @@ def test_decode_and_info_take_bytes_only(data):
         ddcodec.decode(data)
     with pytest.raises(ConfigError):
         ddcodec.info(data)
+
+
+@pytest.mark.parametrize("data", ["x.ddc", None, 5, np.zeros(8, np.uint8)])
+def test_load_model_takes_bytes_only(data):
+    from ddcodec.errors import ConfigError
+    with pytest.raises(ConfigError):
+        ddcodec.load_model(data)
+
+
+def test_load_model_refuses_a_bad_work_bound(ddc_bytes):
+    from ddcodec.errors import ConfigError
+    with pytest.raises(ConfigError):
+        ddcodec.load_model(ddc_bytes, max_work="x")
+
+
+@pytest.mark.parametrize("kwargs", [dict(src=b"a.ddc"), dict(src=None), dict(dst=5), dict(force="False"),
+                                    dict(force=1)])
+def test_the_file_functions_check_their_arguments_types(tmp_path, ddc_bytes, kwargs):
+    from ddcodec.errors import ConfigError
+    (tmp_path / "a.ddc").write_bytes(ddc_bytes)
+    (tmp_path / "old.png").write_bytes(b"keep")
+    args = dict(src=tmp_path / "a.ddc", dst=tmp_path / "old.png", force=False) | kwargs
+    with pytest.raises(ConfigError):
+        ddcodec.decode_file(**args)
+    assert (tmp_path / "old.png").read_bytes() == b"keep"  # force="False" replaced it before
+    Image.fromarray(small(16, 16)).save(tmp_path / "in.png")
+    (tmp_path / "old.ddc").write_bytes(b"keep")
+    args = dict(src=tmp_path / "in.png", dst=tmp_path / "old.ddc", force=False) | kwargs
+    with pytest.raises(ConfigError):
+        ddcodec.encode_file(**args, channels=4, layers=2, fit=FitConfig(iters=5), device="cpu")
+    assert (tmp_path / "old.ddc").read_bytes() == b"keep"
+
+
+def test_info_says_when_a_file_was_fitted_transposed_and_load_model_renders_it_so(tmp_path):
+    import torch
+
+    from ddcodec.nets import seeded_input
+    land, port = small(24, 16), small(16, 24)
+    a, b = ddcodec.encode_bank([land, port], 4, 3, FitConfig(iters=20), QuantConfig(qat_iters=0), device="cpu")
+    assert ddcodec.info(a.data)["transposed"] is False and ddcodec.info(b.data)["transposed"] is True
+    header, model = ddcodec.load_model(b.data)
+    with torch.no_grad():  # as the docstring says: z for the turned size, then turned back
+        out = model(seeded_input(header.arch, header.width, header.height, header.seed)[None])[0][:, :header.width, :header.height].mT
+    rendered = np.rint(out.permute(1, 2, 0).numpy() * 255)
+    assert np.abs(rendered - ddcodec.decode(b.data).astype(float)).max() <= 1
+
+
+def test_an_image_format_that_would_shrink_the_image_is_refused(tmp_path, ddc_bytes):
+    from ddcodec.errors import OutputError
+    (tmp_path / "a.ddc").write_bytes(ddc_bytes)
+    with pytest.raises(OutputError, match="would hold this"):
+        ddcodec.decode_file(tmp_path / "a.ddc", tmp_path / "a.ico")
+    assert not (tmp_path / "a.ico").exists()
 
 
 def test_an_empty_bank_encodes_to_nothing():
