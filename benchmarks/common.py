@@ -37,3 +37,16 @@ def finite(obj):
 
 def write_json(path: Path, obj) -> None:
     Path(path).write_text(json.dumps(finite(obj), indent=1, allow_nan=False) + "\n")
+
+
+def run_main(main) -> None:
+    """`python -m benchmarks.X` as `ddc bench X` runs it: a bad folder, image or option value
+    (a DDCError) is one line on stderr and exit code 1, not a traceback."""
+    import sys
+
+    from ddcodec.errors import DDCError
+    try:
+        main()
+    except DDCError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

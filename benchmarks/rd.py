@@ -18,10 +18,11 @@ from PIL import Image
 
 import ddcodec
 import ddcodec.images
+from ddcodec.errors import ConfigError
 from ddcodec.metrics import ms_ssim, psnr
 
 from . import baselines
-from .common import code_version, write_json
+from .common import code_version, run_main, write_json
 
 PROFILES = {"kodak": 1, "kodak-half": 2, "kodak-mini": 4}  # profile -> downscale factor
 # ddcodec rate points: target bpp, with k chosen from the target and the quantization budget
@@ -161,6 +162,9 @@ def summarise(rows, out_dir: Path, images, write: bool = True) -> dict:
         # a curve averages a setting over every image: points that only some images have
         # so far (a profile part-way through a new point) wait for the rest
         shared = set.intersection(*({r["quality"] for r in rows_} for rows_ in per_image.values()))
+        if not shared:  # e.g. JPEG 2000's ratios differ between grey and colour images
+            print(f"({codec}: no setting common to all {len(per_image)} images, so no mean curve)", flush=True)
+            continue
         per_image = {name: sorted((r for r in rows_ if r["quality"] in shared), key=lambda r: _quality_order(r["quality"]))
                      for name, rows_ in per_image.items()}
         d = baselines.compressai_json(codec, f"{codec} on {out_dir.name} ({len(images)} images)",
@@ -284,8 +288,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description="Rate-distortion benchmark")
     ap.add_argument("--profile", choices=sorted(PROFILES), default="kodak-mini")
     ap.add_argument("--data", type=Path, default=Path("../shared/data/kodak"))
-    ap.add_argument("--images", type=int, default=None, help="use the first N images (0: all 24; "
-                    "default: the profile's, " + ", ".join(f"{p} {n or 24}" for p, n in PROFILE_IMAGES.items()) + ")")
+    ap.add_argument("--images", type=int, default=None, help="use the first N images (0: all in --data; "
+                    "summary files are written only for the profile's own images; default: the profile's, " + ", ".join(f"{p} {n or 24}" for p, n in PROFILE_IMAGES.items()) + ")")
     ap.add_argument("--names", default="", help="comma-separated image names, e.g. kodim01,kodim05 "
                     "(instead of --images): split a profile between processes, one per core")
     ap.add_argument("--iters", type=int, default=ddcodec.FitConfig.iters)
@@ -301,6 +305,13 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--summary-only", action="store_true", help="summarise the rows already made")
     a = ap.parse_args(argv)
+    known = ["ddcodec", *baselines.CODECS]
+    if unknown := [c for c in a.codecs.split(",") if c not in known]:
+        raise ConfigError(f"--codecs: unknown {', '.join(unknown)} (known: {', '.join(known)})")
+    try:
+        points = [float(p) for p in a.points.split(",")] if a.points else POINTS[a.profile]
+    except ValueError:
+        raise ConfigError(f"--points takes bpps separated by commas, not {a.points!r}") from None
     n = PROFILE_IMAGES[a.profile] if a.images is None else a.images
     images = load_images(a.data, PROFILES[a.profile], n, a.names.split(",") if a.names else None)
     out_dir = a.out / a.profile
@@ -311,7 +322,6 @@ def main(argv=None):
     codecs = [] if a.summary_only else a.codecs.split(",")
     run_baselines(images, [c for c in codecs if c != "ddcodec"], rows_file, have)
     if "ddcodec" in codecs:
-        points = [float(p) for p in a.points.split(",")] if a.points else POINTS[a.profile]
         run_ddcodec(images, points, a, out_dir, rows_file, have)
     whole = sorted(images) == _stems(a.data, PROFILE_IMAGES[a.profile])  # else a part: no files written
     summary = summarise(_done(rows_file), out_dir, images, write=whole)
@@ -319,9 +329,11 @@ def main(argv=None):
     if whole:
         (out_dir / "table.md").write_text(table(summary) + "\n")
     else:
-        print(f"(a part of {a.profile}: its summary files were left as they were; "
-              f"`--profile {a.profile} --summary-only` rewrites them from every row)")
+        count = PROFILE_IMAGES[a.profile]
+        print(f"(a part of {a.profile}, whose summary is of the folder's first {count or 'all'} images: its summary "
+              f"files were left as they were; `--profile {a.profile} --summary-only` rewrites them from every row"
+              + (", and `--profile kodak` summarises every image of a folder at full size)" if count else ")"))
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

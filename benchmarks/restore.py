@@ -19,9 +19,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ddcodec import restore
+from ddcodec.errors import ConfigError
 from ddcodec.metrics import psnr
 
-from .common import code_version, write_json
+from .common import code_version, run_main, write_json
 from .rd import PROFILES, load_images
 
 TASKS = ("noise25", "noise50", "missing50", "text", "sr4")
@@ -73,14 +74,19 @@ def run_method(method, task, degraded, known, img, args, tv_weight):
             return restore.superres(degraded, 4, **kw).image
         return restore.inpaint(degraded, (known * 255).astype(np.uint8), **kw)
     if method == "tv":
-        return _u8(denoise_tv_chambolle(degraded / 255.0, weight=tv_weight, channel_axis=-1))
+        return _u8(denoise_tv_chambolle(degraded / 255.0, weight=tv_weight, channel_axis=_axis(degraded)))
     if method == "bm3d":
         import bm3d
         return _u8(bm3d.bm3d(degraded / 255.0, sigma_psd=float(task[5:]) / 255))
     if method == "biharmonic":
-        return _u8(inpaint_biharmonic(degraded / 255.0, ~known, channel_axis=-1))
+        return _u8(inpaint_biharmonic(degraded / 255.0, ~known, channel_axis=_axis(degraded)))
     resample = Image.BICUBIC if method == "bicubic" else Image.LANCZOS
     return np.asarray(Image.fromarray(degraded).resize((w, h), resample))
+
+
+def _axis(img: np.ndarray):
+    """scikit-image's channel axis: none for a grey image, whose columns are not channels."""
+    return -1 if img.ndim == 3 else None
 
 
 def _u8(x):
@@ -89,15 +95,15 @@ def _u8(x):
 
 def ssim(a, b) -> float:
     from skimage.metrics import structural_similarity
-    return float(structural_similarity(a, b, channel_axis=-1, data_range=255))
+    return float(structural_similarity(a, b, channel_axis=_axis(a), data_range=255))
 
 
-def tune_tv(data: Path, downscale: int, sigma: int) -> float:
+def tune_tv(data: Path, downscale: int, sigma: int, name: str = TUNING_IMAGE) -> float:
     """TV's one free parameter, picked on the tuning image only (as the issue asks)."""
     from skimage.restoration import denoise_tv_chambolle
-    img = load_images(data, downscale, names=[TUNING_IMAGE])[TUNING_IMAGE]
+    img = load_images(data, downscale, names=[name])[name]
     noisy, _ = degrade(f"noise{sigma}", img, seed=999)
-    scores = {wt: psnr(_u8(denoise_tv_chambolle(noisy / 255.0, weight=wt, channel_axis=-1)), img)
+    scores = {wt: psnr(_u8(denoise_tv_chambolle(noisy / 255.0, weight=wt, channel_axis=_axis(noisy))), img)
               for wt in TV_WEIGHTS}
     return max(scores, key=scores.get)
 
@@ -123,18 +129,27 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=0, help="override the per-task iteration defaults")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--tuning-image", default=TUNING_IMAGE,
+                    help="the image TV's weight is tuned on, left out of the benchmark (a name in --data)")
     ap.add_argument("--summary-only", action="store_true", help="summarise the rows already made")
     a = ap.parse_args(argv)
+    if unknown := [t for t in a.tasks.split(",") + a.skip_tasks.split(",") if t not in TASKS]:
+        raise ConfigError(f"unknown task {', '.join(unknown)} (tasks: {', '.join(TASKS)})")
     down = PROFILES[a.profile]
-    images = {n: im for n, im in load_images(a.data, down).items() if n != TUNING_IMAGE}
+    if not (a.data / f"{a.tuning_image}.png").is_file():
+        raise ConfigError(f"{a.data} has no {a.tuning_image}.png to tune TV's weight on: add it, or name "
+                          "another image of the folder with --tuning-image (it is then left out of the benchmark)")
+    images = {n: im for n, im in load_images(a.data, down).items() if n != a.tuning_image}
     images = dict(list(images.items())[: a.images or None])
     out_dir = a.out / a.profile
     out_dir.mkdir(parents=True, exist_ok=True)
     rows_file = out_dir / "restore_rows.jsonl"
     done = {(r["task"], r["image"], r["method"]) for r in _rows(rows_file)}
-    tv = {s: tune_tv(a.data, down, s) for s in (25, 50)}
+    tv = {s: tune_tv(a.data, down, s, a.tuning_image) for s in (25, 50)}
     for task in ([] if a.summary_only else a.tasks.split(",")):
         for i, (name, img) in enumerate(images.items()):
+            if task == "sr4":  # the truth at a multiple of 4: the low-resolution input is a quarter of it
+                img = img[:img.shape[0] // 4 * 4, :img.shape[1] // 4 * 4]
             degraded, known = degrade(task, img, seed=i)
             skip = i < a.skip_images and task in a.skip_tasks.split(",")
             methods = ("deep-decoder",) + (("skip",) if skip else ()) + BASELINES[task]
@@ -223,4 +238,4 @@ def strips(out_dir: Path, summary, tasks) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

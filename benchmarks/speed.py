@@ -35,9 +35,11 @@ import torch
 import ddcodec
 from ddcodec import exact
 from ddcodec.fit import COMPILE_PRESETS, GRAPH_MODES, FitConfig, fell_back, mse_per_image, optimise, psnr_from_mse
+from ddcodec.errors import ConfigError
 from ddcodec.nets import Architecture, build, seeded_input
 
 from . import products
+from .common import run_main
 from .products import _sync, best_seconds
 from .rd import load_images
 from .speed_inspect import _tail_table, _use_tail_launch, compiled_bytes, profile_steps, tail_part
@@ -126,6 +128,16 @@ def peaks(dev: torch.device) -> dict:
         ah, bh = a.bfloat16(), b.bfloat16()
         out["bf16_tflops"] = 2 * n**3 / best_seconds(lambda: ah @ bh, dev, 10) / 1e12
     return out
+
+
+def _landscape(imgs: dict, bank: int, folder) -> list:
+    """Up to `bank` RGB landscape images: a bank is of one shape (the Kodak landscapes), and
+    the floor is counted for 3 channels. Fewer than `bank` make a smaller bank, which the row
+    records (its "bank") and prints."""
+    land = [im for im in imgs.values() if im.ndim == 3 and im.shape[0] < im.shape[1]][:bank]
+    if not land:
+        raise ConfigError(f"the speed rows fit RGB landscape images, and {folder} holds none")
+    return land
 
 
 def _bank(imgs, k, dev):
@@ -349,7 +361,7 @@ def main(argv=None):
     device_name = torch.cuda.get_device_name() if gpu else platform.processor() or "cpu"
     counts = (iters, qiters, rounds) if "rows" in parts else None  # the later parts only read the rows
     on_file = _on_file(a.out, tag, device_name, counts) if (a.resume or "rows" not in parts) else None
-    if on_file is None and "rows" not in parts and set(parts) != {"tail"}:
+    if on_file is None and "rows" not in parts and not set(parts) <= {"tail", "decode"}:  # those read no rows
         raise SystemExit(f"no rows on file for {device_name} in {a.out}: run the rows part first")
     result = on_file or {"device": device_name, "threads": torch.get_num_threads(), "torch": torch.__version__,
                          "peaks": peaks(dev), "timed_iters": iters, "quality_iters": qiters,
@@ -366,7 +378,7 @@ def main(argv=None):
     for name, bank, prec, comp, down, k in todo:
         before = next((r for r in rows if r["config"] == name), None)  # a stale row, measured again
         imgs = load_images(a.data, down)
-        land = [im for im in imgs.values() if im.shape[0] < im.shape[1]][:bank]
+        land = _landscape(imgs, bank, a.data)
         try:
             r = measure(land, k, prec, comp, dev, iters, a.warmup, qiters, rounds)
         except Exception as e:  # noqa: BLE001 - one configuration, not the run: Triton's
@@ -405,7 +417,7 @@ def main(argv=None):
                                                   if c[2] == best["precision"] and c[3] == best["compile"]
                                                   and (c[1] > 1) == banked)
             imgs = load_images(a.data, down)
-            land = [im for im in imgs.values() if im.shape[0] < im.shape[1]][:bank]
+            land = _landscape(imgs, bank, a.data)
             text = f"{name}, {a.profile_steps} steps after {a.warmup} of warm-up\n" + \
                 profile_steps(land, k, prec, comp, dev, a.warmup, a.profile_steps)
             a.out.mkdir(parents=True, exist_ok=True)
@@ -419,7 +431,7 @@ def main(argv=None):
         print(products.table(result["products"]), flush=True)
     if "bytes" in parts:
         imgs = load_images(a.data, 1 if gpu else 2, 2)
-        land = [im for im in imgs.values() if im.shape[0] < im.shape[1]][:1]
+        land = _landscape(imgs, 1, a.data)
         result["compiled_bytes"] = []
         for preset in BYTES_PRESETS:  # fp32 on both: the unit is a 4-byte float
             result["compiled_bytes"].append(compiled_bytes(land, 64, "fp32", preset, dev))
@@ -459,4 +471,4 @@ def _use_cache(folder, cold: bool):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -1,6 +1,7 @@
 """The speed benchmark's results: the JSON on file and the markdown table (benchmarks/speed.py
 measures; this module only formats and stores)."""
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -37,7 +38,9 @@ def save(result, out: Path, tag: str):
 
 
 def _line(r) -> str:
-    return (f"{r['config']}: {_ms(r)} ms/image-iter, {r['it_per_s']:.1f} it/s, "
+    named = re.search(r"B=(\d+)", r["config"])  # a folder with fewer images made a smaller bank
+    bank = f" (a bank of {r['bank']})" if named and int(named.group(1)) != r.get("bank", int(named.group(1))) else ""
+    return (f"{r['config']}{bank}: {_ms(r)} ms/image-iter, {r['it_per_s']:.1f} it/s, "
             f"PSNR {r['psnr']:.2f} dB, floor {r['floor_ms']:.3f} ms ({r['x_floor']:.0f}x)")
 
 

@@ -617,3 +617,64 @@ def test_lr_crops_take_the_centre_of_landscape_and_transposed_portrait_images():
     assert np.array_equal(crops["port"], crops["land"])  # transposed back to landscape first
     with pytest.raises(SystemExit, match="smaller than the crop"):
         centre_crops({"small": land}, 10, 2)
+
+
+def test_rd_summarises_a_folder_of_grey_and_colour_images_leaving_out_a_curve_without_shared_settings(tmp_path):
+    # JPEG 2000's ratios differ between grey and colour images: no setting is common to both
+    from PIL import Image
+
+    from benchmarks.rd import main
+    from .conftest import small
+    data, out = _folder(tmp_path, [])
+    Image.fromarray(small(48, 32)).save(data / "a.png")  # texture: a flat image codes exactly, at infinite PSNR
+    Image.fromarray(small(48, 32, "L")).save(data / "b.png")
+    main(["--profile", "kodak", "--data", str(data), "--out", str(out), "--codecs", "jpeg2000,jpeg"])
+    assert (out / "kodak" / "jpeg.json").exists() and not (out / "kodak" / "jpeg2000.json").exists()
+
+
+@pytest.mark.parametrize("module, args, says", [
+    ("rd", ["--codecs", "jpg"], "unknown jpg"), ("rd", ["--points", "x"], "--points"),
+    ("restore", ["--tasks", "bogus"], "unknown task bogus"), ("restore", [], "no kodim24.png"),
+    ("speed", ["--iters", "1"], "RGB landscape"),
+])
+def test_a_benchmark_run_as_a_module_says_a_bad_option_or_folder_in_one_line(tmp_path, module, args, says):
+    import subprocess
+    import sys
+
+    from PIL import Image
+    data, out = _folder(tmp_path, [])
+    Image.fromarray(np.full((48, 32, 3), 90, np.uint8)).save(data / "portrait.png")
+    p = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", "--data", str(data), "--out", str(out), *args],
+                       capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[1])
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and says in p.stderr, p.stderr
+
+
+def test_restore_scores_grey_images_in_two_dimensions_and_super_resolves_any_size(tmp_path):
+    from PIL import Image
+    from skimage.metrics import structural_similarity
+
+    from benchmarks import restore as bench
+    grey = np.random.default_rng(0).integers(0, 256, (30, 45), dtype=np.uint8)
+    assert bench.ssim(grey, grey // 2) == pytest.approx(structural_similarity(grey, grey // 2, data_range=255))
+    data, out = _folder(tmp_path, ["kodim24"])
+    Image.fromarray(grey).save(data / "odd.png")  # 45x30: not a multiple of 4
+    bench.main(["--profile", "kodak", "--data", str(data), "--out", str(out), "--tasks", "sr4,noise25", "--images", "0",
+                "--iters", "3", "--channels", "4", "--skip-images", "0"])
+    rows = bench._rows(out / "kodak" / "restore_rows.jsonl")
+    assert {(r["task"], r["method"]) for r in rows} >= {("sr4", "deep-decoder"), ("sr4", "lanczos"), ("noise25", "tv")}
+    assert all(r["image"] == "odd" for r in rows)
+
+
+def test_the_decode_timing_runs_on_its_own(tmp_path):
+    from benchmarks import speed
+    data, out = _folder(tmp_path, ["a"])
+    speed.main(["--data", str(data), "--device", "cpu", "--part", "decode", "--out", str(out)])
+    assert "decode" in __import__("json").loads((out / "speed_cpu.json").read_text())
+
+
+def test_a_speed_row_of_a_smaller_bank_than_its_name_says_so():
+    from benchmarks.speed_report import _line
+    row = dict(config="cpu fp32 B=4 192x128 k=16", bank=1, ms_per_image_iter=10.0, it_per_s=100.0, psnr=20.0,
+               floor_ms=1.0, x_floor=10.0)
+    assert "(a bank of 1)" in _line(row) and "(a bank of" not in _line(dict(row, bank=4))
