@@ -133,7 +133,7 @@ def main(argv=None):
                     help="the image TV's weight is tuned on, left out of the benchmark (a name in --data)")
     ap.add_argument("--summary-only", action="store_true", help="summarise the rows already made")
     a = ap.parse_args(argv)
-    if unknown := [t for t in a.tasks.split(",") + a.skip_tasks.split(",") if t not in TASKS]:
+    if unknown := [t for t in a.tasks.split(",") + a.skip_tasks.split(",") if t and t not in TASKS]:  # "": none
         raise ConfigError(f"unknown task {', '.join(unknown)} (tasks: {', '.join(TASKS)})")
     down = PROFILES[a.profile]
     if not (a.data / f"{a.tuning_image}.png").is_file():

@@ -363,6 +363,10 @@ def main(argv=None):
     on_file = _on_file(a.out, tag, device_name, counts) if (a.resume or "rows" not in parts) else None
     if on_file is None and "rows" not in parts and not set(parts) <= {"tail", "decode"}:  # those read no rows
         raise SystemExit(f"no rows on file for {device_name} in {a.out}: run the rows part first")
+    if on_file is None and set(parts) == {"decode"} and (a.out / f"speed_{tag}.json").exists():
+        # the file is another device's or thread count's: a decode part alone would replace its rows
+        raise ConfigError(f"{a.out / f'speed_{tag}.json'} holds rows of another device or thread count: "
+                          "give the decode part another --out")
     result = on_file or {"device": device_name, "threads": torch.get_num_threads(), "torch": torch.__version__,
                          "peaks": peaks(dev), "timed_iters": iters, "quality_iters": qiters,
                          "timing_rounds": rounds, "rows": []}

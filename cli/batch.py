@@ -105,7 +105,12 @@ def encode_command(images, output, channels, layers, arch, iters, lr, seed, devi
     """folder: the output names a folder even for one image (it was given as "out/")."""
     paths, several = expand(images)
     many = several or folder  # the output is a folder
-    outs = _outputs(paths, output, many)
+    try:
+        outs = _outputs(paths, output, many)
+    except DDCError as e:  # a single input's output name: --json still gives it its line
+        if not many:
+            _json_failure(paths[0], output, e, as_json)
+        raise
     if mask is not None and several:
         raise ConfigError("--mask applies to a single image")
     if denoise and (mask is not None or scale > 1):
@@ -231,7 +236,8 @@ def _json_failure(src, out, error, as_json: bool) -> None:
     """With --json, a failed image gets its line too (encode-dir's record): a script reading
     stdout sees every input, not only the ones written."""
     if as_json:
-        click.echo(json.dumps({"input": str(src), "output": str(out), "status": "failed", "error": str(error)}))
+        click.echo(json.dumps({"input": str(src), "output": None if out is None else str(out), "status": "failed",
+                               "error": str(error)}))
 
 
 def _report(src, out, res, as_json):

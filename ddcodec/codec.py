@@ -474,7 +474,8 @@ def _as_array(image) -> np.ndarray:
     if isinstance(image, (str, Path)):
         return read_image(image)
     if isinstance(image, Image.Image):
-        from .images import from_pil
+        from .images import _refuse_what_pixels_lose, from_pil
+        _refuse_what_pixels_lose(image, "image")  # as read_image refuses it from a file
         return from_pil(image)
     return check_image(image)
 

@@ -6,6 +6,7 @@ refused with a one-line reason; never silently altered.
 """
 import contextlib
 import os
+import re
 import stat
 import tempfile
 from pathlib import Path
@@ -40,8 +41,11 @@ def beside(src, name: str) -> Path:
     (`ddc encode <(...)`) passes every check for /dev/fd/63.ddc, whose write would then fail,
     after the fit."""
     src = named(src)
+    if os.path.isdir(src):
+        raise ImageError(f"{src} is a folder, not a file")
     if os.path.exists(src) and not os.path.isfile(src):
-        raise OutputError(f"{src} is not a regular file, so no output can go beside it: name the output with -o")
+        raise OutputError(f"{src} is not a regular file, so no output can go beside it: name the output "
+                          "(-o; dst in the library)")
     return src.with_name(name)
 
 
@@ -127,8 +131,11 @@ def _refuse_what_pixels_lose(im: Image.Image, path) -> None:
     """Refuse, before decoding, a file whose pixels would not hold all of it: frames after the
     first (an animation or a multi-page TIFF), and 16-bit samples that Pillow opens in an 8-bit
     mode (RGB, RGBA and gray+alpha PNGs: its mode says RGB, only the raw mode says 16 bits)."""
-    frames = getattr(im, "n_frames", 1)
-    if frames > 1:
+    try:
+        frames = getattr(im, "n_frames", 1)
+    except Exception:  # noqa: BLE001 - a damaged chain of frames (a TIFF's next-IFD pointer): its first frame is still read
+        frames = 1
+    if frames > 1 and im.format != "MPO":  # an MPO is a JPEG with a preview or a gain map after its picture
         raise ImageError(f"{path}: {frames} frames (an animation or a multi-page file); "
                          "ddcodec encodes one still image: extract the frame first")
     if im.mode not in ("RGB", "RGBA", "LA", "L"):
@@ -136,7 +143,8 @@ def _refuse_what_pixels_lose(im: Image.Image, path) -> None:
     for tile in im.tile:
         args = tile[3] if len(tile) > 3 else None
         raw = args[0] if isinstance(args, tuple) and args else args
-        if isinstance(raw, str) and (";16" in raw or ";32" in raw):
+        # 16 bits a sample say ;16 and their byte order (RGB;16B, LA;16B, RGB;16N): BMP's BGR;16 is 5-6-5 bits a pixel
+        if isinstance(raw, str) and re.search(r";(16|32)[BLN]", raw):
             raise ImageError(f"{path}: samples of more than 8 bits ({raw}) would be cut to 8; "
                              "convert to 8-bit RGB or grayscale first")
 

@@ -678,3 +678,24 @@ def test_a_speed_row_of_a_smaller_bank_than_its_name_says_so():
     row = dict(config="cpu fp32 B=4 192x128 k=16", bank=1, ms_per_image_iter=10.0, it_per_s=100.0, psnr=20.0,
                floor_ms=1.0, x_floor=10.0)
     assert "(a bank of 1)" in _line(row) and "(a bank of" not in _line(dict(row, bank=4))
+
+
+def test_the_decode_part_alone_leaves_another_devices_rows_on_file(tmp_path):
+    import json
+
+    from benchmarks import speed
+    from ddcodec.errors import ConfigError
+    data, out = _folder(tmp_path, ["a"])
+    out.mkdir()
+    theirs = json.dumps({"device": "another", "threads": 99, "rows": [{"config": "x"}]})
+    (out / "speed_cpu.json").write_text(theirs)
+    with pytest.raises(ConfigError, match="another --out"):
+        speed.main(["--data", str(data), "--device", "cpu", "--part", "decode", "--out", str(out)])
+    assert (out / "speed_cpu.json").read_text() == theirs
+
+
+def test_restore_takes_an_empty_skip_task_list_as_none(tmp_path):
+    from benchmarks import restore as bench
+    data, out = _folder(tmp_path, ["kodim24", "a"])
+    bench.main(["--data", str(data), "--out", str(out), "--skip-tasks", "", "--summary-only"])
+    assert (out / "kodak-mini" / "restore.json").exists()

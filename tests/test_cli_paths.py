@@ -296,7 +296,7 @@ def test_a_pipe_without_an_output_name_is_refused_before_it_is_read(tmp_path, mo
     os.mkfifo(p)  # no writer: a read would wait for ever
     res = run(command, p, *{"encode": FAST, "decode": [], "denoise": ["-k", "8", "--iters", "60", "-q"]}[command])
     _one_line_error(res)
-    assert "name the output with -o" in res.output
+    assert "name the output (-o" in res.output
     assert sorted(q.name for q in tmp_path.iterdir()) == [p.name]
 
 
@@ -355,3 +355,11 @@ def test_a_psnr_target_one_image_of_a_bank_misses_fails_it_alone(tmp_path):
     assert lines["easy.png"]["status"] == "written" and lines["easy.png"]["psnr"] >= 15
     assert lines["hard.png"]["status"] == "failed" and "below the target 15" in lines["hard.png"]["error"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["easy.ddc"]
+
+
+def test_json_gives_a_single_input_refused_for_its_output_name_its_line(tmp_path):
+    _images(tmp_path, ["a.png"])
+    res = run("encode", tmp_path / "a.png", "-o", tmp_path / "x.png", *FAST, "--json")
+    assert res.exit_code == 1
+    lines = [json.loads(line) for line in res.output.splitlines() if line.startswith("{")]
+    assert [(d["status"], d["output"]) for d in lines] == [("failed", str(tmp_path / "x.png"))]

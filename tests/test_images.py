@@ -311,3 +311,46 @@ def test_an_image_name_whose_writer_fails_is_refused_when_checked(tmp_path, chan
     with pytest.raises(OutputError, match="cannot write"):
         check_image_name(tmp_path / f"x{suffix}", channels)
     assert check_image_name(tmp_path / "x.webp", channels) == tmp_path / "x.webp"
+
+
+def test_a_16_bit_bmp_of_5_6_5_bit_samples_is_read(tmp_path):
+    import struct
+    w, h = 16, 8
+    pixels = np.random.default_rng(0).integers(0, 65536, (h, w), dtype=np.uint16).astype("<u2").tobytes()
+    dib = struct.pack("<IiiHHIIiiII", 40, w, h, 1, 16, 3, len(pixels), 2835, 2835, 0, 0)  # BI_BITFIELDS
+    masks = struct.pack("<III", 0xF800, 0x07E0, 0x001F)
+    off = 14 + len(dib) + len(masks)
+    (tmp_path / "565.bmp").write_bytes(b"BM" + struct.pack("<IHHI", off + len(pixels), 0, 0, off) + dib + masks + pixels)
+    with Image.open(tmp_path / "565.bmp") as im:
+        expected = np.asarray(im.convert("RGB"))
+    np.testing.assert_array_equal(read_image(tmp_path / "565.bmp"), expected)
+
+
+def test_a_jpeg_with_a_second_picture_reads_as_its_first(tmp_path):
+    main, preview = (Image.fromarray(np.full((16, 24, 3), v, np.uint8)) for v in (40, 200))
+    main.save(tmp_path / "photo.jpg", format="MPO", save_all=True, append_images=[preview])
+    assert read_image(tmp_path / "photo.jpg").shape == (16, 24, 3)
+
+
+def test_a_tiff_whose_next_frame_pointer_is_damaged_reads_its_first_frame(tmp_path):
+    import struct
+    Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(tmp_path / "a.tif")
+    d = bytearray((tmp_path / "a.tif").read_bytes())
+    ifd = struct.unpack("<I", d[4:8])[0]
+    nxt = ifd + 2 + 12 * struct.unpack("<H", d[ifd:ifd + 2])[0]
+    d[nxt:nxt + 4] = struct.pack("<I", 20)  # into the pixels: no IFD there
+    (tmp_path / "a.tif").write_bytes(bytes(d))
+    assert read_image(tmp_path / "a.tif").shape == (16, 16, 3)
+
+
+def test_an_opened_image_of_several_frames_is_refused_by_encode_as_its_file_is(tmp_path):
+    frames = [Image.fromarray(np.full((6, 8, 3), v, np.uint8)) for v in (0, 255)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    with Image.open(tmp_path / "anim.gif") as im, pytest.raises(ImageError, match="2 frames"):
+        ddcodec.encode(im, 4, 2, ddcodec.FitConfig(iters=2), device="cpu")
+
+
+def test_a_folder_given_to_the_file_functions_is_called_a_folder(tmp_path):
+    (tmp_path / "d.ddc").mkdir()
+    with pytest.raises(ImageError, match="is a folder"):
+        ddcodec.decode_file(tmp_path / "d.ddc")
