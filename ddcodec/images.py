@@ -140,7 +140,7 @@ def _refuse_what_pixels_lose(im: Image.Image, path) -> None:
                          "ddcodec encodes one still image: extract the frame first")
     if im.mode not in ("RGB", "RGBA", "LA", "L"):
         return  # other modes say their depth themselves, and from_pil refuses those it cannot keep
-    for tile in im.tile:
+    for tile in getattr(im, "tile", ()):  # an Image made in memory has no tile: nothing to tell
         args = tile[3] if len(tile) > 3 else None
         raw = args[0] if isinstance(args, tuple) and args else args
         # 16 bits a sample say ;16 and their byte order (RGB;16B, LA;16B, RGB;16N): BMP's BGR;16 is 5-6-5 bits a pixel
