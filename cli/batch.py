@@ -91,10 +91,10 @@ def _remove_if_empty(folders) -> None:
 
 
 def _defaults(arch, restoring, channels, layers, bpp=None):
-    if channels is None and bpp is not None and arch == "deep-decoder":
+    if channels is None and bpp is not None:  # the skip net too, as encode_bank does for it
         # k per bank, from the target and the size, for restoration too: its default k=128
         # cannot keep to most targets, which a fit of minutes would only then find
-        return None, layers if layers is not None else 6
+        return None, layers if layers is not None else (5 if arch == "skip" else 6)
     k = channels if channels is not None else (128 if arch == "skip" or restoring else 64)
     return k, layers if layers is not None else (5 if arch == "skip" else 6)
 

@@ -77,6 +77,7 @@ def encode_bank(images, channels: Optional[int] = 64, layers: int = 6, fit: FitC
     """Encode B images of one size and channel count as one bank: one fit, B files. With a
     tile size, the images may differ in size: their tiles are banked by size instead."""
     check_arguments(channels, layers, fit, quant, progress, tile, degradation)
+    channels, layers = None if channels is None else int(channels), int(layers)  # numpy's integers as Python's
     images = list(images)  # any iterable: a generator has no len()
     if tile is not None and not isinstance(tile, str):
         tile = (int(tile[0]), int(tile[1]))  # numpy's integers or an array, as plain ints

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import integer
+from .checks import integer, keep
 from .errors import ConfigError
 from .noise import uniform
 
@@ -38,10 +38,13 @@ class Architecture:
             raise ConfigError(f"unknown architecture {self.kind!r}")
         if self.folded and self.kind != "deep-decoder":
             raise ConfigError("only the Deep Decoder has a folded form")
-        integer("channels", self.channels, 1, 1024)
-        integer("layers", self.layers, 1, 12)
+        # as Python ints: numpy's uint8 or int32 would overflow the work and multiply-add counts
+        # (k=1024 at 512x512 passed the reader's limit in int32) and fail json.dumps as int64
+        keep(self, "channels", integer("channels", self.channels, 1, 1024))
+        keep(self, "layers", integer("layers", self.layers, 1, 12))
         if self.out_channels not in (1, 3):
             raise ConfigError(f"out_channels must be 1 or 3, got {self.out_channels}")
+        keep(self, "out_channels", int(self.out_channels))
 
     @property
     def upsamplings(self) -> int:

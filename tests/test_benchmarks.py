@@ -621,6 +621,7 @@ def test_lr_crops_take_the_centre_of_landscape_and_transposed_portrait_images():
 
 def test_rd_summarises_a_folder_of_grey_and_colour_images_leaving_out_a_curve_without_shared_settings(tmp_path):
     # JPEG 2000's ratios differ between grey and colour images: no setting is common to both
+    pytest.importorskip("pytorch_msssim", reason="the rd rows' MS-SSIM: the bench extra")
     from PIL import Image
 
     from benchmarks.rd import main
@@ -651,6 +652,7 @@ def test_a_benchmark_run_as_a_module_says_a_bad_option_or_folder_in_one_line(tmp
 
 
 def test_restore_scores_grey_images_in_two_dimensions_and_super_resolves_any_size(tmp_path):
+    pytest.importorskip("skimage", reason="the restoration baselines: the bench extra")
     from PIL import Image
     from skimage.metrics import structural_similarity
 
@@ -695,6 +697,7 @@ def test_the_decode_part_alone_leaves_another_devices_rows_on_file(tmp_path):
 
 
 def test_restore_takes_an_empty_skip_task_list_as_none(tmp_path):
+    pytest.importorskip("skimage", reason="the restoration baselines (TV's tuning): the bench extra")
     from benchmarks import restore as bench
     data, out = _folder(tmp_path, ["kodim24", "a"])
     bench.main(["--data", str(data), "--out", str(out), "--skip-tasks", "", "--summary-only"])

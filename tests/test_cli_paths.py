@@ -363,3 +363,15 @@ def test_json_gives_a_single_input_refused_for_its_output_name_its_line(tmp_path
     assert res.exit_code == 1
     lines = [json.loads(line) for line in res.output.splitlines() if line.startswith("{")]
     assert [(d["status"], d["output"]) for d in lines] == [("failed", str(tmp_path / "x.png"))]
+
+
+def test_the_skip_net_with_a_rate_target_takes_k_from_it(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake(images, channels, layers, *a, **kw):  # what the CLI asks of the library
+        seen.update(channels=channels, layers=layers)
+        raise ddcodec.errors.ConfigError("stop here")
+    monkeypatch.setattr(ddcodec, "encode_bank", fake)
+    _images(tmp_path, ["a.png"])
+    run("encode", tmp_path / "a.png", "--arch", "skip", "--bpp", "60", "--iters", "3", "-q")
+    assert seen == {"channels": None, "layers": 5}  # as encode_bank(channels=None) does for the skip net

@@ -311,3 +311,18 @@ def test_a_bank_orients_every_member_like_the_first_and_each_turns_back_unchange
     for im, o, f in zip(imgs, oriented, flags):
         assert bool(f & bitstream.FLAG_TRANSPOSED) == (im.shape != imgs[0].shape)
         assert np.array_equal(_unorient(o, f), im)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.int64])
+def test_numpy_integer_widths_are_taken_as_python_ints(dtype):
+    import json
+    r = ddcodec.encode(small(16, 16), dtype(32), dtype(3), FitConfig(iters=3), QuantConfig(qat_iters=1), device="cpu")
+    assert type(r.arch.channels) is int and r.arch.channels == 32
+    json.dumps(r.summary())  # JSON-ready, as its docstring says
+
+
+@pytest.mark.timeout(120)  # before the fix the int32 counts overflowed, passed the limit, and the fit ran
+def test_a_numpy_int32_width_over_the_readers_limit_is_refused_as_a_python_one_is():
+    from ddcodec.errors import ImageError
+    with pytest.raises(ImageError, match="multiply-adds"):
+        ddcodec.encode(np.zeros((512, 512), np.uint8), np.int32(1024), 1, FitConfig(iters=1), device="cpu")
