@@ -226,7 +226,7 @@ def _check_packable(width: int, height: int, rows: int, cols: int, members: list
         raise ConfigError(f"{problem}: it cannot be stored")
     if len(members) != rows * cols:
         raise ConfigError(f"{len(members)} tiles for a {cols}x{rows} grid")
-    spent = (0, 0, 0)
+    spent, channels = (0, 0, 0), None
     for i, (m, (top, bottom, left, right)) in enumerate(zip(members, boxes(height, width, rows, cols))):
         if len(m) <= len(MAGIC) or m[len(MAGIC)] not in _MEMBER_VERSIONS:
             raise ConfigError(f"tile {i} is not a version-2 or -3 file")
@@ -236,8 +236,9 @@ def _check_packable(width: int, height: int, rows: int, cols: int, members: list
         spent = add_cost(spent, h.arch, h.height, h.width)
         if problem := budget_problem(spent):
             raise ConfigError(f"decoding tiles 0..{i} would take {problem}")
-        if h.arch.out_channels != unpack(members[0])[0].arch.out_channels:
-            raise ConfigError(f"tile {i} has {h.arch.out_channels} channels, tile 0 {unpack(members[0])[0].arch.out_channels}: "
+        channels = h.arch.out_channels if channels is None else channels  # tile 0's
+        if h.arch.out_channels != channels:
+            raise ConfigError(f"tile {i} has {h.arch.out_channels} channels, tile 0 {channels}: "
                               "the tiles of an image share its channels")
         if (h.width, h.height) != (right - left, bottom - top):
             raise ConfigError(f"tile {i} is {h.width}x{h.height}, its place in the grid {right - left}x{bottom - top}")
