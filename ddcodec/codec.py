@@ -77,7 +77,6 @@ def encode_bank(images, channels: Optional[int] = 64, layers: int = 6, fit: FitC
     """Encode B images of one size and channel count as one bank: one fit, B files. With a
     tile size, the images may differ in size: their tiles are banked by size instead."""
     check_arguments(channels, layers, fit, quant, progress, tile, degradation)
-    channels, layers = None if channels is None else int(channels), int(layers)  # numpy's integers as Python's
     images = list(images)  # any iterable: a generator has no len()
     if tile is not None and not isinstance(tile, str):
         tile = (int(tile[0]), int(tile[1]))  # numpy's integers or an array, as plain ints
@@ -171,6 +170,7 @@ def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitCo
     if arch == "deep-decoder":  # a side of at most 2^(d-1) pixels takes fewer blocks
         layers = layers_for(layers, H, W)
     net = Architecture(arch, channels, layers, 1 if imgs[0].ndim == 2 else 3)
+    channels, layers = net.channels, net.layers  # checked, and Python's ints (a numpy uint8 k overflowed below)
     if max(H, W) > bitstream.MAX_SIDE or H * W > bitstream.MAX_PIXELS:
         raise ImageError(f"{W}x{H}: more than the format holds (sides up to {bitstream.MAX_SIDE}, "
                          f"{bitstream.MAX_PIXELS} pixels)")
