@@ -11,11 +11,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 import ddcodec
 from ddcodec.images import read_image
 from ddcodec.metrics import psnr
+
+from .common import code_version, run_main, write_json
 
 
 def main(argv=None):
@@ -41,6 +44,8 @@ def main(argv=None):
     row = {"image": a.image.name, "size": f"{img.shape[1]}x{img.shape[0]}", "k": a.channels,
            "defaults": {"fit": ddcodec.FitConfig().__dict__, "quant": ddcodec.QuantConfig().__dict__},
            "device": first.device, "machine": platform.processor() or platform.machine(),
+           # an eager fit's bytes depend on the thread count (README, Development): say which
+           "threads": torch.get_num_threads(), "code": code_version(), "torch": torch.__version__,
            "encode_seconds": round(first.seconds, 2), "decode_seconds": round(decode_s, 3),
            "bytes": first.bytes, "bpp": round(first.bpp, 4),
            "psnr_float": round(first.psnr_float, 3), "psnr_reported": round(first.psnr, 3),
@@ -49,8 +54,8 @@ def main(argv=None):
            "reencode_byte_identical": first.data == again.data}
     print(json.dumps(row, indent=1))
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(row, indent=1) + "\n")
+    write_json(a.out, row)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

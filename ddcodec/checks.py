@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, OutputError
 
 
 def keep(config, name: str, value) -> None:
@@ -24,6 +24,16 @@ def flag(name: str, value) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise ConfigError(f"{name} must be True or False, got {value!r}")
     return bool(value)
+
+
+def an_output(name: str, value) -> Path:
+    """a_path for an output file: a name ending in a separator names a folder, and Path()
+    would drop that separator and write a file of the folder's name ("out/" -> "out")."""
+    path = a_path(name, value)
+    text = os.fsdecode(value)
+    if text.endswith(("/", os.sep)):
+        raise OutputError(f"{text}: ends in a separator, so it names a folder; give the output file's name")
+    return path
 
 
 def a_path(name: str, value) -> Path:

@@ -7,7 +7,9 @@ The PSNR that encode() reports is measured by decoding the bytes it produced, so
 PSNR a user gets from decode() on any machine or device (exact decoding, docs/format.md); with
 a mask or a scale it is measured through the degradation (fidelity_psnr).
 """
+import inspect
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
@@ -19,7 +21,7 @@ import torch
 from PIL import Image
 
 from . import bitstream, entropy, tiles
-from .checks import a_path, flag, integer
+from .checks import a_path, an_output, flag, integer
 from .degrade import Degradation
 from .decoding import _unorient, decode, info, load_model, read_file, resolve_device  # noqa: F401 - info, load_model: still importable from here
 from .errors import ConfigError, FormatError, ImageError, PartialBankError
@@ -67,7 +69,10 @@ def encode(image, channels: Optional[int] = 64, layers: int = 6, fit: FitConfig 
     and the file decodes to the restored image (DIP): see ddcodec.degrade and restore().
     With tile=(width, height) the image is coded as a grid of Deep Decoders of about that
     size, each of width channels (None: from quant.target_bpp); tile="auto" picks the size
-    from the image and the target: see ddcodec.tiles."""
+    from the image and the target: see ddcodec.tiles.
+    progress: None, or a callable called every few steps as progress(stage, done, total, loss,
+    psnr), stage naming the part of the encode ("fit", "qat", "pilot" for the tiles' rate
+    allocation, "distil" for denoising), loss and psnr the bank's mean."""
     return encode_bank([image], channels, layers, fit, quant, device, progress, arch, degradation, tile)[0]
 
 
@@ -77,7 +82,7 @@ def encode_bank(images, channels: Optional[int] = 64, layers: int = 6, fit: FitC
     """Encode B images of one size and channel count as one bank: one fit, B files. With a
     tile size, the images may differ in size: their tiles are banked by size instead."""
     check_arguments(channels, layers, fit, quant, progress, tile, degradation)
-    images = list(images)  # any iterable: a generator has no len()
+    images = _sequence(images)
     if tile is not None and not isinstance(tile, str):
         tile = (int(tile[0]), int(tile[1]))  # numpy's integers or an array, as plain ints
     if len(images) == 0:
@@ -102,6 +107,40 @@ def encode_bank(images, channels: Optional[int] = 64, layers: int = 6, fit: FitC
     return _share_seconds(results, t0)
 
 
+PROGRESS_CALL = "progress(stage, done, total, loss, psnr)"
+
+
+def _check_progress(progress) -> None:
+    """The callback is called as PROGRESS_CALL every few steps; one that cannot take those
+    arguments would fail only once the fit is under way."""
+    if not callable(progress):
+        raise ConfigError("progress must be a callable or None")
+    try:
+        sig = inspect.signature(progress)
+    except (TypeError, ValueError):  # some builtins have none: they are taken on trust
+        return
+    try:
+        sig.bind("fit", 10, 3000, 0.01, 20.0)
+    except TypeError:
+        raise ConfigError(f"progress is called as {PROGRESS_CALL} (stage: 'fit', 'qat', ...; "
+                          f"loss and psnr: the bank's mean), which {sig} cannot take") from None
+
+
+def _sequence(images) -> list:
+    """encode_bank's images as a list. One image given alone would iterate as something else:
+    an [H, W, 3] array as H grey images of W x 3 pixels, a path as its characters."""
+    one = "encode_bank takes a sequence of images; for one image use encode(), or pass [image]"
+    if isinstance(images, (str, bytes, os.PathLike, Image.Image)):
+        raise ConfigError(one)
+    if isinstance(images, np.ndarray) and (images.ndim < 3 or (images.ndim == 3 and images.shape[2] in (1, 3, 4))):
+        # a stack [B, H, W] of grey images stays; [H, W, 1/3/4] is one image's shape
+        raise ConfigError(f"{one} (an array of shape {images.shape} is one image)")
+    try:
+        return list(images)  # any iterable: a generator has no len()
+    except TypeError:
+        raise ConfigError(f"encode_bank takes a sequence of images, not {type(images).__name__}") from None
+
+
 def _share_seconds(results, t0) -> list:
     """Each image's share of the bank's wall clock since t0 (None: an image that failed)."""
     seconds = time.perf_counter() - t0
@@ -121,8 +160,8 @@ def check_arguments(channels, layers, fit=FitConfig(), quant=QuantConfig(), prog
     if channels is not None:
         integer("channels", channels, 1, 1024)
     integer("layers", layers, 1, 12)
-    if progress is not None and not callable(progress):
-        raise ConfigError("progress must be a callable or None")
+    if progress is not None:
+        _check_progress(progress)
     if degradation is not None and not isinstance(degradation, Degradation):
         raise ConfigError(f"degradation must be a Degradation or None, got {type(degradation).__name__}")
     if tile is not None and not (isinstance(tile, str) and tile == "auto"):  # an array's != is elementwise
@@ -472,12 +511,14 @@ def _chw(img: np.ndarray) -> np.ndarray:
 
 
 def _as_array(image) -> np.ndarray:
-    if isinstance(image, (str, Path)):
-        return read_image(image)
+    if isinstance(image, (str, os.PathLike)):  # os.DirEntry too, as encode_file takes
+        return read_image(Path(image))
     if isinstance(image, Image.Image):
         from .images import _refuse_what_pixels_lose, from_pil
         _refuse_what_pixels_lose(image, "image")  # as read_image refuses it from a file
         return from_pil(image)
+    if not isinstance(image, np.ndarray):  # check_image's message speaks of arrays alone
+        raise ImageError(f"image must be a uint8 numpy array, a PIL image or a path, not {type(image).__name__}")
     return check_image(image)
 
 
@@ -485,7 +526,7 @@ def encode_file(src, dst=None, force: bool = False, **kwargs) -> EncodeResult:
     """Encode the image at src into dst (default: src with .ddc), written atomically; an
     existing dst needs force, and the input is never overwritten. kwargs go to encode()."""
     src, force = a_path("src", src), flag("force", force)
-    dst = a_path("dst", dst) if dst is not None else beside(src, src.stem + ".ddc")
+    dst = an_output("dst", dst) if dst is not None else beside(src, src.stem + ".ddc")
     check_output(check_ddc_name(dst), force, inputs=[src])  # before the fit, not after it
     result = encode(read_image(src), **kwargs)
     write_atomic(dst, result.data, force, inputs=[src])
@@ -496,7 +537,7 @@ def decode_file(src, dst=None, force: bool = False, device: str = "cpu") -> np.n
     """Decode the .ddc file at src into an image file at dst (default: <stem>.decoded.png; the
     suffix picks the format), written atomically; the input is never overwritten."""
     src, force = a_path("src", src), flag("force", force)
-    dst = a_path("dst", dst) if dst is not None else decoded_name(src)
+    dst = an_output("dst", dst) if dst is not None else decoded_name(src)
     check_output(check_image_name(dst), force, inputs=[src])
     data = read_file(src)
     try:

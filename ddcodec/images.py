@@ -180,12 +180,27 @@ def image_bytes(img: np.ndarray, path) -> bytes:
     try:  # ICO (and the like) write what sizes they hold, smaller than the image, without a word
         with Image.open(io.BytesIO(buf.getvalue())) as back:
             size = back.size
+            same = size == (img.shape[1], img.shape[0]) and _same_pixels(back, img)
     except Exception:  # noqa: BLE001 - a format Pillow writes but does not read (PDF): nothing to check
-        size = None
+        size = same = None
     if size is not None and size != (img.shape[1], img.shape[0]):
         raise OutputError(f"{path}: {fmt} would hold this {img.shape[1]}x{img.shape[0]} image as {size[0]}x{size[1]}; "
                           "use .png, .webp, .tif, ...")
+    if same is False and fmt not in LOSSY_FORMATS:
+        # GIF keeps 256 colours and maps the rest to the nearest, without a word: a file that
+        # is not the decoded image, in a format the user has no reason to think lossy
+        raise OutputError(f"{path}: {fmt} would change this image's pixels (GIF holds 256 colours); "
+                          "use .png, .tif, .bmp, ...")
     return buf.getvalue()
+
+
+# Formats whose loss is the user's choice in naming them: their pixels are not checked.
+LOSSY_FORMATS = {"JPEG", "MPO", "WEBP", "AVIF", "HEIF"}
+
+
+def _same_pixels(back: Image.Image, img: np.ndarray) -> bool:
+    """Whether an image read back holds img's pixels (in img's own mode: L or RGB)."""
+    return np.array_equal(np.asarray(back.convert("L" if img.ndim == 2 else "RGB")), img)
 
 
 def check_output(path, force: bool = False, inputs=()) -> Path:

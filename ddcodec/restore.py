@@ -17,7 +17,8 @@ import torch
 
 from .codec import EncodeResult, _as_array, _to_uint8, check_arguments, decode, fit_bank, quantize_bank
 from .degrade import Degradation, denoise_iterations, estimate_sigma, mask_from_image
-from .errors import ConfigError
+from .checks import flag
+from .errors import ConfigError, ImageError
 from .fit import ADAM_BETAS, REFERENCE_LR, FitConfig, mse_per_image, optimise
 from .quant import QuantConfig
 from .rate import channels_for_image
@@ -126,17 +127,36 @@ def denoise(image, arch="deep-decoder", channels=None, layers=None, iters=None, 
 
 def inpaint(image, mask, arch="deep-decoder", channels=None, layers=None, iters=None, seed=0,
             lr=RESTORE_LR, device="auto", progress=None, keep_known: bool = True) -> Restored:
-    """Fit to the known pixels only; mask: any image of the same size, white = known.
+    """Fit to the known pixels only. mask, of the image's size: a 2-D array of bools or 0/1
+    (True or 1 = known), or a mask image (an array, PIL image or path; white = known).
 
     keep_known: the restored image keeps every known pixel as it was and takes only the
     missing ones from the network (the .ddc, which holds only the network, decodes to the
     network's whole output: decode(result.data))."""
     img = _as_array(image)
-    m = mask_from_image(_as_array(mask))
+    keep_known = flag("keep_known", keep_known)
+    m = _known(mask)
     r = _run(img, "inpaint", Degradation(mask=m), arch, channels, layers, iters, seed, lr, device, progress)
     if keep_known:
         r.image = np.where(m[..., None] if img.ndim == 3 else m, img, r.image)
     return r
+
+
+def _known(mask) -> np.ndarray:
+    """inpaint's mask -> bool [H, W]. A 2-D array of bools or of 0/1 integers is the mask
+    itself, as Degradation takes it: as an image it would be black (below the threshold of 128
+    everywhere), so no mask image is read differently for it."""
+    if isinstance(mask, np.ndarray) and mask.ndim == 2 and (
+            mask.dtype == bool or (np.issubdtype(mask.dtype, np.integer) and mask.size and mask.max() <= 1
+                                   and mask.min() >= 0)):
+        if not mask.any():
+            raise ImageError("the mask marks no pixel as known (True or 1 = known)")
+        return mask.astype(bool)
+    try:
+        mask = _as_array(mask)
+    except ImageError as e:  # say which argument it was: the image's own errors read the same
+        raise ImageError(f"mask: {e}") from None
+    return mask_from_image(mask)
 
 
 def superres(image, scale=4, arch="deep-decoder", channels=None, layers=None, iters=None, seed=0,

@@ -3,6 +3,7 @@ and refuses the rest with a typed error before any work."""
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
+from PIL import Image
 
 import ddcodec
 from ddcodec import FitConfig, QuantConfig, restore
@@ -94,3 +95,55 @@ def test_denoise_with_a_rate_target_picks_k_from_it():
     # the restoration default k=128 cannot keep to 2 bpp on a 64x64 image: it failed after the fit
     r = restore.denoise(small(64, 64), iters=20, device="cpu", quant=QuantConfig(qat_iters=0, target_bpp=2.0))
     assert r.result.arch.channels < 128 and r.result.bpp <= 2.0
+
+
+@pytest.mark.parametrize("one", [lambda img, tmp: img, lambda img, tmp: img[..., :1], lambda img, tmp: str(tmp),
+                                 lambda img, tmp: tmp, lambda img, tmp: Image.fromarray(img),
+                                 lambda img, tmp: None, lambda img, tmp: 5])
+def test_encode_bank_refuses_one_image_given_alone(one, tmp_path, monkeypatch):
+    # an [H, W, 3] array iterated as H grey images of W x 3 pixels, a path as its characters
+    monkeypatch.setattr(ddcodec.codec, "optimise", None)
+    img = small(16, 16)
+    path = tmp_path / "a.png"
+    Image.fromarray(img).save(path)
+    with pytest.raises(ConfigError):
+        ddcodec.encode_bank(one(img, path), 4, fit=TINY_FIT, quant=NO_QAT, device="cpu")
+
+
+def test_encode_bank_takes_a_stack_of_grey_images():
+    stack = np.stack([small(16, 16, "L"), small(16, 16, "L")[::-1]])  # [B, H, W]
+    res = ddcodec.encode_bank(stack, 4, fit=TINY_FIT, quant=NO_QAT, device="cpu")
+    assert [(r.width, r.height) for r in res] == [(16, 16), (16, 16)]
+
+
+@pytest.mark.parametrize("progress", [lambda msg: None, lambda stage, done: None, lambda a, b, c, d, e, f: None])
+def test_a_progress_callback_that_cannot_take_its_arguments_is_refused_before_the_fit(progress, monkeypatch):
+    monkeypatch.setattr(ddcodec.codec, "optimise", None)
+    with pytest.raises(ConfigError, match="progress"):
+        ddcodec.encode(small(16, 16), 4, fit=TINY_FIT, device="cpu", progress=progress)
+
+
+def test_a_progress_callback_is_called_with_the_documented_arguments():
+    calls = []
+    ddcodec.encode(small(16, 16), 4, fit=FitConfig(iters=20), quant=QuantConfig(qat_iters=10), device="cpu",
+                   progress=lambda stage, done, total, loss, psnr: calls.append((stage, done, total)))
+    assert ("fit", 20, 20) in calls and ("qat", 10, 10) in calls
+
+
+def test_encode_takes_any_path_like(tmp_path):
+    import os
+
+    path = tmp_path / "a.png"
+    Image.fromarray(small(16, 16)).save(path)
+    entry = next(e for e in os.scandir(tmp_path) if e.name == "a.png")  # an os.PathLike, not a Path
+    a = ddcodec.encode(entry, 4, fit=TINY_FIT, quant=NO_QAT, device="cpu")
+    b = ddcodec.encode(path, 4, fit=TINY_FIT, quant=NO_QAT, device="cpu")
+    assert a.data == b.data
+
+
+def test_an_image_of_no_known_kind_is_named_as_such():
+    import io
+
+    from ddcodec.errors import ImageError
+    with pytest.raises(ImageError, match="a PIL image or a path"):
+        ddcodec.encode(io.BytesIO(b"x"), 4, fit=TINY_FIT, device="cpu")

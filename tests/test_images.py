@@ -354,3 +354,29 @@ def test_a_folder_given_to_the_file_functions_is_called_a_folder(tmp_path):
     (tmp_path / "d.ddc").mkdir()
     with pytest.raises(ImageError, match="is a folder"):
         ddcodec.decode_file(tmp_path / "d.ddc")
+
+
+def test_an_output_format_that_would_change_the_pixels_is_refused():
+    rng = np.random.default_rng(0)
+    many = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)  # ~1,000 colours: GIF keeps 256
+    with pytest.raises(OutputError, match="change this image's pixels"):
+        image_bytes(many, Path("x.gif"))
+    grey = rng.integers(0, 256, (32, 32), dtype=np.uint8)  # 256 greys: a GIF holds them exactly
+    back = np.asarray(Image.open(io.BytesIO(image_bytes(grey, Path("x.gif")))).convert("L"))
+    assert np.array_equal(back, grey)
+    assert image_bytes(many, Path("x.jpg"))  # lossy by name: the user's choice, not checked
+
+
+@pytest.mark.parametrize("which", ["encode", "decode"])
+def test_a_library_output_name_ending_in_a_separator_is_refused(which, tmp_path, encoded):
+    src = tmp_path / "a.png"
+    Image.fromarray(small(16, 16)).save(src)
+    ddc = tmp_path / "a.ddc"
+    ddc.write_bytes(encoded.data)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(OutputError, match="names a folder"):
+        if which == "encode":
+            ddcodec.encode_file(src, str(tmp_path / "new") + "/", channels=4)
+        else:
+            ddcodec.decode_file(ddc, str(tmp_path / "new") + os.sep)
+    assert not (tmp_path / "new").exists()

@@ -68,3 +68,35 @@ def test_superres_output_downsamples_to_the_input_and_beats_nearest_neighbour():
     assert psnr(down, low) > 30  # consistent with what it was given (measured: 44 dB)
     nearest = np.asarray(Image.fromarray(low).resize((64, 48), Image.NEAREST))
     assert psnr(r.image, clean) > psnr(nearest, clean) + 1  # and more than a blown-up copy (+2.5 dB)
+
+
+def _mask_image(h, w):
+    m = np.full((h, w), 255, np.uint8)
+    m[4:8, 4:10] = 0
+    return m
+
+
+@pytest.mark.parametrize("form", [lambda m: m == 255, lambda m: (m // 255).astype(np.uint8), lambda m: (m // 255).astype(np.int64)])
+def test_inpaint_takes_a_mask_of_bools_or_0_1_as_the_mask_image(form):
+    # a 0/1 mask read as an image is black everywhere: it used to be refused as marking nothing known
+    img, m = small(16, 16), _mask_image(16, 16)
+    kw = dict(channels=4, iters=10, device="cpu")
+    a = restore.inpaint(img, m, **kw)
+    b = restore.inpaint(img, form(m), **kw)
+    assert a.result.data == b.result.data and np.array_equal(a.image, b.image)
+
+
+def test_inpaint_names_the_mask_in_its_errors_and_refuses_an_empty_one():
+    from ddcodec.errors import ImageError
+    img = small(16, 16)
+    with pytest.raises(ImageError, match="mask"):
+        restore.inpaint(img, np.zeros((16, 16), np.float32), channels=4, iters=5, device="cpu")
+    with pytest.raises(ImageError, match="no pixel as known"):
+        restore.inpaint(img, np.zeros((16, 16), bool), channels=4, iters=5, device="cpu")
+
+
+def test_inpaint_keep_known_must_be_a_bool(monkeypatch):
+    from ddcodec.errors import ConfigError
+    monkeypatch.setattr(ddcodec.codec, "optimise", None)
+    with pytest.raises(ConfigError, match="keep_known"):
+        restore.inpaint(small(16, 16), _mask_image(16, 16), channels=4, iters=5, device="cpu", keep_known="no")
