@@ -70,6 +70,9 @@ def encode(image, channels: Optional[int] = 64, layers: int = 6, fit: FitConfig 
     With tile=(width, height) the image is coded as a grid of Deep Decoders of about that
     size, each of width channels (None: from quant.target_bpp); tile="auto" picks the size
     from the image and the target: see ddcodec.tiles.
+    arch="skip" (DIP's skip net, for comparison) takes channels and layers as given, 64 and 6
+    unless passed; `ddc encode --arch skip` uses DIP's 128 channels and 5 scales
+    (ddcodec.restore.DEFAULTS["skip"]), the 2.2 M-parameter net the README's figures are for.
     progress: None, or a callable called every few steps as progress(stage, done, total, loss,
     psnr), stage naming the part of the encode ("fit", "qat", "pilot" for the tiles' rate
     allocation, "distil" for denoising), loss and psnr the bank's mean."""

@@ -29,7 +29,7 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise ConfigError(f"unknown device {device!r} (use auto, cpu or cuda)")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but no CUDA GPU is available")
+        raise ConfigError(f"device {device!r} was asked for, but no CUDA GPU is available")
     return torch.device(device)
 
 
@@ -120,7 +120,7 @@ def read_file(path) -> bytes:
 def _file_bytes(data) -> bytes:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ConfigError(f"expected the bytes of a .ddc file, got {type(data).__name__}"
-                          + (" (for a path, use decode_file)" if isinstance(data, (str, Path)) else ""))
+                          + (" (for a path, pass its bytes: Path(p).read_bytes(); decode_file decodes a file to an image file)" if isinstance(data, (str, Path)) else ""))
     return bytes(data)
 
 

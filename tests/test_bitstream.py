@@ -130,13 +130,22 @@ def test_unknown_version_is_refused(ddc_bytes):
 
 def test_trailing_bytes_are_corruption(ddc_bytes):
     with pytest.raises(CorruptError):
-        ddcodec.decode(ddc_bytes + b"\0")
+        ddcodec.decode(ddc_bytes + b"\0")  # versions 2 and 3: the payload runs to the CRC, which fails
+    # version 1 states its payload's length: a byte past it is caught even under a valid CRC
+    v1 = (Path(__file__).parent / "data" / "golden-v1.ddc").read_bytes()
+    body = v1[:-4] + b"\0"
+    with pytest.raises(CorruptError, match="unexpected bytes after the payload"):
+        ddcodec.decode(body + struct.pack("<I", zlib.crc32(body)))
 
 
-def test_absurd_dimensions_are_refused_before_decoding(ddc_bytes):
+@pytest.mark.parametrize("width,height", [(100_000, 1), (1, 100_000), (60_000, 60_000)])
+def test_absurd_dimensions_are_refused_before_decoding(ddc_bytes, width, height):
+    # at one block and k=1 the work and product bounds pass: only the size bounds refuse these
     h, payload = bitstream.unpack(ddc_bytes)
-    huge = dataclasses.replace(h, width=100_000, height=100_000)
-    with pytest.raises(LimitError):
+    arch = Architecture("deep-decoder", 1, 1, h.arch.out_channels, h.arch.folded)
+    n = len(tensor_shapes(arch))
+    huge = dataclasses.replace(h, width=width, height=height, arch=arch, step_codes=(0,) * n, models=(h.models[0],) * n)
+    with pytest.raises(LimitError, match="image size"):
         ddcodec.decode(bitstream.pack(huge, payload))
 
 

@@ -52,9 +52,13 @@ def test_existing_output_needs_force(tmp_path):
 
 
 def test_decode_never_overwrites_its_input(tmp_path, ddc_bytes):
-    f = tmp_path / "x.ddc"
+    # named .png, so that the output's name passes the image-suffix check and only the
+    # input check stands between --force and the input (as "x.ddc" it was refused by its suffix)
+    f = tmp_path / "x.png"
     f.write_bytes(ddc_bytes)
-    _one_line_error(run("decode", f, "-o", f, "--force"))
+    r = run("decode", f, "-o", f, "--force")
+    _one_line_error(r)
+    assert "overwrite the input" in r.output
     assert f.read_bytes() == ddc_bytes
 
 

@@ -97,19 +97,6 @@ def test_golden_file_of_each_version_still_decodes_to_its_stored_hashes(version)
     assert hashlib.sha256(img.tobytes()).hexdigest() == expect["pixels_sha256"]  # exact everywhere too
 
 
-def test_decode_with_other_thread_counts_gives_the_same_pixels(encoded, image):
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(max(2, before))
-        ref = ddcodec.decode(encoded.data)
-        torch.set_num_threads(1)
-        one = ddcodec.decode(encoded.data)
-    finally:
-        torch.set_num_threads(before)
-    assert np.array_equal(one, ref)
-    assert psnr(one, image) == encoded.psnr
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; runs wherever one is")
 def test_gpu_encode_decodes_on_the_cpu_within_a_level():
     img = small(96, 64)

@@ -88,8 +88,10 @@ def test_a_member_that_does_not_fit_its_place_is_corruption(ddc_bytes, monkeypat
     with pytest.raises(ConfigError, match="its place in the grid"):  # the writer will not make it
         tiles.pack(*grid)
     monkeypatch.setattr(tiles, "_check_packable", lambda *a: None)  # a hostile writer's file
-    with pytest.raises(CorruptError):
-        ddcodec.decode(tiles.pack(*grid))
+    data = tiles.pack(*grid)
+    for read in (ddcodec.info, ddcodec.decode):  # from the headers, before any member is decoded
+        with pytest.raises(CorruptError, match="its place"):
+            read(data)
 
 
 def test_the_tiles_of_a_file_share_one_budget_of_products(ddc_bytes):
@@ -133,12 +135,15 @@ def test_tiles_of_different_channels_are_refused_by_the_writer_and_corrupt_to_th
         ddcodec.decode(data)
 
 
-@pytest.mark.parametrize("width,height,rows,cols", [(-16, 16, 1, 1), (0, 16, 1, 1), (16, 16, 0, 1),
-                                                    (16, 16, 1, 17), (16, 16, 2, 1)])
-def test_the_tiled_writer_refuses_a_grid_its_reader_would_call_corrupt(ddc_bytes, width, height, rows, cols):
+@pytest.mark.parametrize("width,height,rows,cols,members,why", [
+    (-16, 16, 1, 1, 1, "image size"), (0, 16, 1, 1, 1, "image size"), (16, 16, 0, 1, 1, "bad tile grid"),
+    (16, 16, 1, 17, 17, "bad tile grid"), (16, 16, 2, 1, 1, "1 tiles for a 1x2 grid")])
+def test_the_tiled_writer_refuses_a_grid_its_reader_would_call_corrupt(ddc_bytes, width, height, rows, cols,
+                                                                      members, why):
+    # as many members as the grid has places, so that the grid's own bound is what refuses it;
     # (16, 16, 2, 1): two tiles asked for, one given; a negative size once looped in the varint writer
-    with pytest.raises(ConfigError):
-        tiles.pack(width, height, rows, cols, [ddc_bytes])
+    with pytest.raises(ConfigError, match=why):
+        tiles.pack(width, height, rows, cols, [ddc_bytes] * members)
 
 
 @pytest.fixture(scope="module")
