@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
@@ -386,6 +387,21 @@ def test_restoration_outputs_are_checked_before_the_fit(tmp_path, monkeypatch):
     _one_line_error(run("denoise", tmp_path / "x.png", *x, "--ddc", tmp_path / "no" / "x.ddc"))
     _one_line_error(run("denoise", tmp_path / "x.png", *x, "-o", tmp_path / "x.ddc"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.png", "x.png"]
+
+
+@pytest.mark.parametrize("task", ["denoise", "inpaint", "superres"])
+@pytest.mark.parametrize("which", ["-o", "--ddc"])
+def test_a_restoration_output_that_exists_is_replaced_only_with_force(task, which, tmp_path, monkeypatch):
+    from ddcodec import restore
+    monkeypatch.setattr(restore, task, _no_fit)
+    Image.fromarray(small(16, 16)).save(tmp_path / "x.png")
+    Image.fromarray(np.full((16, 16), 255, np.uint8)).save(tmp_path / "m.png")
+    out = tmp_path / ("old.png" if which == "-o" else "old.ddc")
+    out.write_bytes(b"earlier")
+    extra = ["--mask", tmp_path / "m.png"] if task == "inpaint" else []
+    res = run(task, tmp_path / "x.png", *extra, "-k", "4", "-q", which, out)
+    _one_line_error(res)
+    assert "exists" in res.output and out.read_bytes() == b"earlier"
 
 
 def test_demo_replaces_its_earlier_results_only_with_force(tmp_path, monkeypatch):
