@@ -53,8 +53,10 @@ def main(argv=None):
     arch, seeds, z, loss, _ = _bank(land, a.k, torch.device("cpu"))
     recipe = FitConfig()
     model = build(arch, seeds, recipe.live_first_block_for(True, a.k, z.shape[2] * z.shape[3]))
+    # Adam alone, in either form: Muon (the recipe's since) steps the matrices without it
+    schedule = dict(recipe.schedule(a.k), optimizer="adam")
     with adam_of(plain_adam) if a.form == "plain" else nullcontext():
-        best = optimise(model, z, loss, recipe.iters, **recipe.schedule(a.k), compile=False)
+        best = optimise(model, z, loss, recipe.iters, **schedule, compile=False)
     row = {"form": a.form, "k": a.k, "downscale": a.downscale, "threads": torch.get_num_threads(), "code": code_version(), "torch": torch.__version__,
            "psnr": dict(zip(names, [round(float(p), 4) for p in psnr_from_mse(best)]))}
     a.out.mkdir(parents=True, exist_ok=True)

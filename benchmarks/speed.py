@@ -156,8 +156,9 @@ def measure(imgs, k, precision, compile_, dev, iters, warmup, quality_iters, rou
     work only ever slows a block down), then the PSNR of a fresh fit with the codec's recipe."""
     arch, seeds, z, loss, model = _bank(imgs, k, dev)
     opts = dict(mode=precision, compile=compile_)
+    optimizer = FitConfig().optimizer_for(True)  # the codec's own, Muon: its steps are what a fit pays
     skips = _graph_skips()
-    optimise(model, z, loss, warmup, 0.01, **opts)  # the warm-up also compiles
+    optimise(model, z, loss, warmup, 0.01, optimizer=optimizer, **opts)  # the warm-up also compiles
     if compile_ and fell_back(model):
         raise RuntimeError("torch.compile failed and the fit fell back to eager kernels")
     if compile_ in GRAPH_MODES and dev.type == "cuda" and _graph_skips() > skips:
@@ -168,7 +169,7 @@ def measure(imgs, k, precision, compile_, dev, iters, warmup, quality_iters, rou
     for _ in range(rounds):
         _sync(dev)
         t0 = time.perf_counter()
-        optimise(model, z, loss, iters, 0.01, **opts)
+        optimise(model, z, loss, iters, 0.01, optimizer=optimizer, **opts)
         _sync(dev)
         ms = min(ms, (time.perf_counter() - t0) / iters / len(imgs) * 1000)
     mem = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None
@@ -179,7 +180,7 @@ def measure(imgs, k, precision, compile_, dev, iters, warmup, quality_iters, rou
         # loop scores its iterates in the row's own precision, and a bf16 forward's rounding,
         # minimised over thousands of iterates, would flatter the row it is meant to check
         psnr = float(psnr_from_mse(loss(model(z))).mean())
-    return {"ms_per_image_iter": ms, "peak_gib": mem, "psnr": psnr}
+    return {"ms_per_image_iter": ms, "peak_gib": mem, "psnr": psnr, "optimizer": optimizer}
 
 
 def _graph_skips() -> int:
@@ -207,12 +208,15 @@ def _stale(row) -> bool:
 def _stale_reasons(row) -> list:
     """Why a row's ms may have moved since it was measured: a tf32 row from before its
     backward ran in TF32 (TF32_BACKWARD), a compiled row of RECHECK from before the Deep
-    Decoder's compiled program became the one the fit and its fine-tuning share (PROGRAM)."""
+    Decoder's compiled program became the one the fit and its fine-tuning share (PROGRAM), a
+    row that timed another optimiser than the recipe's."""
     reasons = []
     if row.get("precision") == "tf32" and not row.get(TF32_BACKWARD):
         reasons.append("the fp32 backward")
     if bool(row["compile"]) and row.get("program") != PROGRAM and row["config"] in RECHECK:
         reasons.append("the shared program")
+    if row.get("optimizer", "adam") != FitConfig().optimizer_for(True):  # rows before Muon timed Adam's steps
+        reasons.append("Adam's steps")
     return reasons
 
 

@@ -101,7 +101,7 @@ def _defaults(arch, restoring, channels, layers, bpp=None):
 
 def encode_command(images, output, channels, layers, arch, iters, lr, seed, device, quiet, precision, compile_,
                    max_loss, qat_iters, bpp, psnr, tile, denoise, mask, scale, bank, max_pixels, force, as_json,
-                   folder: bool = False):
+                   folder: bool = False, optimizer: str = "auto"):
     """folder: the output names a folder even for one image (it was given as "out/")."""
     paths, several = expand(images)
     many = several or folder  # the output is a folder
@@ -124,7 +124,7 @@ def encode_command(images, output, channels, layers, arch, iters, lr, seed, devi
     if lr is None and restoring:  # else None: by k (fit.default_lr)
         lr = restore.RESTORE_LR
     fit = FitConfig(iters=FitConfig.iters if iters is None else iters, lr=lr, seed=seed, precision=precision,
-                    compile="auto" if compile_ is None else compile_)
+                    compile="auto" if compile_ is None else compile_, optimizer=None if optimizer == "auto" else optimizer)
     quant = QuantConfig(max_loss_db=max_loss, qat_iters=qat_iters, target_bpp=bpp, target_psnr=psnr)
     # settings every bank shares, checked once before any folder is made or image read: a bad
     # -k is one error, not one per image

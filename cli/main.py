@@ -15,7 +15,7 @@ import ddcodec
 from ddcodec import FitConfig, QuantConfig, restore
 from ddcodec.decoding import read_file
 from ddcodec.errors import ConfigError, DDCError, out_of_memory
-from ddcodec.fit import COMPILE_PRESETS
+from ddcodec.fit import COMPILE_PRESETS, OPTIMIZERS
 from ddcodec.images import MAX_INPUT_PIXELS, check_outputs, decoded_name, png_bytes, read_image, write_atomic
 
 from .interrupt import latched_sigint, raise_if_interrupted
@@ -133,8 +133,9 @@ def fit_options(channels=64, layers=6, iters=FitConfig.iters, lr=None, restoring
 
 
 def speed_options(f):
-    """GPU speed settings of the fit (the CPU always runs plain fp32). --compile-preset names
-    a FitConfig.compile preset and is handed to the command as its compile_."""
+    """How the fit runs: its optimiser, and its GPU speed settings (the CPU always runs plain
+    fp32). --compile-preset names a FitConfig.compile preset and is handed to the command as its
+    compile_."""
     @functools.wraps(f)  # the options below f keep their place: wraps copies click's list
     def with_preset(*args, compile_preset=None, **kw):
         if compile_preset is not None:
@@ -150,6 +151,9 @@ def speed_options(f):
     g = click.option("--compile/--no-compile", "compile_", default=None,
                      help="torch.compile the network (fused kernels; the first fit of each shape compiles). "
                           "Default: on for compression fits large enough to pay for it.")(g)
+    g = click.option("--optimizer", type=click.Choice(["auto", *OPTIMIZERS]), default="auto", show_default=True,
+                     help="auto: Muon for the Deep Decoder's compression fits (its k x k convolutions; Adam "
+                          "for the rest), Adam for restoration and the skip net.")(g)
     return click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16"]), default="fp32",
                         show_default=True, help="GPU matmul precision of the fit.")(g)
 

@@ -31,7 +31,7 @@ def register(cli, fit_options, speed_options, rate_options):
                   help="Refuse input images with more pixels than this.")
     @click.option("--force", is_flag=True, help="Re-encode and replace existing outputs.")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON line per image.")
-    def encode_dir(folder, output, channels, layers, arch, iters, lr, seed, device, quiet, precision,
+    def encode_dir(folder, output, channels, layers, arch, iters, lr, seed, device, quiet, precision, optimizer,
                    compile_, max_loss, qat_iters, bpp, psnr, tile, bank, ray_address, workers, max_pixels, force, as_json):
         """Encode every image under FOLDER (recursively) into OUTPUT, in banks.
 
@@ -43,7 +43,8 @@ def register(cli, fit_options, speed_options, rate_options):
         layers = layers if layers is not None else (5 if arch == "skip" else 6)
         tile = tiles.tile_for(tile, bpp if channels is None else None, arch == "deep-decoder")
         fit = FitConfig(iters=iters, lr=lr, seed=seed, precision=precision,
-                        compile="auto" if compile_ is None else compile_)
+                        compile="auto" if compile_ is None else compile_,
+                        optimizer=None if optimizer == "auto" else optimizer)
         settings = Settings(channels, layers, arch, fit,
                             QuantConfig(max_loss_db=max_loss, qat_iters=qat_iters, target_bpp=bpp,
                                         target_psnr=psnr), device, max_pixels, tile)

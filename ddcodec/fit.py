@@ -20,6 +20,7 @@ from .checks import integer, keep as keep_checked, number
 from .compiling import (COMPILE_PRESETS, FUSED_OPTIONS, GRAPH_MODES, TAIL_MAX_CHANNELS, TORCH_MODES,  # noqa: F401
                         TRITON_PRESETS, _EagerOnFailure, compiled, fell_back, tail_supported)
 from .errors import ConfigError
+from .muon import MuonAdam
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,10 @@ class FitConfig:
     # when compressing with no more channels than the input has pixels, off elsewhere
     # (live_first_block_for says why).
     live_first_block: Optional[bool] = None
+    # "adam", or "muon" (ddcodec.muon: Muon for the blocks' k x k convolutions, Adam for the
+    # rest); None: muon when compressing with the Deep Decoder (where it was measured), adam
+    # elsewhere (restoration's stopping rules were tuned with it).
+    optimizer: Optional[str] = None
 
     def __post_init__(self):
         keep = partial(keep_checked, self)  # checked, and kept as Python's own int and float
@@ -74,6 +79,8 @@ class FitConfig:
         if not (isinstance(self.compile, bool) or self.compile == "auto" or self.compile in COMPILE_PRESETS):
             raise ConfigError(f"compile must be True, False, 'auto' or one of {', '.join(COMPILE_PRESETS)}, "
                               f"got {self.compile!r}")
+        if self.optimizer not in (None,) + OPTIMIZERS:
+            raise ConfigError(f"optimizer must be None or one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if not (self.live_first_block is None or isinstance(self.live_first_block, bool)):
             raise ConfigError(f"live_first_block must be None, True or False, got {self.live_first_block!r}")
 
@@ -84,6 +91,11 @@ class FitConfig:
         if self.lr is not None:
             return self.lr
         return default_lr(channels) if compression else REFERENCE_LR
+
+    def optimizer_for(self, compression: bool = True) -> str:
+        if self.optimizer is not None:
+            return self.optimizer
+        return "muon" if compression else "adam"
 
     def rollback_for(self, compression: bool = True) -> float:
         if self.rollback_db is not None:
@@ -117,10 +129,12 @@ class FitConfig:
         return compression and work >= (COMPILE_WORK if device.type == "cpu" else COMPILE_WORK_GPU)
 
     def schedule(self, channels: int, compression: bool = True) -> dict:
-        """optimise's keyword arguments for this recipe: the learning rate and its floor, the
-        rollback and Adam's betas, each by its rule for compression or anything else."""
+        """optimise's keyword arguments for this recipe: the optimiser, the learning rate and
+        its floor, the rollback and Adam's betas, each by its rule for compression or anything
+        else."""
         return dict(lr=self.lr_for(channels, compression), lr_floor=self.lr_floor,
-                    rollback_db=self.rollback_for(compression), betas=self.betas_for(compression))
+                    rollback_db=self.rollback_for(compression), betas=self.betas_for(compression),
+                    optimizer=self.optimizer_for(compression))
 
     def betas_for(self, compression: bool = True) -> tuple:
         default = (BETA1_COMPRESSION, BETA2_COMPRESSION) if compression else ADAM_BETAS
@@ -143,6 +157,7 @@ ROLLBACK_DB = 3.0
 # (benchmarks/NOTES.md).
 BETA1_COMPRESSION, BETA2_COMPRESSION = 0.8, 0.99
 ADAM_BETAS = (0.9, 0.999)
+OPTIMIZERS = ("adam", "muon")
 
 
 def default_lr(channels: int) -> float:
@@ -212,7 +227,7 @@ def autocast(mode: str, device: torch.device):
 def optimise(model, z, loss_fn, iters: int, lr: float, lr_floor: float = 1.0,
              transform=None, input_noise: float = 0.0, progress: Optional[Progress] = None,
              noise_seed: int = 0, mode: str = "fp32", observe=None, compile: bool = False,
-             stop=None, rollback_db: float = 0.0, betas: tuple = ADAM_BETAS):
+             stop=None, rollback_db: float = 0.0, betas: tuple = ADAM_BETAS, optimizer: str = "adam"):
     """Run Adam on ``model`` for ``iters`` steps and load each member's best iterate.
 
     loss_fn(output) -> per-member losses [B]; transform(params) -> params used in the forward
@@ -227,13 +242,14 @@ def optimise(model, z, loss_fn, iters: int, lr: float, lr_floor: float = 1.0,
     ROLLBACK_EVERY steps, goes back to its best iterate with its momentum cleared (DIP's
     backtracking): a blow-up at a high learning rate otherwise costs the rest of the fit.
     betas: Adam's decays of its first and second moments.
+    optimizer: "adam", or "muon" (ddcodec.muon; Adam for the tensors that are not square matrices).
     Returns the best per-member losses.
 
     Nothing in the loop reads a GPU value back except the progress report every
     REPORT_EVERY steps, so the host queues work ahead of the device.
     """
     params = [t for _, t in model.named_tensors()]
-    opt = adam(params, lr, betas)
+    opt = MuonAdam(params, lr, betas, adam) if optimizer == "muon" else adam(params, lr, betas)
     net = compiled(model, compile, z.device) if compile else model
     graphs = compile in GRAPH_MODES and z.device.type == "cuda"
     best = _BestIterate(params)

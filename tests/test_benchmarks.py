@@ -236,11 +236,19 @@ def test_a_speed_configuration_that_raises_what_is_not_a_runtime_error_is_report
 def test_a_resumed_speed_run_measures_again_only_the_rechecked_rows_of_an_older_program():
     from benchmarks.speed import PROGRAM, RECHECK, _stale
 
-    name = RECHECK[0]
-    assert _stale(dict(config=name, compile=True))  # on file from before the shared program
-    assert not _stale(dict(config=name, compile=True, program=PROGRAM))  # measured with it
-    assert not _stale(dict(config="bf16+fused B=24", compile="fused"))  # not rechecked: kept
-    assert not _stale(dict(config=name, compile=False))  # eager rows have no compiled program
+    name, muon = RECHECK[0], dict(optimizer="muon")
+    assert _stale(dict(config=name, compile=True, **muon))  # on file from before the shared program
+    assert not _stale(dict(config=name, compile=True, program=PROGRAM, **muon))  # measured with it
+    assert not _stale(dict(config="bf16+fused B=24", compile="fused", **muon))  # not rechecked: kept
+    assert not _stale(dict(config=name, compile=False, **muon))  # eager rows have no compiled program
+
+
+def test_a_resumed_speed_run_measures_again_the_rows_that_timed_adams_steps():
+    from benchmarks.speed import PROGRAM, TF32_BACKWARD, _stale, _stale_reasons
+
+    fresh = dict(config="bf16+fused B=24", precision="bf16", compile="fused", program=PROGRAM, **{TF32_BACKWARD: True})
+    assert not _stale(dict(fresh, optimizer="muon"))
+    assert _stale_reasons(fresh) == _stale_reasons(dict(fresh, optimizer="adam")) == ["Adam's steps"]
 
 
 def test_a_resumed_speed_run_measures_the_stale_fastest_single_image_right_after_the_first_three_new_rows():
@@ -257,18 +265,20 @@ def test_a_resumed_speed_run_measures_the_stale_fastest_single_image_right_after
 def test_a_resumed_speed_run_measures_again_the_tf32_rows_whose_backward_ran_in_fp32():
     from benchmarks.speed import PROGRAM, TF32_BACKWARD, _stale
 
-    assert _stale(dict(config="tf32 B=24", precision="tf32", compile=False))
-    assert _stale(dict(config="tf32+graphs B=1", precision="tf32", compile="reduce-overhead", program=PROGRAM))
-    assert not _stale(dict(config="tf32 B=24", precision="tf32", compile=False, **{TF32_BACKWARD: True}))
-    assert not _stale(dict(config="bf16 B=24", precision="bf16", compile=False))  # autocast's backward was bf16
+    muon = dict(optimizer="muon")  # rows of the recipe's optimiser: only the backward can make them stale
+    assert _stale(dict(config="tf32 B=24", precision="tf32", compile=False, **muon))
+    assert _stale(dict(config="tf32+graphs B=1", precision="tf32", compile="reduce-overhead", program=PROGRAM, **muon))
+    assert not _stale(dict(config="tf32 B=24", precision="tf32", compile=False, **muon, **{TF32_BACKWARD: True}))
+    assert not _stale(dict(config="bf16 B=24", precision="bf16", compile=False, **muon))  # autocast's backward was bf16
 
 
 def test_a_resumed_speed_run_measures_the_rows_never_measured_before_the_stale_ones():
     from benchmarks.speed import GPU_CONFIGS, PROGRAM, RECHECK, _to_measure
 
-    stale = [dict(config=name, compile=True) for name in RECHECK]  # on file, older program
-    fresh = dict(config=GPU_CONFIGS[0][0], compile=False)  # on file, kept
-    rechecked = dict(config=GPU_CONFIGS[1][0], compile=True, program=PROGRAM)
+    muon = dict(optimizer="muon")
+    stale = [dict(config=name, compile=True, **muon) for name in RECHECK]  # on file, older program
+    fresh = dict(config=GPU_CONFIGS[0][0], compile=False, **muon)  # on file, kept
+    rechecked = dict(config=GPU_CONFIGS[1][0], compile=True, program=PROGRAM, **muon)
     todo = [c[0] for c in _to_measure(GPU_CONFIGS, stale + [fresh, rechecked])]
     never = [c[0] for c in GPU_CONFIGS if c[0] not in RECHECK + (fresh["config"], rechecked["config"])]
     assert todo == never + [c[0] for c in GPU_CONFIGS if c[0] in RECHECK]
@@ -454,6 +464,7 @@ def test_the_adam_quality_comparison_fits_with_the_form_it_names(tmp_path, monke
 
     def recording(*a, **kw):
         used.append(fit.adam)
+        assert kw["optimizer"] == "adam"  # Adam for every tensor: Muon would step the matrices without it
         return real_optimise(*a, **kw)
     monkeypatch.setattr(adam_quality, "optimise", recording)
     monkeypatch.setattr(fit, "adam", fit.adam)  # put back after the plain run replaces it
