@@ -212,6 +212,8 @@ def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitCo
     if arch == "deep-decoder":  # a side of at most 2^(d-1) pixels takes fewer blocks
         layers = layers_for(layers, H, W)
     net = Architecture(arch, channels, layers, 1 if imgs[0].ndim == 2 else 3)
+    if fit.optimizer == "muon" and arch != "deep-decoder":  # its rule picks the Deep Decoder's tensors by name
+        raise ConfigError("optimizer 'muon' (Muon) steps the Deep Decoder's block convolutions; the skip net fits with Adam")
     channels, layers = net.channels, net.layers  # checked, and Python's ints (a numpy uint8 k overflowed below)
     if max(H, W) > bitstream.MAX_SIDE or H * W > bitstream.MAX_PIXELS:
         raise ImageError(f"{W}x{H}: more than the format holds (sides up to {bitstream.MAX_SIDE}, "

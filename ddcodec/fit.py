@@ -249,7 +249,7 @@ def optimise(model, z, loss_fn, iters: int, lr: float, lr_floor: float = 1.0,
     REPORT_EVERY steps, so the host queues work ahead of the device.
     """
     params = [t for _, t in model.named_tensors()]
-    opt = MuonAdam(params, lr, betas, adam) if optimizer == "muon" else adam(params, lr, betas)
+    opt = MuonAdam(model.named_tensors(), lr, betas, adam) if optimizer == "muon" else adam(params, lr, betas)
     net = compiled(model, compile, z.device) if compile else model
     graphs = compile in GRAPH_MODES and z.device.type == "cuda"
     best = _BestIterate(params)

@@ -8,7 +8,7 @@ from ddcodec import FitConfig, QuantConfig, encode
 from ddcodec.codec import fit_bank
 from ddcodec.errors import ConfigError
 from ddcodec.fit import ROLLBACK_EVERY, adam, mse_per_image, optimise
-from ddcodec.muon import MuonAdam, is_matrix, orthogonalise
+from ddcodec.muon import MuonAdam, is_hidden_matrix, orthogonalise
 from ddcodec.nets import Architecture, build, seeded_input
 
 from .conftest import small
@@ -43,12 +43,31 @@ def test_each_bank_member_is_orthogonalised_on_its_own():
         assert torch.equal(orthogonalise(torch.cat([a, neighbour]))[:3], alone)
 
 
-def test_only_the_square_weight_matrices_take_muon():
-    model = build(Architecture("deep-decoder", 6, 3, 3), [0, 1])
-    kinds = {name: is_matrix(t) for name, t in model.named_tensors()}
+def test_only_the_blocks_convolutions_take_muon():
+    # k = 3 for an RGB image: the output conv is square too, and stays on Adam
+    model = build(Architecture("deep-decoder", 3, 3, 3), [0, 1])
+    kinds = {name: is_hidden_matrix(name, t) for name, t in model.named_tensors()}
     assert kinds == {"block0.conv": True, "block0.scale": False, "block0.shift": False, "block1.conv": True,
                      "block1.scale": False, "block1.shift": False, "block2.conv": True, "block2.scale": False,
                      "block2.shift": False, "out.conv": False}
+    opt = MuonAdam(model.named_tensors(), 0.01, (0.8, 0.99), adam)
+    assert [id(p) for p in opt.matrices] == [id(t) for n, t in model.named_tensors() if n.endswith("conv") and n != "out.conv"]
+
+
+def test_a_one_pixel_image_fits_as_well_with_muon_as_with_adam():
+    # its block conv gets no gradient (one pixel normalises to 0): the fit is the output conv's
+    # and the shifts', which Muon leaves to Adam, so both land on the same file
+    img = np.full((1, 1, 3), 100, np.uint8)
+    files = [encode(img, 3, 1, FitConfig(iters=20, optimizer=o), QuantConfig(qat_iters=2), "cpu").data
+             for o in ("adam", "muon")]
+    assert files[0] == files[1]
+
+
+def test_muon_is_refused_for_the_skip_net(monkeypatch):
+    import ddcodec.codec as codec
+    monkeypatch.setattr(codec, "optimise", None)  # refused before any fit
+    with pytest.raises(ConfigError, match="Muon"):
+        encode(small(32, 32), 4, 2, FitConfig(iters=5, optimizer="muon"), device="cpu", arch="skip")
 
 
 def _bank(images, seed=0):
@@ -86,7 +105,7 @@ def test_the_fit_steps_muon_with_its_update():
     torch.manual_seed(0)
     mat, vec = torch.randn(2, 5, 5, requires_grad=True), torch.randn(2, 3, requires_grad=True)
     before = [mat.detach().clone(), vec.detach().clone()]
-    opt = MuonAdam([mat, vec], 0.01, (0.8, 0.99), adam)
+    opt = MuonAdam([("block0.conv", mat), ("block0.shift", vec)], 0.01, (0.8, 0.99), adam)
     opt.zero_grad()
     ((mat - 1) ** 2).sum().add(((vec + 2) ** 2).sum()).backward()
     g_mat, g_vec = mat.grad.clone(), vec.grad.clone()
@@ -98,7 +117,7 @@ def test_the_fit_steps_muon_with_its_update():
 
 def test_the_schedule_sets_the_learning_rate_of_muon_and_of_its_adam():
     model, z, loss = _bank([small(16, 16)])
-    opt = MuonAdam([t for _, t in model.named_tensors()], 0.05, (0.8, 0.99), adam)
+    opt = MuonAdam(model.named_tensors(), 0.05, (0.8, 0.99), adam)
     assert len(opt.param_groups) == 2
     for group in opt.param_groups:
         group["lr"] = 0.001
