@@ -118,7 +118,7 @@ def fit_options(channels=64, layers=6, iters=FitConfig.iters, lr=None, restoring
         click.option("--iters", type=click.IntRange(min=1), default=iters, show_default=bool(iters),
                      help="Fitting iterations." + ("" if iters else f" [default: {ITERS_DEFAULTS[iters_default]}]")),
         click.option("--lr", type=float, default=lr, show_default=bool(lr),
-                     help="Adam learning rate." + ("" if lr else " [default: 0.05 for k <= 21, falling to 0.01 at k = 64"
+                     help="Learning rate (Adam's; Muon's steps are scaled to match)." + ("" if lr else " [default: 0.05 for k <= 21, falling to 0.01 at k = 64"
                                                    + (f"; restoration and skip: {restore.RESTORE_LR}]" if restoring else "; skip: 0.01]"))),
         click.option("--seed", default=0, show_default=True, help="Seed of the weights and input z (0..2^64-1)."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda."),

@@ -1,7 +1,7 @@
 """Fitting: theta* = argmin_theta E(A(f_theta(z)), x0) for a bank of B images at once.
 
-Adam is elementwise and the loss is a sum of per-image means, so the B fits in a bank are
-independent: the same result as B separate runs, at one launch per op instead of B.
+Adam is elementwise, Muon (ddcodec.muon) orthogonalises each member's matrices on their own,
+and the loss is a sum of per-image means, so the B fits in a bank are independent: the same result as B separate runs, at one launch per op instead of B.
 The loop keeps each member's best iterate (the loss can spike), sends a member that blows up
 back to it (rollback_db), and serves quantization-aware fine-tuning too, with rounding applied
 through a transform.
@@ -26,7 +26,7 @@ from .muon import MuonAdam
 @dataclass(frozen=True)
 class FitConfig:
     iters: int = 3000  # the team's design notes measured 3,000; the reference uses 5,000-20,000
-    lr: Optional[float] = None  # Adam; None: default_lr(k), from 0.05 for small nets to 0.01
+    lr: Optional[float] = None  # None: default_lr(k), from 0.05 for small nets to 0.01 (Muon's steps are scaled to Adam's)
 
     lr_floor: float = 0.05  # cosine decay to lr*lr_floor: late steps polish instead of jump
     input_noise: float = 0.0  # std of noise added to z each step (DIP's regulariser), decays
@@ -228,7 +228,7 @@ def optimise(model, z, loss_fn, iters: int, lr: float, lr_floor: float = 1.0,
              transform=None, input_noise: float = 0.0, progress: Optional[Progress] = None,
              noise_seed: int = 0, mode: str = "fp32", observe=None, compile: bool = False,
              stop=None, rollback_db: float = 0.0, betas: tuple = ADAM_BETAS, optimizer: str = "adam"):
-    """Run Adam on ``model`` for ``iters`` steps and load each member's best iterate.
+    """Run Adam (or Muon with Adam) on ``model`` for ``iters`` steps and load each member's best iterate.
 
     loss_fn(output) -> per-member losses [B]; transform(params) -> params used in the forward
     pass (identity for fitting, straight-through rounding for quantization-aware training).
@@ -242,7 +242,7 @@ def optimise(model, z, loss_fn, iters: int, lr: float, lr_floor: float = 1.0,
     ROLLBACK_EVERY steps, goes back to its best iterate with its momentum cleared (DIP's
     backtracking): a blow-up at a high learning rate otherwise costs the rest of the fit.
     betas: Adam's decays of its first and second moments.
-    optimizer: "adam", or "muon" (ddcodec.muon; Adam for the tensors that are not square matrices).
+    optimizer: "adam", or "muon" (ddcodec.muon: the block convolutions; Adam for the other tensors).
     Returns the best per-member losses.
 
     Nothing in the loop reads a GPU value back except the progress report every

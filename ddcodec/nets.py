@@ -2,7 +2,7 @@
 
 A bank holds B independent decoders as batched tensors: block i's 1x1 convolution is one
 [B, k, k] tensor applied with bmm, and the channel normalisation runs as batch_norm on a
-[1, B*k, H, W] view, so each image is normalised over its own pixels. One Adam step then
+[1, B*k, H, W] view, so each image is normalised over its own pixels. One optimiser step then
 advances B fits whose gradients never mix (the team's design notes: bmm beat grouped convolutions).
 
 Block i: 1x1 conv (no bias) -> bilinear x2 upsample (not in the last block) -> ReLU ->
