@@ -581,3 +581,19 @@ def test_a_runtime_error_that_is_not_a_full_device_is_not_hidden(tmp_path, ddc_b
     monkeypatch.setattr(exact, "render", _raising(RuntimeError("a bug, not a full device")))
     res = run("decode", tmp_path / "x.ddc")
     assert isinstance(res.exception, RuntimeError) and "a bug" in str(res.exception)
+
+
+def test_encode_takes_the_optimizer_and_passes_it_to_the_fit(tmp_path):
+    img = small(24, 16)
+    Image.fromarray(img).save(tmp_path / "a.png")
+    files = {}
+    for opt in ("auto", "adam", "muon"):
+        out = tmp_path / f"{opt}.ddc"
+        res = run("encode", tmp_path / "a.png", "-o", out, *FAST, "--optimizer", opt)
+        assert res.exit_code == 0, res.output
+        files[opt] = out.read_bytes()
+    lib = ddcodec.encode(img, 8, fit=ddcodec.FitConfig(iters=60, optimizer="adam"),
+                         quant=ddcodec.QuantConfig(qat_iters=5), device="cpu").data
+    assert files["adam"] == lib and files["auto"] == files["muon"] != files["adam"]
+    _one_line_error(run("encode", tmp_path / "a.png", "-o", tmp_path / "s.ddc", *FAST, "--arch", "skip",
+                        "--optimizer", "muon"))
