@@ -36,7 +36,7 @@ pack() { [ -z "${PACK:-}" ] || { tar czf "$FINAL/results.tgz.part" -C "$OUT" . &
 cap() { local left=$((LIMIT - SECONDS)); [ "$left" -lt "$1" ] && echo $((left > 1 ? left : 1)) || echo "$1"; }
 if [ -n "${GPU_DRY:-}" ]; then  # the same steps, tiny, on the CPU
   OUT=/tmp/gpu_dry; rm -rf "$OUT"; LIMIT=${DRY_LIMIT:-1200}  # a CPU is ~100x slower
-  python3 -m pytest -q tests/test_robustness.py -k "gpu or thread" -p no:warnings
+  python3 -m pytest -q tests/test_robustness.py tests/test_exact.py -k "gpu or order_of_its_sums" -p no:warnings
   timeout -k 5 "$(cap 300)" python3 -m benchmarks.speed --data "$DATA" --iters 3 --warmup 1 --quality-iters 5 --resume --out "$OUT"
   timeout -k 5 "$(cap 300)" python3 -m benchmarks.speed --data "$DATA" --part tail --out "$OUT"
   rm -rf /tmp/ddc-dry-cache
