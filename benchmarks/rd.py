@@ -126,7 +126,10 @@ def run_ddcodec(images: dict, points, args, out_dir: Path, rows_file: Path, have
     if args.ray is not None:
         from ddcodec.cluster import ray_runner
         runner = ray_runner(None if args.ray == "local" else args.ray)
-    encode_many(tasks, args.bank, False, runner, score)
+    # force: rows.jsonl is the record of what is done (`have`), so a file it lacks is a leftover
+    # (of an older recipe, or of a run stopped between writing and scoring) and is fitted again,
+    # not scored as this recipe's (encode_many would skip an output that exists and decodes)
+    encode_many(tasks, args.bank, True, runner, score)
 
 
 def _image_files(images: dict, args, out_dir: Path) -> dict:

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from ddcodec.fit import optimise
+from ddcodec.fit import FitConfig, optimise
 
 from .products import _sync
 
@@ -16,7 +16,8 @@ def profile_steps(imgs, k, precision, compile_, dev, warmup: int, steps: int) ->
     by kernel (the device's time on a GPU), the top 30 by their own time."""
     from .speed import _bank  # here: speed imports this module
     _, _, z, loss, model = _bank(imgs, k, dev)
-    opts = dict(mode=precision, compile=compile_)
+    # the recipe's optimiser, as speed.measure's rows time it (Muon's step is part of a fit's)
+    opts = dict(mode=precision, compile=compile_, optimizer=FitConfig().optimizer_for(True))
     optimise(model, z, loss, warmup, 0.01, **opts)
     _sync(dev)
     acts = [torch.profiler.ProfilerActivity.CPU]

@@ -115,8 +115,8 @@ def encode_command(images, output, channels, layers, arch, iters, lr, seed, devi
         raise ConfigError("--mask applies to a single image")
     if denoise and (mask is not None or scale > 1):
         raise ConfigError("--denoise cannot be combined with --mask or --scale")
-    if denoise and (precision != "fp32" or compile_):
-        raise ConfigError("--precision and --compile apply to compression and --mask/--scale fits, not --denoise")
+    if denoise and (precision != "fp32" or compile_ or optimizer != "auto"):
+        raise ConfigError("--precision, --compile and --optimizer apply to compression and --mask/--scale fits, not --denoise")
     deg = Degradation(scale=scale, mask=mask_from_image(read_image(mask)) if mask else None)
     restoring = denoise or mask is not None or scale > 1
     k, d = _defaults(arch, restoring, channels, layers, bpp)
@@ -128,7 +128,7 @@ def encode_command(images, output, channels, layers, arch, iters, lr, seed, devi
     quant = QuantConfig(max_loss_db=max_loss, qat_iters=qat_iters, target_bpp=bpp, target_psnr=psnr)
     # settings every bank shares, checked once before any folder is made or image read: a bad
     # -k is one error, not one per image
-    check_arguments(k, d, fit, quant, None, tile)
+    check_arguments(k, d, fit, quant, None, tile, arch=arch)
     with output_folder(output if many else None):
         jobs, failed = _read_jobs(paths, outs, many, force, [mask] if mask else [], max_pixels, as_json)
         banks = _banks(jobs, 1 if (denoise or mask is not None) else bank)

@@ -84,7 +84,7 @@ def encode_bank(images, channels: Optional[int] = 64, layers: int = 6, fit: FitC
                 arch: str = "deep-decoder", degradation: Degradation = None, tile=None) -> list:
     """Encode B images of one size and channel count as one bank: one fit, B files. With a
     tile size, the images may differ in size: their tiles are banked by size instead."""
-    check_arguments(channels, layers, fit, quant, progress, tile, degradation)
+    check_arguments(channels, layers, fit, quant, progress, tile, degradation, arch)
     images = _sequence(images)
     if tile is not None and not isinstance(tile, str):
         tile = (int(tile[0]), int(tile[1]))  # numpy's integers or an array, as plain ints
@@ -154,7 +154,7 @@ def _share_seconds(results, t0) -> list:
 
 
 def check_arguments(channels, layers, fit=FitConfig(), quant=QuantConfig(), progress=None, tile=None,
-                    degradation=None) -> None:
+                    degradation=None, arch: str = "deep-decoder") -> None:
     """encode_bank's arguments, checked before any work. Public so that a front end fitting many
     banks (the CLI, ddcodec.collection) refuses a bad setting once, up front, instead of failing
     every bank with it."""
@@ -165,6 +165,8 @@ def check_arguments(channels, layers, fit=FitConfig(), quant=QuantConfig(), prog
     integer("layers", layers, 1, 12)
     if progress is not None:
         _check_progress(progress)
+    if fit.optimizer == "muon" and arch != "deep-decoder":  # its rule picks the Deep Decoder's tensors by name
+        raise ConfigError("optimizer 'muon' (Muon) steps the Deep Decoder's block convolutions; the skip net fits with Adam")
     if degradation is not None and not isinstance(degradation, Degradation):
         raise ConfigError(f"degradation must be a Degradation or None, got {type(degradation).__name__}")
     if tile is not None and not (isinstance(tile, str) and tile == "auto"):  # an array's != is elementwise
@@ -212,8 +214,7 @@ def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitCo
     if arch == "deep-decoder":  # a side of at most 2^(d-1) pixels takes fewer blocks
         layers = layers_for(layers, H, W)
     net = Architecture(arch, channels, layers, 1 if imgs[0].ndim == 2 else 3)
-    if fit.optimizer == "muon" and arch != "deep-decoder":  # its rule picks the Deep Decoder's tensors by name
-        raise ConfigError("optimizer 'muon' (Muon) steps the Deep Decoder's block convolutions; the skip net fits with Adam")
+    check_arguments(channels, layers, fit, arch=arch)  # fit_bank is public too: Muon with the skip net
     channels, layers = net.channels, net.layers  # checked, and Python's ints (a numpy uint8 k overflowed below)
     if max(H, W) > bitstream.MAX_SIDE or H * W > bitstream.MAX_PIXELS:
         raise ImageError(f"{W}x{H}: more than the format holds (sides up to {bitstream.MAX_SIDE}, "

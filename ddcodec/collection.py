@@ -41,7 +41,7 @@ class Settings:
     tile: object = None  # (width, height) or "auto": each image coded as a grid (ddcodec.tiles)
 
     def __post_init__(self):  # a bad setting fails once, here, not once per bank
-        check_arguments(self.channels, self.layers, self.fit, self.quant, None, self.tile)
+        check_arguments(self.channels, self.layers, self.fit, self.quant, None, self.tile, arch=self.arch)
         integer("max_pixels", self.max_pixels, 1, 2**62)
         Architecture(self.arch)  # its own check of the kind (ConfigError)
 

@@ -65,9 +65,10 @@ def _config(task, arch, channels, layers, iters, seed, lr, stop_mse=0.0):
     k, d, default_iters = DEFAULTS[arch]
     noise = SKIP_INPUT_NOISE[task] if arch == "skip" else 0.0
     extra = dict(average=DENOISE_AVERAGE, lr_floor=1.0, stop_mse=stop_mse) if task == "denoise" else {}
-    # no rollback, Adam's own betas: the stopping rules and the figures were measured so
+    # Adam with its own betas and no rollback: the stopping rules and the figures were measured
+    # so (a denoising fit is unmasked at scale 1, which fit_bank would take for compression)
     fit = FitConfig(iters=_given(iters) or default_iters, lr=lr, seed=seed, input_noise=noise, rollback_db=0.0,
-                    beta1=ADAM_BETAS[0], beta2=ADAM_BETAS[1], live_first_block=False, **extra)
+                    beta1=ADAM_BETAS[0], beta2=ADAM_BETAS[1], live_first_block=False, optimizer="adam", **extra)
     return (k if channels is None else channels), (d if layers is None else layers), fit
 
 

@@ -571,6 +571,7 @@ def test_the_dataset_run_times_the_codecs_calls_per_file_and_puts_the_codec_back
 
 
 def test_timed_calls_puts_the_function_back_when_it_raises():
+    import json
     import types
 
     from benchmarks.speed import timed_calls
@@ -713,3 +714,31 @@ def test_restore_takes_an_empty_skip_task_list_as_none(tmp_path):
     data, out = _folder(tmp_path, ["kodim24", "a"])
     bench.main(["--data", str(data), "--out", str(out), "--skip-tasks", "", "--summary-only"])
     assert (out / "kodak-mini" / "restore.json").exists()
+
+
+def test_an_rd_run_fits_again_a_file_its_rows_do_not_record(tmp_path, monkeypatch):
+    # a leftover .ddc (an older recipe's, or a run stopped between writing and scoring) was
+    # skipped as done and scored as this recipe's row, with no fit behind it
+    import json
+    import types
+
+    import numpy as np
+    from PIL import Image
+
+    from benchmarks import rd
+
+    img = np.asarray(Image.fromarray(np.full((16, 24, 3), 90, np.uint8)))
+    src = tmp_path / "x.png"
+    Image.fromarray(img).save(src)
+    out = tmp_path / "out"
+    args = types.SimpleNamespace(iters=20, tile="none", optimizer="adam", device="cpu", bank=1, ray=None)
+    stale = out / rd.ours(20, "none", "adam").replace("ddcodec", "ddc") / "bpp2.0" / "x.ddc"
+    stale.parent.mkdir(parents=True)
+    old = ddcodec.encode(img, 4, 3, ddcodec.FitConfig(iters=2, optimizer="adam"), ddcodec.QuantConfig(qat_iters=0),
+                         device="cpu").data
+    stale.write_bytes(old)
+    monkeypatch.setattr(rd, "_image_files", lambda images, a, out_dir: {"x": src})
+    rows = out / "rows.jsonl"
+    rd.run_ddcodec({"x": img}, [2.0], args, out, rows, have=set())
+    row = json.loads(rows.read_text().splitlines()[-1])
+    assert row["encoding_time"] is not None and stale.read_bytes() != old

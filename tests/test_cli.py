@@ -597,3 +597,9 @@ def test_encode_takes_the_optimizer_and_passes_it_to_the_fit(tmp_path):
     assert files["adam"] == lib and files["auto"] == files["muon"] != files["adam"]
     _one_line_error(run("encode", tmp_path / "a.png", "-o", tmp_path / "s.ddc", *FAST, "--arch", "skip",
                         "--optimizer", "muon"))
+    Image.fromarray(img[::-1].copy()).save(tmp_path / "b.png")  # several images: one error, not one each
+    res = run("encode", tmp_path / "a.png", tmp_path / "b.png", "-o", tmp_path / "many", *FAST, "--arch", "skip",
+              "--optimizer", "muon")
+    _one_line_error(res)
+    assert "Muon" in res.output and not (tmp_path / "many").exists()
+    _one_line_error(run("encode", tmp_path / "a.png", "-o", tmp_path / "d.ddc", *FAST, "--denoise", "--optimizer", "muon"))

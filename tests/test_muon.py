@@ -63,11 +63,16 @@ def test_a_one_pixel_image_fits_as_well_with_muon_as_with_adam():
     assert files[0] == files[1]
 
 
-def test_muon_is_refused_for_the_skip_net(monkeypatch):
+def test_muon_is_refused_for_the_skip_net_before_any_work(monkeypatch):
     import ddcodec.codec as codec
+    from ddcodec.collection import Settings
     monkeypatch.setattr(codec, "optimise", None)  # refused before any fit
+    monkeypatch.setattr(codec, "_as_array", None)  # and before any image is read
+    muon = FitConfig(iters=5, optimizer="muon")
     with pytest.raises(ConfigError, match="Muon"):
-        encode(small(32, 32), 4, 2, FitConfig(iters=5, optimizer="muon"), device="cpu", arch="skip")
+        encode(small(32, 32), 4, 2, muon, device="cpu", arch="skip")
+    with pytest.raises(ConfigError, match="Muon"):  # a run of many banks: once, not once a bank
+        Settings(4, 2, "skip", muon)
 
 
 def _bank(images, seed=0):
@@ -164,12 +169,25 @@ def test_an_encode_fits_with_muon_unless_told_otherwise():
     assert encode(img, 4, 3, FitConfig(iters=30, optimizer="adam"), q, device="cpu").data != default
 
 
-def test_restoration_fits_with_adam(monkeypatch):
-    seen = []
+@pytest.mark.parametrize("task", ["denoise", "inpaint", "superres"])
+def test_restoration_fits_with_adam(task, monkeypatch):
+    # denoising is unmasked at scale 1, which fit_bank takes for compression: restore pins Adam
+    from ddcodec import restore
     import ddcodec.codec as codec
+    seen = []
     real = codec.optimise
     monkeypatch.setattr(codec, "optimise", lambda *a, **k: seen.append(k.get("optimizer")) or real(*a, **k))
-    from ddcodec.degrade import Degradation
-    fit_bank([small(16, 16)], 4, 3, FitConfig(iters=5), "cpu", degradation=Degradation(scale=2))
+    img = small(16, 16)
+    args = {"denoise": (img,), "inpaint": (img, np.full((16, 16), 255, np.uint8)), "superres": (img,)}[task]
+    getattr(restore, task)(*args, channels=4, layers=3, iters=5, device="cpu")
+    assert seen[0] == "adam"  # the fit (the fine-tuning after it takes optimise's default, Adam)
+    assert all(o in (None, "adam") for o in seen)
+
+
+def test_a_plain_fit_bank_fits_with_muon(monkeypatch):
+    import ddcodec.codec as codec
+    seen = []
+    real = codec.optimise
+    monkeypatch.setattr(codec, "optimise", lambda *a, **k: seen.append(k.get("optimizer")) or real(*a, **k))
     fit_bank([small(16, 16)], 4, 3, FitConfig(iters=5), "cpu")
-    assert seen == ["adam", "muon"]
+    assert seen == ["muon"]
