@@ -46,7 +46,7 @@ DISCREPANCY, DISCREPANCY_CAP, DISCREPANCY_ARCHS = 0.93, 4, ("skip",)
 @dataclass
 class Restored:
     image: np.ndarray  # the restored uint8 image
-    result: EncodeResult  # the .ddc bytes (decoding to image, or to within ~1 level of it)
+    result: EncodeResult  # the .ddc bytes, decoding to image (for denoising: to the distilled network, close to it, README)
     iters: int  # fitting iterations used (from the stopping rule for denoising)
     sigma: float = None  # estimated noise std (0-255), denoising only
 
