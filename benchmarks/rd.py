@@ -82,7 +82,8 @@ def ours(iters: int, tile: str = "auto", optimizer: str = "auto") -> str:
     the thirtieth session: the rows of that time carry the name)."""
     name = "ddcodec" if iters == ddcodec.FitConfig.iters else f"ddcodec-{iters}it"
     name = name if tile == "auto" else f"{name}-{'whole' if tile == 'none' else 'tile' + tile}"
-    return name if optimizer == "auto" else f"{name}-{optimizer}"
+    same = optimizer in ("auto", ddcodec.FitConfig().optimizer_for(True))  # the recipe's own: its curve
+    return name if same else f"{name}-{optimizer}"
 
 
 def run_ddcodec(images: dict, points, args, out_dir: Path, rows_file: Path, have: set) -> None:

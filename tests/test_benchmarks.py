@@ -742,3 +742,11 @@ def test_an_rd_run_fits_again_a_file_its_rows_do_not_record(tmp_path, monkeypatc
     rd.run_ddcodec({"x": img}, [2.0], args, out, rows, have=set())
     row = json.loads(rows.read_text().splitlines()[-1])
     assert row["encoding_time"] is not None and stale.read_bytes() != old
+
+
+def test_an_rd_curve_is_named_by_what_differs_from_the_recipe():
+    from benchmarks.rd import ours
+
+    assert ours(3000) == ours(3000, "auto", "muon") == "ddcodec"  # muon is the recipe's: one curve, not two
+    assert ours(3000, "auto", "adam") == "ddcodec-adam"
+    assert ours(6000, "none", "adam") == "ddcodec-6000it-whole-adam"
