@@ -30,3 +30,16 @@ def test_short_fuzz_run_gives_only_typed_errors_no_hangs_and_bounded_memory(tmp_
     # the mutations must reach every layer of the reader, not just the magic check
     assert {"CorruptError", "TruncatedError", "NotDDCError"} <= set(stats["typed_errors"])
     assert stats["decoded"] > 0
+
+
+def test_the_fuzzers_peak_memory_is_its_own_not_its_parents(tmp_path):
+    # getrusage's ru_maxrss keeps what the parent held at the fork: a CI run's test suite at
+    # ~1 GB read as the fuzzer's own and failed the bound above
+    import numpy as np
+
+    ballast = np.ones(600 * 2**20 // 8)  # 600 MB resident in this process
+    out = tmp_path / "stats.json"
+    subprocess.run([sys.executable, "-m", "tests.fuzz.fuzz_reader", "--n", "200", "--seed", "7", "--no-slow",
+                    "--out", str(out)], check=True, capture_output=True, cwd=ROOT)
+    assert ballast.sum() > 0
+    assert json.loads(out.read_text())["peak_rss_mb"] < 500  # the reader alone: ~240 MB
