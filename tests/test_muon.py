@@ -39,7 +39,8 @@ def test_each_bank_member_is_orthogonalised_on_its_own():
     gen = torch.Generator().manual_seed(0)
     a, b = torch.randn(3, 8, 8, generator=gen), torch.randn(3, 8, 8, generator=gen)
     alone = orthogonalise(a)
-    for neighbour in (b, 1e6 * b, torch.zeros_like(b)):  # its neighbours' scale or content does not reach it
+    for neighbour in (b, 1e6 * b, torch.zeros_like(b), torch.full_like(b, float("nan")), torch.full_like(b, float("inf"))):
+        # its neighbours' scale or content does not reach it, a blown-up neighbour's NaN or inf included
         assert torch.equal(orthogonalise(torch.cat([a, neighbour]))[:3], alone)
 
 
