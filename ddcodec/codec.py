@@ -129,6 +129,11 @@ def _check_progress(progress) -> None:
                           f"loss and psnr: the bank's mean), which {sig} cannot take") from None
 
 
+def _check_optimizer(fit: FitConfig, arch: str) -> None:
+    if fit.optimizer == "muon" and arch != "deep-decoder":  # its rule picks the Deep Decoder's tensors by name
+        raise ConfigError("optimizer 'muon' (Muon) steps the Deep Decoder's block convolutions; the skip net fits with Adam")
+
+
 def _sequence(images) -> list:
     """encode_bank's images as a list. One image given alone would iterate as something else:
     an [H, W, 3] array as H grey images of W x 3 pixels, a path as its characters."""
@@ -165,8 +170,7 @@ def check_arguments(channels, layers, fit=FitConfig(), quant=QuantConfig(), prog
     integer("layers", layers, 1, 12)
     if progress is not None:
         _check_progress(progress)
-    if fit.optimizer == "muon" and arch != "deep-decoder":  # its rule picks the Deep Decoder's tensors by name
-        raise ConfigError("optimizer 'muon' (Muon) steps the Deep Decoder's block convolutions; the skip net fits with Adam")
+    _check_optimizer(fit, arch)
     if degradation is not None and not isinstance(degradation, Degradation):
         raise ConfigError(f"degradation must be a Degradation or None, got {type(degradation).__name__}")
     if tile is not None and not (isinstance(tile, str) and tile == "auto"):  # an array's != is elementwise
@@ -214,7 +218,7 @@ def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitCo
     if arch == "deep-decoder":  # a side of at most 2^(d-1) pixels takes fewer blocks
         layers = layers_for(layers, H, W)
     net = Architecture(arch, channels, layers, 1 if imgs[0].ndim == 2 else 3)
-    check_arguments(channels, layers, fit, arch=arch)  # fit_bank is public too: Muon with the skip net
+    _check_optimizer(fit, arch)  # fit_bank is public too
     channels, layers = net.channels, net.layers  # checked, and Python's ints (a numpy uint8 k overflowed below)
     if max(H, W) > bitstream.MAX_SIDE or H * W > bitstream.MAX_PIXELS:
         raise ImageError(f"{W}x{H}: more than the format holds (sides up to {bitstream.MAX_SIDE}, "
