@@ -99,6 +99,14 @@ def _defaults(arch, restoring, channels, layers, bpp=None):
     return k, layers if layers is not None else (5 if arch == "skip" else 6)
 
 
+def fit_config(iters, lr, seed, precision, compile_, optimizer) -> FitConfig:
+    """The speed options' values as a FitConfig: --compile unset is "auto", and --optimizer auto
+    is None (FitConfig chooses by the task)."""
+    return FitConfig(iters=iters, lr=lr, seed=seed, precision=precision,
+                     compile="auto" if compile_ is None else compile_,
+                     optimizer=None if optimizer == "auto" else optimizer)
+
+
 def encode_command(images, output, channels, layers, arch, iters, lr, seed, device, quiet, precision, compile_,
                    max_loss, qat_iters, bpp, psnr, tile, denoise, mask, scale, bank, max_pixels, force, as_json,
                    folder: bool = False, optimizer: str = "auto"):
@@ -123,8 +131,7 @@ def encode_command(images, output, channels, layers, arch, iters, lr, seed, devi
     tile = tiles.tile_for(tile, bpp if k is None else None, not restoring and arch == "deep-decoder")
     if lr is None and restoring:  # else None: by k (fit.default_lr)
         lr = restore.RESTORE_LR
-    fit = FitConfig(iters=FitConfig.iters if iters is None else iters, lr=lr, seed=seed, precision=precision,
-                    compile="auto" if compile_ is None else compile_, optimizer=None if optimizer == "auto" else optimizer)
+    fit = fit_config(FitConfig.iters if iters is None else iters, lr, seed, precision, compile_, optimizer)
     quant = QuantConfig(max_loss_db=max_loss, qat_iters=qat_iters, target_bpp=bpp, target_psnr=psnr)
     # settings every bank shares, checked once before any folder is made or image read: a bad
     # -k is one error, not one per image

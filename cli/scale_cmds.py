@@ -6,11 +6,12 @@ import sys
 import click
 from tqdm import tqdm
 
-from ddcodec import FitConfig, QuantConfig, tiles
+from ddcodec import QuantConfig, tiles
 from ddcodec.collection import Settings, encode_collection, folder_pairs
 from ddcodec.errors import DDCError
 from ddcodec.images import MAX_INPUT_PIXELS
 
+from .batch import fit_config
 from .paths import named_path
 
 
@@ -42,9 +43,7 @@ def register(cli, fit_options, speed_options, rate_options):
             channels = 128 if arch == "skip" else 64  # else None: k per bank from --bpp
         layers = layers if layers is not None else (5 if arch == "skip" else 6)
         tile = tiles.tile_for(tile, bpp if channels is None else None, arch == "deep-decoder")
-        fit = FitConfig(iters=iters, lr=lr, seed=seed, precision=precision,
-                        compile="auto" if compile_ is None else compile_,
-                        optimizer=None if optimizer == "auto" else optimizer)
+        fit = fit_config(iters, lr, seed, precision, compile_, optimizer)
         settings = Settings(channels, layers, arch, fit,
                             QuantConfig(max_loss_db=max_loss, qat_iters=qat_iters, target_bpp=bpp,
                                         target_psnr=psnr), device, max_pixels, tile)

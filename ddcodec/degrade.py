@@ -32,10 +32,10 @@ class Degradation:
             m = self.mask
             if not isinstance(m, np.ndarray) or m.ndim != 2:
                 raise ConfigError("mask must be a 2-D array [H, W], True (or 1) where the pixel is known")
-            if m.dtype != bool:  # 0/1 integers are taken as bools; 255 would index, not mask
-                if not np.issubdtype(m.dtype, np.integer) or not np.isin(m, (0, 1)).all():
-                    raise ConfigError("mask must hold bools or 0/1 (see mask_from_image for a mask image)")
-                object.__setattr__(self, "mask", m.astype(bool))
+            known = mask_array(m)
+            if known is None:
+                raise ConfigError("mask must hold bools or 0/1 (see mask_from_image for a mask image)")
+            object.__setattr__(self, "mask", known)
             if not self.mask.any():
                 raise ConfigError("the mask marks no pixel as known")
 
@@ -78,6 +78,18 @@ def lanczos_downsample(x: torch.Tensor, factor: int) -> torch.Tensor:
     y = F.conv2d(y.reshape(n * c, 1, *y.shape[2:]), k.view(1, 1, 1, -1), stride=(1, factor))
     y = F.conv2d(y, k.view(1, 1, -1, 1), stride=(factor, 1))
     return y.reshape(n, c, *y.shape[2:])[..., :h // factor, :w // factor]
+
+
+def mask_array(m):
+    """A 2-D array of bools, or of integers that are all 0 or 1, as a bool mask [H, W]; None for
+    anything else. 0/1 integers are taken as bools, since 255 would index rather than mask."""
+    if not isinstance(m, np.ndarray) or m.ndim != 2:
+        return None
+    if m.dtype == bool:
+        return m
+    if np.issubdtype(m.dtype, np.integer) and np.isin(m, (0, 1)).all():
+        return m.astype(bool)
+    return None
 
 
 def mask_from_image(mask_img: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ import time
 import torch
 
 from .codec import EncodeResult, _as_array, _to_uint8, check_arguments, decode, fit_bank, quantize_bank
-from .degrade import Degradation, denoise_iterations, estimate_sigma, mask_from_image
+from .degrade import Degradation, denoise_iterations, estimate_sigma, mask_array, mask_from_image
 from .checks import flag
 from .errors import ConfigError, ImageError
 from .fit import ADAM_BETAS, REFERENCE_LR, FitConfig, mse_per_image, optimise
@@ -147,12 +147,11 @@ def _known(mask) -> np.ndarray:
     """inpaint's mask -> bool [H, W]. A 2-D array of bools or of 0/1 integers is the mask
     itself, as Degradation takes it: as an image it would be black (below the threshold of 128
     everywhere), so no mask image is read differently for it."""
-    if isinstance(mask, np.ndarray) and mask.ndim == 2 and (
-            mask.dtype == bool or (np.issubdtype(mask.dtype, np.integer) and mask.size and mask.max() <= 1
-                                   and mask.min() >= 0)):
-        if not mask.any():
+    known = mask_array(mask)
+    if known is not None:
+        if not known.any():
             raise ImageError("the mask marks no pixel as known (True or 1 = known)")
-        return mask.astype(bool)
+        return known
     try:
         mask = _as_array(mask)
     except ImageError as e:  # say which argument it was: the image's own errors read the same
