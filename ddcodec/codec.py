@@ -522,6 +522,8 @@ def _chw(img: np.ndarray) -> np.ndarray:
 
 def _as_array(image) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):  # os.DirEntry too, as encode_file takes
+        if os.fspath(image) in ("", b""):  # Path("") is ".", which would read as a folder
+            raise ImageError("the image path is empty")
         return read_image(Path(image))
     if isinstance(image, Image.Image):
         from .images import _refuse_what_pixels_lose, from_pil

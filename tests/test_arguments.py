@@ -147,3 +147,15 @@ def test_an_image_of_no_known_kind_is_named_as_such():
     from ddcodec.errors import ImageError
     with pytest.raises(ImageError, match="a PIL image or a path"):
         ddcodec.encode(io.BytesIO(b"x"), 4, fit=TINY_FIT, device="cpu")
+
+
+def test_an_empty_image_path_is_named_as_empty_not_read_as_the_current_folder():
+    from ddcodec.errors import ImageError
+    with pytest.raises(ImageError, match="empty"):
+        ddcodec.encode("", 4, fit=TINY_FIT, device="cpu")
+
+
+@pytest.mark.parametrize("value", [np.False_, np.True_])
+def test_a_numpy_bool_for_compile_is_kept_as_a_python_bool(value):
+    fit = FitConfig(compile=value)
+    assert type(fit.compile) is bool and fit.compile == bool(value)
