@@ -27,18 +27,21 @@ def main(argv=None):
     ap.add_argument("--bpp", type=float, required=True)
     ap.add_argument("--tile", default="auto", help="WxH, auto or none")
     ap.add_argument("--iters", type=int, default=ddcodec.FitConfig.iters, help="fitting iterations")
+    ap.add_argument("--optimizer", choices=["auto", "adam", "muon"], default="auto",
+                    help="auto: the default (Muon for compression fits)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/tiles.jsonl"))
     a = ap.parse_args(argv)
     images = load_images(a.data, a.downscale, names=a.names.split(","))
+    fit = ddcodec.FitConfig(iters=a.iters, optimizer=None if a.optimizer == "auto" else a.optimizer)
     for name, img in images.items():
         t0 = time.perf_counter()
         res = ddcodec.encode(img, None, quant=ddcodec.QuantConfig(target_bpp=a.bpp), device=a.device,
-                             fit=ddcodec.FitConfig(iters=a.iters),
+                             fit=fit,
                              tile=ddcodec.tiles.tile_for(a.tile, a.bpp))
         meta = ddcodec.info(res.data)
         row = dict(image=name, size=f"{img.shape[1]}x{img.shape[0]}", target_bpp=a.bpp, tile=a.tile,
-                   iters=a.iters, grid=meta.get("tiles", [1, 1]), tile_k=meta.get("tile_k", [meta["arch"]["channels"]]),
+                   iters=a.iters, optimizer=fit.optimizer_for(), grid=meta.get("tiles", [1, 1]), tile_k=meta.get("tile_k", [meta["arch"]["channels"]]),
                    bytes=len(res.data), bpp=8 * len(res.data) / (img.shape[0] * img.shape[1]),
                    psnr=psnr(ddcodec.decode(res.data), img), psnr_float=res.psnr_float, seconds=time.perf_counter() - t0, device=res.device,
                    threads=torch.get_num_threads(), code=code_version(), torch=torch.__version__)
