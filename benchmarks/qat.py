@@ -4,7 +4,7 @@ fitted once with the default recipe, then quantized from copies of that fit with
 
     python -m benchmarks.qat --data ../shared/data/kodak --names kodim01,kodim02,kodim03,kodim04 --bpp 0.5
 
---bpp picks k as the RD profiles do (about 8 bits per weight) and controls the rate; without
+--bpp picks k as the RD profiles do (about 7 bits per weight) and controls the rate; without
 it k is --channels and the default --max-loss budget holds. One line per run is appended to
 benchmarks/results/qat.jsonl.
 """
