@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Optional, Union
 
+import numpy as np
 import torch
 
-from .checks import flag, integer, keep as keep_checked, number
+from .checks import integer, keep as keep_checked, number
 # the compile machinery lives in compiling.py; these names stay importable from here, where
 # FitConfig's compile option and optimise use them
 from .compiling import (COMPILE_PRESETS, FUSED_OPTIONS, GRAPH_MODES, TAIL_MAX_CHANNELS, TORCH_MODES,  # noqa: F401
@@ -76,11 +77,8 @@ class FitConfig:
                 keep(name, number(name, getattr(self, name), 0, 1, hi_open=True))
         if self.precision not in ("fp32", "tf32", "bf16"):
             raise ConfigError(f"precision must be fp32, tf32 or bf16, got {self.precision!r}")
-        if not isinstance(self.compile, str):  # a bool, numpy's too, kept as Python's (checks.flag)
-            try:
-                keep("compile", flag("compile", self.compile))
-            except ConfigError:
-                pass  # reported below, with the strings it also takes
+        if isinstance(self.compile, np.bool_):  # numpy's bool as Python's, as checks.flag takes it
+            keep("compile", bool(self.compile))
         if not (isinstance(self.compile, bool) or self.compile == "auto" or self.compile in COMPILE_PRESETS):
             raise ConfigError(f"compile must be True, False, 'auto' or one of {', '.join(COMPILE_PRESETS)}, "
                               f"got {self.compile!r}")
