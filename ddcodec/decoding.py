@@ -15,7 +15,7 @@ import torch
 
 from . import bitstream, entropy, exact, tiles
 from .checks import integer
-from .errors import ConfigError, ImageError, LimitError, out_of_memory
+from .errors import ConfigError, LimitError, ReadError, out_of_memory
 from .metrics import bpp as bits_per_pixel
 from .nets import build, param_count, seeded_input, tensor_shapes
 from .quant import dequantize, step_from_code, steps_tensor
@@ -111,7 +111,7 @@ def read_file(path) -> bytes:
         with open(path, "rb") as f:
             data = f.read(MAX_FILE_BYTES + 1)
     except OSError as e:
-        raise ImageError(f"{path}: {e.strerror}") from None
+        raise ReadError(f"{path}: {e.strerror}") from None
     if len(data) > MAX_FILE_BYTES:
         raise LimitError(f"{path}: larger than any .ddc file the reader takes ({MAX_FILE_BYTES} bytes)")
     return data

@@ -34,6 +34,11 @@ class ImageError(DDCError):
     """An input image that cannot be read, or that the codec refuses (with the reason)."""
 
 
+class ReadError(DDCError):
+    """A .ddc file that cannot be read from disk: missing, a folder, no permission. Not an
+    ImageError: the file is not an image, and a caller may well want to tell the two apart."""
+
+
 class OutputExistsError(DDCError):
     """The output exists and --force was not given, or it would overwrite an input."""
 

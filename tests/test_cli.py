@@ -78,7 +78,10 @@ def test_not_a_ddc_file_and_missing_file_are_one_line_errors(tmp_path):
         res = run(cmd, f)
         _one_line_error(res)
         assert f"{f}: not a DDC file" in res.output, cmd
-    _one_line_error(run("info", tmp_path / "missing.ddc"))
+    for cmd in ("decode", "info"):
+        res = run(cmd, tmp_path / "missing.ddc")
+        _one_line_error(res)
+        assert "missing.ddc" in res.output and "No such file" in res.output, cmd
 
 
 def test_unreadable_image_is_one_line_error(tmp_path):

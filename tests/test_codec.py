@@ -109,6 +109,15 @@ def test_file_helpers_round_trip_and_refuse_to_overwrite(tmp_path):
         ddcodec.decode_file(tmp_path / "a.ddc", tmp_path / "a.png")
 
 
+def test_an_unreadable_ddc_file_is_a_read_error_not_an_image_error(tmp_path):
+    from ddcodec.errors import ReadError
+    for src, why in ((tmp_path / "missing.ddc", "No such file"), (tmp_path, "directory")):
+        with pytest.raises(ReadError, match=why) as e:
+            ddcodec.decode_file(src, tmp_path / "out.png")
+        assert not isinstance(e.value, ImageError) and str(src) in str(e.value)
+    assert not (tmp_path / "out.png").exists()
+
+
 @pytest.mark.filterwarnings("error:torch.compile failed")  # an eager fallback would prove nothing
 def test_a_compiled_reencode_is_byte_identical(image):
     # compiled kernels round differently from eager ones, but always the same way
