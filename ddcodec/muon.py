@@ -87,8 +87,8 @@ class MuonAdam:
         live = [p for p in self.matrices if p.grad is not None]
         if not live:
             return
-        # torch._foreach_*: one launch for the whole list where a loop would launch one kernel
-        # per tensor (about 20 per step on a GPU, outside the compiled program); the same
+        # torch._foreach_*: one launch for the whole list where a loop launches one kernel per
+        # tensor (24 a step at 6 blocks, on a GPU outside the compiled program); the same
         # element-wise arithmetic, so the same bits
         grads = [p.grad for p in live]
         bufs = [self._state.setdefault(p, {"exp_avg": torch.zeros_like(p)})["exp_avg"] for p in live]
