@@ -75,28 +75,31 @@ def _append(rows_file: Path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
-def ours(iters: int, tile: str = "auto", optimizer: str = "auto") -> str:
+def ours(iters: int, tile: str = "auto", optimizer: str = "auto", margin: str = "auto") -> str:
     """Our curve's name: "ddcodec" at the default recipe, "ddcodec-6000it" at 6,000 iterations,
     "ddcodec-whole" with one network per image (--tile none) instead of the default tiles,
     "ddcodec-adam" with Adam for every tensor instead of the recipe's Muon (the recipe until
-    the thirtieth session: the rows of that time carry the name)."""
+    the thirtieth session: the rows of that time carry the name), "ddcodec-nomargin" with the
+    image at the canvas's corner instead of its centre (the recipe until the forty-third)."""
     name = "ddcodec" if iters == ddcodec.FitConfig.iters else f"ddcodec-{iters}it"
     name = name if tile == "auto" else f"{name}-{'whole' if tile == 'none' else 'tile' + tile}"
     same = optimizer in ("auto", ddcodec.FitConfig().optimizer_for(True))  # the recipe's own: its curve
-    return name if same else f"{name}-{optimizer}"
+    name = name if same else f"{name}-{optimizer}"
+    return name if margin == "auto" else f"{name}-nomargin"
 
 
 def run_ddcodec(images: dict, points, args, out_dir: Path, rows_file: Path, have: set) -> None:
     """Encode every rate point through ddcodec.collection: banks of one size, fitted serially or
     on a Ray cluster (--ray), each .ddc written as its bank finishes and scored as it lands."""
     from ddcodec.collection import Settings, encode_many, serial_runner
-    name_ = ours(args.iters, args.tile, args.optimizer)
+    name_ = ours(args.iters, args.tile, args.optimizer, args.margin)
     files = out_dir / name_.replace("ddcodec", "ddc")  # ddc/, ddc-6000it/, ddc-whole/, ddc-adam/
     sources = _image_files(images, args, out_dir)
     tasks, labels = [], {}
     for bpp in points:
         label = f"bpp{bpp}"
-        fit = ddcodec.FitConfig(iters=args.iters, optimizer=None if args.optimizer == "auto" else args.optimizer)
+        fit = ddcodec.FitConfig(iters=args.iters, optimizer=None if args.optimizer == "auto" else args.optimizer,
+                                margin=None if args.margin == "auto" else False)
         settings = Settings(None, 6, fit=fit,
                             quant=ddcodec.QuantConfig(target_bpp=bpp), device=args.device,
                             tile=ddcodec.tiles.tile_for(args.tile, bpp))
@@ -308,6 +311,9 @@ def main(argv=None):
                     "rate target, from the image and the rate), none (one network per image, curve ddcodec-whole) or WxH")
     ap.add_argument("--optimizer", choices=["auto", *ddcodec.fit.OPTIMIZERS], default="auto",
                     help="ddcodec's optimiser: auto (the recipe's, Muon; curve ddcodec) or adam (curve ddcodec-adam)")
+    ap.add_argument("--margin", choices=["auto", "off"], default="auto",
+                    help="ddcodec's canvas: auto (the recipe's, the image at its centre; curve ddcodec) or off "
+                    "(at its corner, the recipe before; curve ddcodec-nomargin)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                     help="fit the banks on Ray: a local instance, or the cluster at ADDRESS")

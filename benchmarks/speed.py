@@ -36,7 +36,7 @@ import ddcodec
 from ddcodec import exact
 from ddcodec.fit import COMPILE_PRESETS, GRAPH_MODES, FitConfig, fell_back, mse_per_image, optimise, psnr_from_mse
 from ddcodec.errors import ConfigError
-from ddcodec.nets import Architecture, build, seeded_input
+from ddcodec.nets import Architecture, build, canvas, crop, seeded_input
 
 from . import products
 from .common import run_main
@@ -142,12 +142,12 @@ def _landscape(imgs: dict, bank: int, folder) -> list:
 
 def _bank(imgs, k, dev):
     """A bank of the images at width k: (architecture, seeds, z, loss, a fresh model)."""
-    arch = Architecture("deep-decoder", k, 6, 3)
+    arch = Architecture("deep-decoder", k, 6, 3, margin=FitConfig().margin_for(True))  # the codec's canvas
     h, w = imgs[0].shape[:2]
     target = torch.from_numpy(np.stack([im.transpose(2, 0, 1) for im in imgs])).to(dev).float() / 255
     seeds = [0] * len(imgs)
     z = torch.stack([seeded_input(arch, h, w, s) for s in seeds]).to(dev)
-    loss = lambda out: mse_per_image(out[..., :h, :w], target)  # noqa: E731
+    loss = lambda out: mse_per_image(crop(arch, out, h, w), target)  # noqa: E731
     return arch, seeds, z, loss, build(arch, seeds).to(dev)
 
 
@@ -398,7 +398,8 @@ def main(argv=None):
                 torch.cuda.empty_cache()
             save(result, a.out, tag)
             continue
-        h, w = land[0].shape[:2]
+        # the network's canvas, margin included: the pixels a step computes
+        h, w, _, _ = canvas(Architecture("deep-decoder", k, 6, 3, margin=FitConfig().margin_for(True)), *land[0].shape[:2])
         flops, bytes_ = floor(k, 6, h, w, 2 if prec == "bf16" else 4)
         rate = pk.get(f"{prec}_tflops", pk["fp32_tflops"]) * 1e12
         floor_ms = max(flops / rate, bytes_ / (pk["copy_gbs"] * 1e9)) * 1000

@@ -15,12 +15,12 @@ from .nets import Architecture, macs, tensor_shapes, work
 from .quant import STEP_CODE_MAX, STEP_CODE_MIN
 
 MAGIC = b"\x89DDC"
-VERSION = 3  # the newest version written (files without its features are written as 2)
-READABLE = (1, 2, 3)
-TILED_VERSION = 4  # a grid of version-2/3 members (ddcodec.tiles)
+VERSION = 5  # the newest version written (files without its features are written as 3 or 2)
+READABLE = (1, 2, 3, 5)
+TILED_VERSION = 4  # a grid of version-2/3/5 members (ddcodec.tiles)
 # header kind -> (Architecture.kind, folded); the folded Deep Decoder is new in version 3
 KINDS = (("deep-decoder", False), ("skip", False), ("deep-decoder", True))
-KINDS_IN = {1: 2, 2: 2, 3: 3}  # version -> how many of KINDS it may use
+KINDS_IN = {1: 2, 2: 2, 3: 3, 5: 3}  # version -> how many of KINDS it may use
 MAX_PIXELS = 1 << 26  # 67 Mpx, e.g. 8192 x 8192; a header asking more is refused unread
 MAX_SIDE = 1 << 16
 # k * pixels: the largest activation, e.g. k=64 at 2048^2. The exact decode works in float64 and
@@ -36,7 +36,10 @@ MAX_WORK = 1 << 28
 MAX_MACS = 1 << 37
 MAX_SYMBOLS = 1 << 26
 FLAG_TRANSPOSED = 1  # the network was fitted to the transposed image (portrait in a bank)
-_KNOWN_FLAGS = FLAG_TRANSPOSED
+_KNOWN_FLAGS = FLAG_TRANSPOSED  # what Header.flags may hold
+# On the wire only (version 5): the image is the centre of a canvas with a margin
+# (Architecture.margin), which the reader puts in header.arch, not in header.flags.
+FLAG_MARGIN = 2
 _MIN_SIZE = len(MAGIC) + 1 + 4
 _VARINT_BYTES = 10  # the longest varint the reader takes: 70 bits
 
@@ -81,8 +84,9 @@ def _svarint(n: int) -> bytes:
 
 
 def pack(h: Header, payload: bytes) -> bytes:
-    """Header + payload -> the bytes of a .ddc file: version 3 (version 2's layout plus the
-    folded Deep Decoder as architecture kind 2) for a folded network, else version 2.
+    """Header + payload -> the bytes of a .ddc file: version 5 (version 3 plus FLAG_MARGIN)
+    for a Deep Decoder with a margin, version 3 (version 2's layout plus the folded Deep
+    Decoder as architecture kind 2) for a folded one without, else version 2.
 
     Version 2 spends ~5 bytes per tensor where version 1 spent ~9 (a one-byte step code and
     decay index, the range as offsets from the centre) and drops fields the architecture or
@@ -90,9 +94,11 @@ def pack(h: Header, payload: bytes) -> bytes:
     _check_writable(h)
     if len(payload) % 4:
         raise ConfigError(f"a payload of {len(payload)} bytes: the range coder writes 32-bit words")
-    # version 3 only where it is needed, so that version-2 readers still open skip-net files
-    out = bytearray(MAGIC) + bytes([VERSION if h.arch.folded else 2])
-    for v in (h.width, h.height, h.arch.out_channels, h.flags, KINDS.index((h.arch.kind, h.arch.folded)),
+    # the newer versions only where they are needed, so that older readers still open the
+    # files they can decode (version-2 readers skip-net files, version-3 readers files without a margin)
+    out = bytearray(MAGIC) + bytes([VERSION if h.arch.margin else 3 if h.arch.folded else 2])
+    flags = h.flags | (FLAG_MARGIN if h.arch.margin else 0)
+    for v in (h.width, h.height, h.arch.out_channels, flags, KINDS.index((h.arch.kind, h.arch.folded)),
               h.arch.channels, h.arch.layers, h.seed):
         out += _uvarint(v)
     for code, m in zip(h.step_codes, h.models):
@@ -200,10 +206,12 @@ def _read_header(r: _Reader, max_work: int, max_macs: int, version: int):
     k, layers = r.uvarint("k"), r.uvarint("layers")
     if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE and width * height <= MAX_PIXELS):
         raise LimitError(f"image size {width}x{height} exceeds the reader's limits")
-    if flags & ~_KNOWN_FLAGS or kind >= KINDS_IN[version]:
+    known = _KNOWN_FLAGS | (FLAG_MARGIN if version >= 5 else 0)
+    if flags & ~known or kind >= KINDS_IN[version]:
         raise CorruptError(f"unknown flags {flags} or architecture {kind}")
+    margin, flags = bool(flags & FLAG_MARGIN), flags & ~FLAG_MARGIN
     try:
-        arch = Architecture(KINDS[kind][0], k, layers, channels, folded=KINDS[kind][1])
+        arch = Architecture(KINDS[kind][0], k, layers, channels, folded=KINDS[kind][1], margin=margin)
     except ConfigError as e:
         raise CorruptError(f"bad architecture in header: {e}") from None
     if work(arch, height, width) > max_work or macs(arch, height, width) > max_macs:

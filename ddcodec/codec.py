@@ -28,7 +28,7 @@ from .errors import ConfigError, FormatError, ImageError, PartialBankError
 from .fit import ADAM_BETAS, FitConfig, fell_back, mse_per_image, optimise
 from .images import beside, check_ddc_name, check_image, check_image_name, check_output, decoded_name, image_bytes, read_image, write_atomic
 from .metrics import bpp as bits_per_pixel, psnr
-from .nets import Architecture, build, layers_for, macs, param_count, seeded_input, work
+from .nets import Architecture, build, crop, layers_for, macs, param_count, seeded_input, work
 from .rate import budgets_for_psnr, budgets_for_rate, channels_for_image
 from .quant import QuantConfig, code_floor, quantize, search_steps, steps_tensor, straight_through
 
@@ -217,7 +217,9 @@ def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitCo
     H, W = deg.output_size(h, w)
     if arch == "deep-decoder":  # a side of at most 2^(d-1) pixels takes fewer blocks
         layers = layers_for(layers, H, W)
-    net = Architecture(arch, channels, layers, 1 if imgs[0].ndim == 2 else 3)
+    compression = arch == "deep-decoder" and deg.mask is None and deg.scale == 1
+    net = Architecture(arch, channels, layers, 1 if imgs[0].ndim == 2 else 3,
+                       margin=arch == "deep-decoder" and fit.margin_for(compression))
     _check_optimizer(fit, arch)  # fit_bank is public too
     channels, layers = net.channels, net.layers  # checked, and Python's ints (a numpy uint8 k overflowed below)
     if max(H, W) > bitstream.MAX_SIDE or H * W > bitstream.MAX_PIXELS:
@@ -234,11 +236,10 @@ def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitCo
     target = torch.from_numpy(np.stack([_chw(im) for im in imgs])).to(dev).float() / 255
     weight = deg.weight((h, w), dev)
     seeds = [fit.seed] * len(imgs)
-    compression = arch == "deep-decoder" and deg.mask is None and deg.scale == 1
     z = torch.stack([seeded_input(net, H, W, s) for s in seeds]).to(dev)
     live = fit.live_first_block_for(compression, channels, z.shape[2] * z.shape[3])
     model = build(net, seeds, live).to(dev)
-    loss_fn = lambda out: mse_per_image(deg.apply(out[..., :H, :W]), target, weight)  # noqa: E731
+    loss_fn = lambda out: mse_per_image(deg.apply(crop(net, out, H, W)), target, weight)  # noqa: E731
     ema = _Average(fit.average)
     ran = [fit.iters]
 
@@ -256,9 +257,9 @@ def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitCo
              progress=_stage(progress, stage), noise_seed=fit.seed, mode=fit.precision, compile=compile_,
              observe=ema if fit.average else None, stop=stop if fit.stop_mse else None)
     with torch.no_grad():
-        float_out = _to_uint8(model(z)[..., :H, :W])
+        float_out = _to_uint8(crop(net, model(z), H, W))
     return FittedBank(model, z, loss_fn, originals, flags, net, fit.seed, (H, W), deg, float_out,
-                      None if ema.value is None else ema.value[..., :H, :W], ran[0], schedule["betas"], fit,
+                      None if ema.value is None else crop(net, ema.value, H, W), ran[0], schedule["betas"], fit,
                       compression, False if fell_back(model) else compile_)
 
 
@@ -290,12 +291,13 @@ def quantize_bank(bank: FittedBank, quant: QuantConfig = QuantConfig(), progress
     model, z, loss_fn = bank.model, bank.z, bank.loss_fn
     write = lambda b, codes_b: _write_member(model, b, codes_b, bank.arch, bank.seed,  # noqa: E731
                                              bank.flags[b], *bank.size)
+    view = lambda out: crop(bank.arch, out, *bank.size)  # noqa: E731
     budgets, short = None, [None] * z.shape[0]
     if quant.target_bpp is not None:
-        budgets = budgets_for_rate(model, z, loss_fn, quant, bank.size[0] * bank.size[1], write, targets)
+        budgets = budgets_for_rate(model, z, loss_fn, quant, bank.size[0] * bank.size[1], write, targets, view)
     elif quant.target_psnr is not None:
         budgets, short = budgets_for_psnr(model, z, loss_fn, quant.target_psnr)
-    codes = search_steps(model, z, loss_fn, quant, budgets)  # [T, B]
+    codes = search_steps(model, z, loss_fn, quant, budgets, view=view)  # [T, B]
     steps = steps_tensor(codes, z.device)
     rate_bound = quant.target_bpp is not None
     before = [t.detach().clone() for _, t in model.named_tensors()] if rate_bound else None
@@ -374,7 +376,7 @@ def _encode_tiled(images, channels, layers, fit, quant, device, progress, tile) 
         for i, j in keys:
             p = pieces[i, j]
             member = Architecture("deep-decoder", k, layers_for(layers, *p.shape[:2]), 1 if p.ndim == 2 else 3,
-                                  folded=True)  # as fit_bank builds and the file holds it
+                                  folded=True, margin=fit.margin_for(True))  # as fit_bank builds and the file holds it
             spent[i] = tiles.add_cost(spent[i], member, *p.shape[:2])
     for im, total in zip(originals, spent):
         problem = tiles.budget_problem(total, bitstream.MAX_WORK, bitstream.MAX_MACS)

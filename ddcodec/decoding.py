@@ -17,7 +17,7 @@ from . import bitstream, entropy, exact, tiles
 from .checks import integer
 from .errors import ConfigError, LimitError, ReadError, out_of_memory
 from .metrics import bpp as bits_per_pixel
-from .nets import build, param_count, seeded_input, tensor_shapes
+from .nets import build, crop, param_count, seeded_input, tensor_shapes
 from .quant import dequantize, step_from_code, steps_tensor
 
 
@@ -59,7 +59,7 @@ def decode(data: bytes, device: str = "cpu", max_work: int = bitstream.MAX_WORK,
     render = exact.render if header.arch.kind == "deep-decoder" else exact.render_skip
     try:
         with torch.no_grad():  # the same pixels on every machine and device (ddcodec.exact)
-            levels = render(header.arch, ints, steps, z.to(dev))[:, :h, :w].permute(1, 2, 0).cpu().numpy()
+            levels = crop(header.arch, render(header.arch, ints, steps, z.to(dev)), h, w).permute(1, 2, 0).cpu().numpy()
     except RuntimeError as e:  # torch's allocators say so in a RuntimeError: Python's own type is MemoryError
         if not out_of_memory(e):
             raise
@@ -82,7 +82,8 @@ def load_model(data: bytes, max_work: int = bitstream.MAX_WORK):
     Parsing and dequantization are exact: the weights are bit-identical on every machine.
     (decode() renders the Deep Decoder with ddcodec.exact, not with this network.)
     The network's output is the image as fitted: with header.flags & bitstream.FLAG_TRANSPOSED
-    (info()'s "transposed") that is the image turned, [W, H] (nets.seeded_input for that size, then .mT)."""
+    (info()'s "transposed") that is the image turned, [W, H] (nets.seeded_input for that size, then .mT).
+    The output is the network's whole canvas: nets.crop(header.arch, out, h, w) takes the image from it."""
     data = _file_bytes(data)
     integer("max_work", max_work, 1, 2**62)
     header, ints = _parse(data, max_work)

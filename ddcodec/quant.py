@@ -94,10 +94,12 @@ PROBE_SEED = 1234
 
 
 @torch.no_grad()
-def sensitivities(model, z, rel: float = 0.02) -> torch.Tensor:
-    """S [T, B]: output MSE added per unit of uniform rounding-noise variance in each tensor."""
+def sensitivities(model, z, rel: float = 0.02, view=None) -> torch.Tensor:
+    """S [T, B]: output MSE added per unit of uniform rounding-noise variance in each tensor.
+    view(output) -> the image's pixels of it (nets.crop): the canvas's unfitted rest counts for nothing."""
     params = [t for _, t in model.named_tensors()]
-    ref = model(z)
+    view = view or (lambda out: out)
+    ref = view(model(z))
     gens = probe_generators(params[0].shape[0], z.device)  # the bank, as the tensors hold it
     out = []
     for i, p in enumerate(params):
@@ -106,19 +108,20 @@ def sensitivities(model, z, rel: float = 0.02) -> torch.Tensor:
         noise = (u - 0.5) * _bank_view(amp, p)
         trial = list(params)
         trial[i] = p + noise
-        dmse = (model(z, trial) - ref).pow(2).flatten(1).mean(1)
+        dmse = (view(model(z, trial)) - ref).pow(2).flatten(1).mean(1)
         # sum over the tensor's n elements of dMSE/d(var); var of U(-a/2, a/2) is a^2/12
         out.append(dmse / (amp**2 / 12).clamp_min(1e-30))
     return torch.stack(out).clamp_min(1e-12)
 
 
 @torch.no_grad()
-def search_steps(model, z, loss_fn, cfg: QuantConfig, loss_db=None, sens=None) -> np.ndarray:
+def search_steps(model, z, loss_fn, cfg: QuantConfig, loss_db=None, sens=None, view=None) -> np.ndarray:
     """Step codes [T, B] for the largest scale c whose PSNR loss is within cfg.max_loss_db
-    (or loss_db [B], one budget per bank member). sens: sensitivities(), if already measured."""
+    (or loss_db [B], one budget per bank member). sens: sensitivities(), if already measured;
+    else measured on view(output) (sensitivities)."""
     params = [t for _, t in model.named_tensors()]
     n = torch.tensor([p[0].numel() for p in params], dtype=torch.float64, device=z.device)
-    sens = (sensitivities(model, z) if sens is None else sens).double()
+    sens = (sensitivities(model, z, view=view) if sens is None else sens).double()
     shape = (n[:, None] / sens).sqrt()  # [T, B], step per unit c
     base = loss_fn(model(z)).double()  # [B], mse of the float net
     db = torch.as_tensor(cfg.max_loss_db if loss_db is None else loss_db, dtype=torch.float64, device=z.device)

@@ -40,12 +40,14 @@ def channels_for_image(bpp: float, shape, layers: int = 6) -> int:
 
 
 @torch.no_grad()
-def budgets_for_rate(model, z, loss_fn, quant: QuantConfig, pixels: int, write, targets=None) -> np.ndarray:
+def budgets_for_rate(model, z, loss_fn, quant: QuantConfig, pixels: int, write, targets=None,
+                     view=None) -> np.ndarray:
     """[B] PSNR budgets (dB) whose files are the largest within quant.target_bpp, or within
     targets[b] bpp for member b (the tiles of an image each get their share).
 
-    write(b, codes_b) -> the bytes bank member b would get with step codes codes_b."""
-    sens = sensitivities(model, z)
+    write(b, codes_b) -> the bytes bank member b would get with step codes codes_b.
+    view(output) -> the image's pixels of the network's output (nets.crop), for the sensitivities."""
+    sens = sensitivities(model, z, view=view)
     limit = np.asarray(targets if targets is not None else [quant.target_bpp] * z.shape[0]) * pixels / 8
     B = z.shape[0]
     lo = np.full(B, math.log(LOSS_RANGE_DB[0]))

@@ -20,6 +20,7 @@ from .degrade import Degradation, denoise_iterations, estimate_sigma, mask_array
 from .checks import flag
 from .errors import ConfigError, ImageError
 from .fit import ADAM_BETAS, REFERENCE_LR, FitConfig, mse_per_image, optimise
+from .nets import crop
 from .quant import QuantConfig
 from .rate import channels_for_image
 
@@ -65,10 +66,11 @@ def _config(task, arch, channels, layers, iters, seed, lr, stop_mse=0.0):
     k, d, default_iters = DEFAULTS[arch]
     noise = SKIP_INPUT_NOISE[task] if arch == "skip" else 0.0
     extra = dict(average=DENOISE_AVERAGE, lr_floor=1.0, stop_mse=stop_mse) if task == "denoise" else {}
-    # Adam with its own betas and no rollback: the stopping rules and the figures were measured
+    # Adam with its own betas, no rollback and no margin: the stopping rules and the figures were measured
     # so (a denoising fit is unmasked at scale 1, which fit_bank would take for compression)
     fit = FitConfig(iters=_given(iters) or default_iters, lr=lr, seed=seed, input_noise=noise, rollback_db=0.0,
-                    beta1=ADAM_BETAS[0], beta2=ADAM_BETAS[1], live_first_block=False, optimizer="adam", **extra)
+                    beta1=ADAM_BETAS[0], beta2=ADAM_BETAS[1], live_first_block=False, optimizer="adam",
+                    margin=False, **extra)
     return (k if channels is None else channels), (d if layers is None else layers), fit
 
 
@@ -102,11 +104,11 @@ def distill(bank, target, progress=None, iters: int = DISTILL_ITERS, lr: float =
     """Fit the bank's networks to target (their own averaged output) from where they are, and
     make that the criterion the quantization keeps: the .ddc then decodes to the average."""
     H, W = bank.size
-    bank.loss_fn = lambda out: mse_per_image(out[..., :H, :W], target)  # noqa: E731
+    bank.loss_fn = lambda out: mse_per_image(crop(bank.arch, out, H, W), target)  # noqa: E731
     optimise(bank.model, bank.z, bank.loss_fn, iters, lr, 0.05,
              progress=(lambda *a: progress("distil", *a)) if progress else None)
     with torch.no_grad():
-        bank.float_out = _to_uint8(bank.model(bank.z)[..., :H, :W])
+        bank.float_out = _to_uint8(crop(bank.arch, bank.model(bank.z), H, W))
 
 
 def denoise(image, arch="deep-decoder", channels=None, layers=None, iters=None, seed=0,

@@ -8,7 +8,7 @@ work per step goes as k * pixels, and each tile's k is half the whole image's.
 
 The grid is the even split of the image into cols x rows tiles, from integer arithmetic alone,
 so the decoder needs only the four numbers in the header. Each tile is an ordinary .ddc member
-(version 2 or 3) without its magic and CRC: the container's CRC covers them all.
+(version 2, 3 or 5) without its magic and CRC: the container's CRC covers them all.
 """
 import math
 import struct
@@ -40,7 +40,7 @@ PILOT_ITERS = 300
 SHARE_RANGE = (0.2, 4.0)  # a tile's rate as a multiple of the image's
 FLOOR_BYTES = 200  # and never under this: a member's header alone is 50-75 bytes
 MAX_TILES = 1 << 12
-_MEMBER_VERSIONS = (2, 3)
+_MEMBER_VERSIONS = (2, 3, 5)
 # A tiled file's members are decoded one after another, so its decode takes their sum: they
 # share the budgets a plain file has alone, as multiply-adds (nets.macs), weights (entropy
 # decoding, ~0.1 us each) and padded k * pixels (nets.work: the exact decode's time follows it
@@ -229,7 +229,7 @@ def _check_packable(width: int, height: int, rows: int, cols: int, members: list
     spent, channels = (0, 0, 0), None
     for i, (m, (top, bottom, left, right)) in enumerate(zip(members, boxes(height, width, rows, cols))):
         if len(m) <= len(MAGIC) or m[len(MAGIC)] not in _MEMBER_VERSIONS:
-            raise ConfigError(f"tile {i} is not a version-2 or -3 file")
+            raise ConfigError(f"tile {i} is not a version-2, -3 or -5 file")
         h, _ = unpack(m)  # a whole member file, as the reader will check it
         if h.arch.kind != "deep-decoder":
             raise ConfigError(f"tile {i} is a {h.arch.kind} net; tiles are Deep Decoders")
@@ -295,7 +295,7 @@ def unpack_members(data: bytes, max_work: int, max_macs: int = MAX_MACS) -> tupl
     members, spent, channels = [], (0, 0, 0), None
     for i, (body, (top, bottom, left, right)) in enumerate(zip(bodies, boxes(height, width, rows, cols))):
         if not body or body[0] not in _MEMBER_VERSIONS:
-            raise CorruptError(f"tile {i} is not a version-2 or -3 member")
+            raise CorruptError(f"tile {i} is not a version-2, -3 or -5 member")
         member = MAGIC + body
         member += struct.pack("<I", zlib.crc32(member))
         h, _ = unpack(member, max_work, max_macs)  # every bound of a plain file, per tile
