@@ -26,7 +26,8 @@ def headers(draw):
     # limits, small values as often as large ones (a header over a limit is another test's)
     kind = draw(st.sampled_from(["deep-decoder", "skip"]))
     arch = Architecture(kind, draw(st.one_of(st.integers(1, 16), st.integers(1, 1024))), draw(st.integers(1, 12)),
-                        draw(st.sampled_from([1, 3])), folded=kind == "deep-decoder" and draw(st.booleans()))
+                        draw(st.sampled_from([1, 3])), folded=kind == "deep-decoder" and draw(st.booleans()),
+                        margin=kind == "deep-decoder" and draw(st.booleans()))
     side = st.one_of(st.integers(1, 64), st.integers(1, bitstream.MAX_SIDE))
     width, height = draw(side), draw(side)
     assume(width * height <= bitstream.MAX_PIXELS and work(arch, height, width) <= bitstream.MAX_WORK)
@@ -49,7 +50,7 @@ def test_container_round_trips_random_headers_and_payloads(header, payload):
     data = bitstream.pack(header, payload)
     h, p = bitstream.unpack(data)
     assert h == header and p == payload
-    assert data[4] == (3 if header.arch.folded else 2)  # version 3 only where it is needed
+    assert data[4] == (5 if header.arch.margin else 3 if header.arch.folded else 2)  # each version only where it is needed
 
 
 _ANY_INT = st.one_of(st.integers(-3, 3), st.integers(-2**80, 2**80), st.sampled_from([2**70 - 1, 2**70]))
@@ -206,8 +207,8 @@ def test_a_header_whose_decode_takes_too_many_products_is_refused_unread(ddc_byt
 
 def test_the_encoder_refuses_a_fit_whose_products_the_reader_would_refuse():
     img = np.zeros((512, 512, 3), np.uint8)
-    with pytest.raises(ImageError, match="multiply-adds"):
-        ddcodec.encode(img, 1024, 1, ddcodec.FitConfig(iters=1), device="cpu")
+    with pytest.raises(ImageError, match="multiply-adds"):  # no margin: the canvas is the image
+        ddcodec.encode(img, 1024, 1, ddcodec.FitConfig(iters=1, margin=False), device="cpu")
 
 
 def test_a_decode_the_machine_cannot_hold_is_a_memory_error(ddc_bytes, monkeypatch):
@@ -288,6 +289,25 @@ def test_the_folded_kind_is_corruption_before_version_3(ddc_bytes):
     as_v2 += struct.pack("<I", zlib.crc32(bytes(as_v2)))
     with pytest.raises(CorruptError, match="architecture 2"):
         bitstream.unpack(bytes(as_v2))
+
+
+def test_the_margin_is_corruption_before_version_5_and_only_a_margin_writes_version_5(ddc_bytes):
+    h, payload = bitstream.unpack(ddc_bytes)
+    assert h.arch.margin and ddc_bytes[4] == 5 and h.flags == 0  # the encoder's default; not in header.flags
+    as_v3 = bytearray(ddc_bytes[:-4])
+    as_v3[4] = 3
+    as_v3 += struct.pack("<I", zlib.crc32(bytes(as_v3)))
+    with pytest.raises(CorruptError, match="unknown flags 2"):
+        bitstream.unpack(bytes(as_v3))
+    plain = dataclasses.replace(h, arch=dataclasses.replace(h.arch, margin=False))
+    assert bitstream.pack(plain, payload)[4] == 3  # a version-3 reader still opens it
+    assert bitstream.unpack(bitstream.pack(plain, payload))[0] == plain
+
+
+def test_a_header_flag_cannot_smuggle_the_margin_past_the_architecture(ddc_bytes):
+    h, payload = bitstream.unpack(ddc_bytes)
+    with pytest.raises(ConfigError, match="flags"):  # the margin is the architecture's, not a flag to set
+        bitstream.pack(dataclasses.replace(h, flags=bitstream.FLAG_MARGIN), payload)
 
 
 def test_a_payload_of_part_of_a_word_is_corruption_to_info_as_to_decode(ddc_bytes):

@@ -268,13 +268,14 @@ def test_the_file_functions_check_their_arguments_types(tmp_path, ddc_bytes, kwa
 def test_info_says_when_a_file_was_fitted_transposed_and_load_model_renders_it_so(tmp_path):
     import torch
 
-    from ddcodec.nets import seeded_input
+    from ddcodec.nets import crop, seeded_input
     land, port = small(24, 16), small(16, 24)
     a, b = ddcodec.encode_bank([land, port], 4, 3, FitConfig(iters=20), QuantConfig(qat_iters=0), device="cpu")
     assert ddcodec.info(a.data)["transposed"] is False and ddcodec.info(b.data)["transposed"] is True
     header, model = ddcodec.load_model(b.data)
     with torch.no_grad():  # as the docstring says: z for the turned size, then turned back
-        out = model(seeded_input(header.arch, header.width, header.height, header.seed)[None])[0][:, :header.width, :header.height].mT
+        out = model(seeded_input(header.arch, header.width, header.height, header.seed)[None])[0]
+        out = crop(header.arch, out, header.width, header.height).mT
     rendered = np.rint(out.permute(1, 2, 0).numpy() * 255)
     assert np.abs(rendered - ddcodec.decode(b.data).astype(float)).max() <= 1
 
@@ -334,4 +335,15 @@ def test_numpy_integer_widths_are_taken_as_python_ints(dtype):
 def test_a_numpy_int32_width_over_the_readers_limit_is_refused_as_a_python_one_is():
     from ddcodec.errors import ImageError
     with pytest.raises(ImageError, match="multiply-adds"):
-        ddcodec.encode(np.zeros((512, 512), np.uint8), np.int32(1024), 1, FitConfig(iters=1), device="cpu")
+        ddcodec.encode(np.zeros((512, 512), np.uint8), np.int32(1024), 1, FitConfig(iters=1, margin=False), device="cpu")
+
+
+def test_a_compression_fit_has_a_margin_unless_told_not_and_both_decode_to_the_image_size():
+    img = small(24, 16)
+    with_margin = ddcodec.encode(img, 4, 3, FitConfig(iters=5), QuantConfig(qat_iters=0), device="cpu")
+    without = ddcodec.encode(img, 4, 3, FitConfig(iters=5, margin=False), QuantConfig(qat_iters=0), device="cpu")
+    assert with_margin.arch.margin and with_margin.data[4] == 5
+    assert not without.arch.margin and without.data[4] == 3
+    assert ddcodec.info(with_margin.data)["arch"]["margin"] is True
+    for r in (with_margin, without):
+        assert ddcodec.decode(r.data).shape == img.shape

@@ -14,7 +14,7 @@ from hypothesis import given, settings, strategies as st
 import ddcodec
 from ddcodec import exact
 from ddcodec.codec import _to_uint8, load_model
-from ddcodec.nets import Architecture, build, seeded_input, tensor_shapes, upsample2x
+from ddcodec.nets import Architecture, build, crop, seeded_input, tensor_shapes, upsample2x
 
 DATA = Path(__file__).parent / "data"
 
@@ -134,7 +134,7 @@ def test_the_exact_decode_is_within_a_level_of_the_float_network(encoded):
     header, model = load_model(encoded.data)
     z = seeded_input(header.arch, header.height, header.width, header.seed)[None]
     with torch.no_grad():
-        ref = _to_uint8(model(z)[..., :header.height, :header.width])[0]
+        ref = _to_uint8(crop(header.arch, model(z), header.height, header.width))[0]
     assert np.abs(ddcodec.decode(encoded.data).astype(int) - ref).max() <= 1
 
 
@@ -240,7 +240,7 @@ def test_the_decode_depends_on_neither_the_order_of_its_sums_nor_the_thread_coun
     # integers summed exactly, in any order.
     img = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
     res = ddcodec.encode(img, 64, fit=ddcodec.FitConfig(iters=3), quant=ddcodec.QuantConfig(qat_iters=0), device="cpu")
-    assert ddcodec.info(res.data)["version"] == 3  # the folded network, whose tensors this permutes
+    assert ddcodec.info(res.data)["version"] == 5  # the folded network, whose tensors this permutes (with a margin)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(max(2, before))

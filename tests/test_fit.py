@@ -202,8 +202,8 @@ def test_the_live_start_is_off_by_default_when_block_0_has_more_channels_than_in
     assert not FitConfig().live_first_block_for(True, 64, 24)  # k=64 at 192x128: a 6x4 input
     assert FitConfig().live_first_block_for(True, 64, 384)  # k=64 at 768x512: a 24x16 input
     assert FitConfig(live_first_block=True).live_first_block_for(True, 64, 24)  # asked for
-    img = _noisy(16, 24)  # d=3: a 4x6 input, 24 pixels
-    fit, q = dict(iters=30, seed=3), QuantConfig(qat_iters=20)
+    img = _noisy(16, 24)  # d=3: a 4x6 input, 24 pixels (5x7 with a margin)
+    fit, q = dict(iters=30, seed=3, margin=False), QuantConfig(qat_iters=20)
     wide = encode(img, 32, 3, FitConfig(**fit), q, device="cpu").data
     assert encode(img, 32, 3, FitConfig(live_first_block=False, **fit), q, device="cpu").data == wide
     assert encode(img, 32, 3, FitConfig(live_first_block=True, **fit), q, device="cpu").data != wide

@@ -1,11 +1,14 @@
 import copy
 
+import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import example, given, settings, strategies as st
 
+from ddcodec.errors import ConfigError
 from ddcodec.fit import mse_per_image, optimise
-from ddcodec.nets import Architecture, DeepDecoder, build, decoder_program, param_count, seeded_input, upsample2x
+from ddcodec.nets import (Architecture, DeepDecoder, build, canvas, crop, decoder_program, input_shape, param_count,
+                          seeded_input, upsample2x)
 
 
 @given(st.integers(1, 64), st.integers(1, 8), st.sampled_from([1, 3]))
@@ -213,3 +216,27 @@ def test_folding_a_float64_net_keeps_float64_and_the_function():
         folded = model.fold()
         assert all(t.dtype == torch.float64 for _, t in folded.named_tensors())
         assert float((folded(z) - model(z)).abs().max()) < 1e-12
+
+
+@given(st.integers(1, 300), st.integers(1, 300), st.integers(1, 8), st.booleans())
+@settings(deadline=None, max_examples=300)
+def test_the_canvas_holds_the_image_at_its_corner_or_centred_with_a_margin_on_every_side(h, w, layers, margin):
+    arch = Architecture("deep-decoder", 4, layers, 3, margin=margin)
+    ch, cw, top, left = canvas(arch, h, w)
+    f = 2 ** (layers - 1)
+    m = f // 4 if margin else 0
+    assert ch % f == 0 and cw % f == 0 and input_shape(arch, h, w) == (4, ch // f, cw // f)
+    assert min(top, left, ch - top - h, cw - left - w) >= m  # the margin on every side
+    assert ch - h - 2 * m < f and cw - w - 2 * m < f  # the smallest canvas that has it
+    if margin:
+        assert abs((ch - top - h) - top) <= 1 and abs((cw - left - w) - left) <= 1  # centred
+    else:
+        assert top == left == 0  # the corner: the layout of the files before version 5
+    grid = torch.arange(ch * cw).reshape(1, ch, cw)
+    assert torch.equal(crop(arch, grid, h, w), grid[:, top:top + h, left:left + w])
+    assert crop(arch, grid, h, w).shape == (1, h, w)
+
+
+def test_only_the_deep_decoder_has_a_margin():
+    with pytest.raises(ConfigError, match="margin"):
+        Architecture("skip", 8, 3, 3, margin=True)
