@@ -142,7 +142,7 @@ def _landscape(imgs: dict, bank: int, folder) -> list:
 
 def _bank(imgs, k, dev):
     """A bank of the images at width k: (architecture, seeds, z, loss, a fresh model)."""
-    arch = Architecture("deep-decoder", k, 6, 3, margin=FitConfig().margin_for(True))  # the codec's canvas
+    arch = Architecture("deep-decoder", k, 6, 3, margin=FitConfig().margin_for(True, k))  # the codec's canvas
     h, w = imgs[0].shape[:2]
     target = torch.from_numpy(np.stack([im.transpose(2, 0, 1) for im in imgs])).to(dev).float() / 255
     seeds = [0] * len(imgs)
@@ -399,7 +399,7 @@ def main(argv=None):
             save(result, a.out, tag)
             continue
         # the network's canvas, margin included: the pixels a step computes
-        h, w, _, _ = canvas(Architecture("deep-decoder", k, 6, 3, margin=FitConfig().margin_for(True)), *land[0].shape[:2])
+        h, w, _, _ = canvas(Architecture("deep-decoder", k, 6, 3, margin=FitConfig().margin_for(True, k)), *land[0].shape[:2])
         flops, bytes_ = floor(k, 6, h, w, 2 if prec == "bf16" else 4)
         rate = pk.get(f"{prec}_tflops", pk["fp32_tflops"]) * 1e12
         floor_ms = max(flops / rate, bytes_ / (pk["copy_gbs"] * 1e9)) * 1000

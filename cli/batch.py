@@ -99,17 +99,18 @@ def _defaults(arch, restoring, channels, layers, bpp=None):
     return k, layers if layers is not None else (5 if arch == "skip" else 6)
 
 
-def fit_config(iters, lr, seed, precision, compile_, optimizer) -> FitConfig:
-    """The speed options' values as a FitConfig: --compile unset is "auto", and --optimizer auto
-    is None (FitConfig chooses by the task)."""
+def fit_config(iters, lr, seed, precision, compile_, optimizer, margin: str = "auto") -> FitConfig:
+    """The speed options' values as a FitConfig: --compile unset is "auto", and --optimizer
+    and --margin auto are None (FitConfig chooses by the task)."""
     return FitConfig(iters=iters, lr=lr, seed=seed, precision=precision,
                      compile="auto" if compile_ is None else compile_,
-                     optimizer=None if optimizer == "auto" else optimizer)
+                     optimizer=None if optimizer == "auto" else optimizer,
+                     margin=None if margin == "auto" else margin == "on")
 
 
 def encode_command(images, output, channels, layers, arch, iters, lr, seed, device, quiet, precision, compile_,
                    max_loss, qat_iters, bpp, psnr, tile, denoise, mask, scale, bank, max_pixels, force, as_json,
-                   folder: bool = False, optimizer: str = "auto"):
+                   folder: bool = False, optimizer: str = "auto", margin: str = "auto"):
     """folder: the output names a folder even for one image (it was given as "out/")."""
     paths, several = expand(images)
     many = several or folder  # the output is a folder
@@ -123,15 +124,16 @@ def encode_command(images, output, channels, layers, arch, iters, lr, seed, devi
         raise ConfigError("--mask applies to a single image")
     if denoise and (mask is not None or scale > 1):
         raise ConfigError("--denoise cannot be combined with --mask or --scale")
-    if denoise and (precision != "fp32" or compile_ or optimizer != "auto"):
-        raise ConfigError("--precision, --compile and --optimizer apply to compression and --mask/--scale fits, not --denoise")
+    if denoise and (precision != "fp32" or compile_ or optimizer != "auto" or margin != "auto"):
+        raise ConfigError("--precision, --compile, --optimizer and --margin apply to compression and --mask/--scale fits, "
+                          "not --denoise")
     deg = Degradation(scale=scale, mask=mask_from_image(read_image(mask)) if mask else None)
     restoring = denoise or mask is not None or scale > 1
     k, d = _defaults(arch, restoring, channels, layers, bpp)
     tile = tiles.tile_for(tile, bpp if k is None else None, not restoring and arch == "deep-decoder")
     if lr is None and restoring:  # else None: by k (fit.default_lr)
         lr = restore.RESTORE_LR
-    fit = fit_config(FitConfig.iters if iters is None else iters, lr, seed, precision, compile_, optimizer)
+    fit = fit_config(FitConfig.iters if iters is None else iters, lr, seed, precision, compile_, optimizer, margin)
     quant = QuantConfig(max_loss_db=max_loss, qat_iters=qat_iters, target_bpp=bpp, target_psnr=psnr)
     # settings every bank shares, checked once before any folder is made or image read: a bad
     # -k is one error, not one per image

@@ -133,7 +133,7 @@ def fit_options(channels=64, layers=6, iters=FitConfig.iters, lr=None, restoring
 
 
 def speed_options(f):
-    """How the fit runs: its optimiser, and its GPU speed settings (the CPU always runs plain
+    """How the fit runs: its optimiser and canvas, and its GPU speed settings (the CPU always runs plain
     fp32). --compile-preset names a FitConfig.compile preset and is handed to the command as its
     compile_."""
     @functools.wraps(f)  # the options below f keep their place: wraps copies click's list
@@ -151,6 +151,10 @@ def speed_options(f):
     g = click.option("--compile/--no-compile", "compile_", default=None,
                      help="torch.compile the network (fused kernels; the first fit of each shape compiles). "
                           "Default: on for compression fits large enough to pay for it.")(g)
+    g = click.option("--margin", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+                     help="Fit the image as the centre of a larger canvas, whose edge the Deep Decoder fits "
+                          "poorly (format 5). auto: for compression fits at k >= 9; off writes files that "
+                          "version-3 readers open.")(g)
     g = click.option("--optimizer", type=click.Choice(["auto", *OPTIMIZERS]), default="auto", show_default=True,
                      help="auto: Muon for the Deep Decoder's compression fits (its k x k convolutions; Adam "
                           "for the rest), Adam for restoration and the skip net.")(g)

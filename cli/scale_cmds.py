@@ -32,7 +32,7 @@ def register(cli, fit_options, speed_options, rate_options):
                   help="Refuse input images with more pixels than this.")
     @click.option("--force", is_flag=True, help="Re-encode and replace existing outputs.")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON line per image.")
-    def encode_dir(folder, output, channels, layers, arch, iters, lr, seed, device, quiet, precision, optimizer,
+    def encode_dir(folder, output, channels, layers, arch, iters, lr, seed, device, quiet, precision, optimizer, margin,
                    compile_, max_loss, qat_iters, bpp, psnr, tile, bank, ray_address, workers, max_pixels, force, as_json):
         """Encode every image under FOLDER (recursively) into OUTPUT, in banks.
 
@@ -43,7 +43,7 @@ def register(cli, fit_options, speed_options, rate_options):
             channels = 128 if arch == "skip" else 64  # else None: k per bank from --bpp
         layers = layers if layers is not None else (5 if arch == "skip" else 6)
         tile = tiles.tile_for(tile, bpp if channels is None else None, arch == "deep-decoder")
-        fit = fit_config(iters, lr, seed, precision, compile_, optimizer)
+        fit = fit_config(iters, lr, seed, precision, compile_, optimizer, margin)
         settings = Settings(channels, layers, arch, fit,
                             QuantConfig(max_loss_db=max_loss, qat_iters=qat_iters, target_bpp=bpp,
                                         target_psnr=psnr), device, max_pixels, tile)

@@ -218,8 +218,9 @@ def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitCo
     if arch == "deep-decoder":  # a side of at most 2^(d-1) pixels takes fewer blocks
         layers = layers_for(layers, H, W)
     compression = arch == "deep-decoder" and deg.mask is None and deg.scale == 1
-    net = Architecture(arch, channels, layers, 1 if imgs[0].ndim == 2 else 3,
-                       margin=arch == "deep-decoder" and fit.margin_for(compression))
+    net = Architecture(arch, channels, layers, 1 if imgs[0].ndim == 2 else 3)
+    if arch == "deep-decoder" and fit.margin_for(compression, net.channels):
+        net = replace(net, margin=True)
     _check_optimizer(fit, arch)  # fit_bank is public too
     channels, layers = net.channels, net.layers  # checked, and Python's ints (a numpy uint8 k overflowed below)
     if max(H, W) > bitstream.MAX_SIDE or H * W > bitstream.MAX_PIXELS:
@@ -376,7 +377,7 @@ def _encode_tiled(images, channels, layers, fit, quant, device, progress, tile) 
         for i, j in keys:
             p = pieces[i, j]
             member = Architecture("deep-decoder", k, layers_for(layers, *p.shape[:2]), 1 if p.ndim == 2 else 3,
-                                  folded=True, margin=fit.margin_for(True))  # as fit_bank builds and the file holds it
+                                  folded=True, margin=fit.margin_for(True, k))  # as fit_bank builds and the file holds it
             spent[i] = tiles.add_cost(spent[i], member, *p.shape[:2])
     for im, total in zip(originals, spent):
         problem = tiles.budget_problem(total, bitstream.MAX_WORK, bitstream.MAX_MACS)

@@ -24,6 +24,10 @@ from .errors import ConfigError
 from .muon import MuonAdam
 
 
+# The least width that fits better with a margin (FitConfig.margin_for): on kodak-mini k=6 and 8 lost
+MARGIN_MIN_K = 9
+
+
 @dataclass(frozen=True)
 class FitConfig:
     iters: int = 3000  # the team's design notes measured 3,000; the reference uses 5,000-20,000
@@ -61,7 +65,8 @@ class FitConfig:
     optimizer: Optional[str] = None
     # Fit the image as the centre of a larger canvas (nets.Architecture.margin, format 5), so
     # that its edge pixels are not the network's; None: on when compressing with the Deep
-    # Decoder (margin_for says why), off elsewhere (restoration was tuned without it).
+    # Decoder at k >= MARGIN_MIN_K (margin_for says why), off elsewhere (restoration was tuned
+    # without it).
     margin: Optional[bool] = None
 
     def __post_init__(self):
@@ -105,7 +110,7 @@ class FitConfig:
             return self.optimizer
         return "muon" if compression else "adam"
 
-    def margin_for(self, compression: bool = True) -> bool:
+    def margin_for(self, compression: bool = True, channels: int = MARGIN_MIN_K) -> bool:
         """Whether the image is the centre of a canvas with a margin. The Deep Decoder fits its
         output's edge poorly: without a margin the outermost pixels' squared error was 5-7x the
         image's mean on kodak-mini, and the seams of full-size tiles had 1.5-2.7x on the sides
@@ -114,7 +119,7 @@ class FitConfig:
         k=15 for 1.46x the pixels a step (benchmarks/NOTES.md)."""
         if self.margin is not None:
             return self.margin
-        return compression
+        return compression and channels >= MARGIN_MIN_K
 
     def rollback_for(self, compression: bool = True) -> float:
         if self.rollback_db is not None:

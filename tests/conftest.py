@@ -52,6 +52,12 @@ def encoded(image):
 
 
 @pytest.fixture(scope="session")
+def encoded_with_margin(image):
+    # k=8 is below the width the codec gives a margin (fit.MARGIN_MIN_K): asked for here
+    return ddcodec.encode(image, channels=8, fit=FitConfig(iters=150, margin=True), quant=FAST_QUANT, device="cpu")
+
+
+@pytest.fixture(scope="session")
 def ddc_bytes(encoded) -> bytes:
     return encoded.data
 

@@ -732,7 +732,7 @@ def test_an_rd_run_fits_again_a_file_its_rows_do_not_record(tmp_path, monkeypatc
     src = tmp_path / "x.png"
     Image.fromarray(img).save(src)
     out = tmp_path / "out"
-    args = types.SimpleNamespace(iters=20, tile="none", optimizer="adam", device="cpu", bank=1, ray=None)
+    args = types.SimpleNamespace(iters=20, tile="none", optimizer="adam", margin="auto", device="cpu", bank=1, ray=None)
     stale = out / rd.ours(20, "none", "adam").replace("ddcodec", "ddc") / "bpp2.0" / "x.ddc"
     stale.parent.mkdir(parents=True)
     old = ddcodec.encode(img, 4, 3, ddcodec.FitConfig(iters=2, optimizer="adam"), ddcodec.QuantConfig(qat_iters=0),
@@ -751,3 +751,5 @@ def test_an_rd_curve_is_named_by_what_differs_from_the_recipe():
     assert ours(3000) == ours(3000, "auto", "muon") == "ddcodec"  # muon is the recipe's: one curve, not two
     assert ours(3000, "auto", "adam") == "ddcodec-adam"
     assert ours(6000, "none", "adam") == "ddcodec-6000it-whole-adam"
+    assert ours(3000, "auto", "muon", "off") == "ddcodec-nomargin"  # the recipe before the margin
+    assert ours(6000, "auto", "auto", "off") == "ddcodec-6000it-nomargin"

@@ -291,9 +291,10 @@ def test_the_folded_kind_is_corruption_before_version_3(ddc_bytes):
         bitstream.unpack(bytes(as_v2))
 
 
-def test_the_margin_is_corruption_before_version_5_and_only_a_margin_writes_version_5(ddc_bytes):
+def test_the_margin_is_corruption_before_version_5_and_only_a_margin_writes_version_5(encoded_with_margin):
+    ddc_bytes = encoded_with_margin.data
     h, payload = bitstream.unpack(ddc_bytes)
-    assert h.arch.margin and ddc_bytes[4] == 5 and h.flags == 0  # the encoder's default; not in header.flags
+    assert h.arch.margin and ddc_bytes[4] == 5 and h.flags == 0  # in the architecture, not in header.flags
     as_v3 = bytearray(ddc_bytes[:-4])
     as_v3[4] = 3
     as_v3 += struct.pack("<I", zlib.crc32(bytes(as_v3)))

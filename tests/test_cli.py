@@ -261,7 +261,7 @@ def test_auto_tiles_only_when_the_codec_chooses_k(tmp_path):
     assert run("encode", tmp_path / "a.png", *quick).exit_code == 0  # k from the target: tiles
     assert (tmp_path / "a.ddc").read_bytes()[4] == ddcodec.tiles.VERSION
     assert run("encode", tmp_path / "a.png", *quick, "-k", "8", "--force").exit_code == 0  # k given
-    assert (tmp_path / "a.ddc").read_bytes()[4] == 5  # one network for the whole image (with a margin)
+    assert (tmp_path / "a.ddc").read_bytes()[4] == 3  # one network for the whole image (k=8: no margin)
 
 
 def test_bad_tile_values_and_tiles_with_restoration_are_one_line_errors(tmp_path):

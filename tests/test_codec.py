@@ -338,12 +338,12 @@ def test_a_numpy_int32_width_over_the_readers_limit_is_refused_as_a_python_one_i
         ddcodec.encode(np.zeros((512, 512), np.uint8), np.int32(1024), 1, FitConfig(iters=1, margin=False), device="cpu")
 
 
-def test_a_compression_fit_has_a_margin_unless_told_not_and_both_decode_to_the_image_size():
+def test_a_compression_fit_has_a_margin_from_k_9_unless_told_and_each_decodes_to_the_image_size():
     img = small(24, 16)
-    with_margin = ddcodec.encode(img, 4, 3, FitConfig(iters=5), QuantConfig(qat_iters=0), device="cpu")
-    without = ddcodec.encode(img, 4, 3, FitConfig(iters=5, margin=False), QuantConfig(qat_iters=0), device="cpu")
-    assert with_margin.arch.margin and with_margin.data[4] == 5
-    assert not without.arch.margin and without.data[4] == 3
-    assert ddcodec.info(with_margin.data)["arch"]["margin"] is True
-    for r in (with_margin, without):
+    run = lambda k, **fit: ddcodec.encode(img, k, 3, FitConfig(iters=5, **fit), QuantConfig(qat_iters=0), device="cpu")  # noqa: E731
+    wide, narrow, asked, refused = run(9), run(8), run(4, margin=True), run(9, margin=False)
+    assert wide.arch.margin and wide.data[4] == 5 and ddcodec.info(wide.data)["arch"]["margin"] is True
+    assert not narrow.arch.margin and narrow.data[4] == 3  # below fit.MARGIN_MIN_K
+    assert asked.arch.margin and not refused.arch.margin
+    for r in (wide, narrow, asked, refused):
         assert ddcodec.decode(r.data).shape == img.shape
