@@ -180,7 +180,7 @@ def measure(imgs, k, precision, compile_, dev, iters, warmup, quality_iters, rou
         # loop scores its iterates in the row's own precision, and a bf16 forward's rounding,
         # minimised over thousands of iterates, would flatter the row it is meant to check
         psnr = float(psnr_from_mse(loss(model(z))).mean())
-    return {"ms_per_image_iter": ms, "peak_gib": mem, "psnr": psnr, "optimizer": optimizer}
+    return {"ms_per_image_iter": ms, "peak_gib": mem, "psnr": psnr, "optimizer": optimizer, "margin": arch.margin}
 
 
 def _graph_skips() -> int:
@@ -209,7 +209,8 @@ def _stale_reasons(row) -> list:
     """Why a row's ms may have moved since it was measured: a tf32 row from before its
     backward ran in TF32 (TF32_BACKWARD), a compiled row of RECHECK from before the Deep
     Decoder's compiled program became the one the fit and its fine-tuning share (PROGRAM), a
-    row that timed another optimiser than the recipe's."""
+    row that timed another optimiser than the recipe's, or another canvas (rows before the
+    margin fitted 768x512 pixels a step, the recipe's canvas is 800x544)."""
     reasons = []
     if row.get("precision") == "tf32" and not row.get(TF32_BACKWARD):
         reasons.append("the fp32 backward")
@@ -217,6 +218,8 @@ def _stale_reasons(row) -> list:
         reasons.append("the shared program")
     if row.get("optimizer", "adam") != FitConfig().optimizer_for(True):  # rows before Muon timed Adam's steps
         reasons.append("Adam's steps")
+    if row.get("margin", False) != FitConfig().margin_for(True, row.get("k", 64)):
+        reasons.append("the canvas without a margin")
     return reasons
 
 

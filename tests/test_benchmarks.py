@@ -236,7 +236,7 @@ def test_a_speed_configuration_that_raises_what_is_not_a_runtime_error_is_report
 def test_a_resumed_speed_run_measures_again_only_the_rechecked_rows_of_an_older_program():
     from benchmarks.speed import PROGRAM, RECHECK, _stale
 
-    name, muon = RECHECK[0], dict(optimizer="muon")
+    name, muon = RECHECK[0], dict(optimizer="muon", margin=True)
     assert _stale(dict(config=name, compile=True, **muon))  # on file from before the shared program
     assert not _stale(dict(config=name, compile=True, program=PROGRAM, **muon))  # measured with it
     assert not _stale(dict(config="bf16+fused B=24", compile="fused", **muon))  # not rechecked: kept
@@ -247,8 +247,17 @@ def test_a_resumed_speed_run_measures_again_the_rows_that_timed_adams_steps():
     from benchmarks.speed import PROGRAM, TF32_BACKWARD, _stale, _stale_reasons
 
     fresh = dict(config="bf16+fused B=24", precision="bf16", compile="fused", program=PROGRAM, **{TF32_BACKWARD: True})
-    assert not _stale(dict(fresh, optimizer="muon"))
-    assert _stale_reasons(fresh) == _stale_reasons(dict(fresh, optimizer="adam")) == ["Adam's steps"]
+    assert not _stale(dict(fresh, optimizer="muon", margin=True))
+    assert _stale_reasons(dict(fresh, margin=True)) == _stale_reasons(dict(fresh, optimizer="adam", margin=True)) == ["Adam's steps"]
+
+
+def test_a_resumed_speed_run_measures_again_the_rows_fitted_without_the_margin():
+    from benchmarks.speed import PROGRAM, TF32_BACKWARD, _stale_reasons
+
+    fresh = dict(config="bf16+fused B=24", precision="bf16", compile="fused", program=PROGRAM, optimizer="muon",
+                 **{TF32_BACKWARD: True})
+    assert _stale_reasons(fresh) == ["the canvas without a margin"]  # rows before the forty-third stop
+    assert _stale_reasons(dict(fresh, margin=True)) == []
 
 
 def test_a_resumed_speed_run_measures_the_stale_fastest_single_image_right_after_the_first_three_new_rows():
@@ -265,7 +274,7 @@ def test_a_resumed_speed_run_measures_the_stale_fastest_single_image_right_after
 def test_a_resumed_speed_run_measures_again_the_tf32_rows_whose_backward_ran_in_fp32():
     from benchmarks.speed import PROGRAM, TF32_BACKWARD, _stale
 
-    muon = dict(optimizer="muon")  # rows of the recipe's optimiser: only the backward can make them stale
+    muon = dict(optimizer="muon", margin=True)  # rows of the recipe's optimiser and canvas: only the backward can make them stale
     assert _stale(dict(config="tf32 B=24", precision="tf32", compile=False, **muon))
     assert _stale(dict(config="tf32+graphs B=1", precision="tf32", compile="reduce-overhead", program=PROGRAM, **muon))
     assert not _stale(dict(config="tf32 B=24", precision="tf32", compile=False, **muon, **{TF32_BACKWARD: True}))
@@ -275,7 +284,7 @@ def test_a_resumed_speed_run_measures_again_the_tf32_rows_whose_backward_ran_in_
 def test_a_resumed_speed_run_measures_the_rows_never_measured_before_the_stale_ones():
     from benchmarks.speed import GPU_CONFIGS, PROGRAM, RECHECK, _to_measure
 
-    muon = dict(optimizer="muon")
+    muon = dict(optimizer="muon", margin=True)
     stale = [dict(config=name, compile=True, **muon) for name in RECHECK]  # on file, older program
     fresh = dict(config=GPU_CONFIGS[0][0], compile=False, **muon)  # on file, kept
     rechecked = dict(config=GPU_CONFIGS[1][0], compile=True, program=PROGRAM, **muon)
