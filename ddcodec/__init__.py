@@ -12,6 +12,6 @@ from .fit import FitConfig
 from .nets import Architecture
 from .quant import QuantConfig
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 __all__ = ["encode", "encode_bank", "decode", "encode_file", "decode_file", "info", "load_model", "EncodeResult", "FitConfig",
            "QuantConfig", "Architecture", "DDCError", "restore", "__version__"]
