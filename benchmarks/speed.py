@@ -140,9 +140,14 @@ def _landscape(imgs: dict, bank: int, folder) -> list:
     return land
 
 
+def recipe_arch(k: int) -> Architecture:
+    """The codec's Deep Decoder for a compression fit at width k, its canvas (margin) included."""
+    return Architecture("deep-decoder", k, 6, 3, margin=FitConfig().margin_for(True, k))
+
+
 def _bank(imgs, k, dev):
     """A bank of the images at width k: (architecture, seeds, z, loss, a fresh model)."""
-    arch = Architecture("deep-decoder", k, 6, 3, margin=FitConfig().margin_for(True, k))  # the codec's canvas
+    arch = recipe_arch(k)
     h, w = imgs[0].shape[:2]
     target = torch.from_numpy(np.stack([im.transpose(2, 0, 1) for im in imgs])).to(dev).float() / 255
     seeds = [0] * len(imgs)
@@ -218,7 +223,7 @@ def _stale_reasons(row) -> list:
         reasons.append("the shared program")
     if row.get("optimizer", "adam") != FitConfig().optimizer_for(True):  # rows before Muon timed Adam's steps
         reasons.append("Adam's steps")
-    if row.get("margin", False) != FitConfig().margin_for(True, row.get("k", 64)):
+    if row.get("margin", False) != recipe_arch(row.get("k", 64)).margin:
         reasons.append("the canvas without a margin")
     return reasons
 
@@ -402,7 +407,7 @@ def main(argv=None):
             save(result, a.out, tag)
             continue
         # the network's canvas, margin included: the pixels a step computes
-        h, w, _, _ = canvas(Architecture("deep-decoder", k, 6, 3, margin=FitConfig().margin_for(True, k)), *land[0].shape[:2])
+        h, w, _, _ = canvas(recipe_arch(k), *land[0].shape[:2])
         flops, bytes_ = floor(k, 6, h, w, 2 if prec == "bf16" else 4)
         rate = pk.get(f"{prec}_tflops", pk["fp32_tflops"]) * 1e12
         floor_ms = max(flops / rate, bytes_ / (pk["copy_gbs"] * 1e9)) * 1000
