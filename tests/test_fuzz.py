@@ -17,6 +17,16 @@ def test_corpus_files_are_valid_ddc_files():
         assert ddcodec.decode(data).size > 0
 
 
+def test_corpus_seeds_every_readable_version_and_the_tiled_containers_member_versions():
+    # a format version without a seed is one the fuzzer's mutations seldom reach: a new version
+    # (the margin's 5 came after the last long run) must bring its files into the corpus
+    from ddcodec import bitstream, tiles
+    versions = {data[4] for data in corpus()}
+    assert set(bitstream.READABLE) | {bitstream.TILED_VERSION} <= versions
+    members = {m[4] for data in corpus() if tiles.is_tiled(data) for m in tiles.unpack_members(data, tiles.MAX_WORK)[4]}
+    assert members >= {3, 5}
+
+
 def test_short_fuzz_run_gives_only_typed_errors_no_hangs_and_bounded_memory(tmp_path):
     # in a process of its own, so that its peak memory is the reader's and not that of the tests
     # that ran before it; no time bar but a hang guard: tests do not depend on the machine's speed
