@@ -178,7 +178,7 @@ def unpack(data: bytes, max_work: int = MAX_WORK, max_macs: int = MAX_MACS):
                                       "decode() reads it")
     if data[4] not in READABLE:
         raise UnsupportedVersionError(f"unsupported .ddc version {data[4]} (this reader: "
-                                      f"{', '.join(map(str, READABLE + (TILED_VERSION,)))})")
+                                      f"{', '.join(map(str, sorted(READABLE + (TILED_VERSION,))))})")
     r = _Reader(data, 5, len(data) - 4)
     try:
         h, payload_len = _read_header(r, max_work, max_macs, data[4])

@@ -132,6 +132,28 @@ def _check_progress(progress) -> None:
 def _check_optimizer(fit: FitConfig, arch: str) -> None:
     if fit.optimizer == "muon" and arch != "deep-decoder":  # its rule picks the Deep Decoder's tensors by name
         raise ConfigError("optimizer 'muon' (Muon) steps the Deep Decoder's block convolutions; the skip net fits with Adam")
+    if fit.margin and arch != "deep-decoder":  # the skip net's canvas is its own (nets.canvas)
+        raise ConfigError("a margin (--margin on) applies to the Deep Decoder; the skip net fits its image as it is")
+
+
+def _margin_hint(net: Architecture) -> str:
+    return ", or --margin off" if net.margin else ""
+
+
+def with_margin(net: Architecture, height: int, width: int, fit: FitConfig, compression: bool = True) -> Architecture:
+    """net with the margin where fit asks for one (FitConfig.margin_for) and it means something:
+    a net of one or two blocks has less than a quarter of an input pixel to spare (nets.canvas
+    pads nothing), and its file would be version 5 for a function version 3 writes. The default
+    (margin None) also keeps the corner where the larger canvas would pass the reader's limits
+    the corner keeps to (k=64 at 2048x2048: 2080x2080 is over MAX_WORK), so an image that
+    encoded before the margin still does; an asked-for margin is checked and refused there."""
+    if net.kind != "deep-decoder" or net.upsamplings < 2 or not fit.margin_for(compression, net.channels):
+        return net
+    wide = replace(net, margin=True)
+    if fit.margin is None and (work(wide, height, width) > bitstream.MAX_WORK
+                               or macs(wide, height, width) > bitstream.MAX_MACS):
+        return net
+    return wide
 
 
 def _sequence(images) -> list:
@@ -218,10 +240,8 @@ def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitCo
     if arch == "deep-decoder":  # a side of at most 2^(d-1) pixels takes fewer blocks
         layers = layers_for(layers, H, W)
     compression = arch == "deep-decoder" and deg.mask is None and deg.scale == 1
-    net = Architecture(arch, channels, layers, 1 if imgs[0].ndim == 2 else 3)
-    if arch == "deep-decoder" and fit.margin_for(compression, net.channels):
-        net = replace(net, margin=True)
     _check_optimizer(fit, arch)  # fit_bank is public too
+    net = with_margin(Architecture(arch, channels, layers, 1 if imgs[0].ndim == 2 else 3), H, W, fit, compression)
     channels, layers = net.channels, net.layers  # checked, and Python's ints (a numpy uint8 k overflowed below)
     if max(H, W) > bitstream.MAX_SIDE or H * W > bitstream.MAX_PIXELS:
         raise ImageError(f"{W}x{H}: more than the format holds (sides up to {bitstream.MAX_SIDE}, "
@@ -229,10 +249,10 @@ def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitCo
     if work(net, H, W) > bitstream.MAX_WORK:  # never fit what the reader would refuse
         raise ImageError(f"{W}x{H} at k={channels} with {layers} blocks exceeds the decoder's limit of "
                          f"k*pixels <= {bitstream.MAX_WORK} (on the padded size); use a smaller -k, "
-                         f"image or --layers")
+                         f"image or --layers{_margin_hint(net)}")
     if macs(net, H, W) > bitstream.MAX_MACS:
         raise ImageError(f"{W}x{H} at k={channels} with {layers} blocks exceeds the decoder's limit of "
-                         f"{bitstream.MAX_MACS} multiply-adds; use a smaller -k, image or --layers")
+                         f"{bitstream.MAX_MACS} multiply-adds; use a smaller -k, image or --layers{_margin_hint(net)}")
     dev = resolve_device(device)
     target = torch.from_numpy(np.stack([_chw(im) for im in imgs])).to(dev).float() / 255
     weight = deg.weight((h, w), dev)
@@ -372,18 +392,23 @@ def _encode_tiled(images, channels, layers, fit, quant, device, progress, tile) 
     for key, p in pieces.items():
         k = channels or channels_for_image(targets[key], p.shape, layers)
         groups.setdefault((bank_key(p.shape), k), []).append(key)
-    spent = [(0, 0, 0)] * len(originals)  # never fit what the reader would refuse: its tiles share its budgets
-    for (_, k), keys in groups.items():
-        for i, j in keys:
-            p = pieces[i, j]
-            member = Architecture("deep-decoder", k, layers_for(layers, *p.shape[:2]), 1 if p.ndim == 2 else 3,
-                                  folded=True, margin=fit.margin_for(True, k))  # as fit_bank builds and the file holds it
-            spent[i] = tiles.add_cost(spent[i], member, *p.shape[:2])
-    for im, total in zip(originals, spent):
-        problem = tiles.budget_problem(total, bitstream.MAX_WORK, bitstream.MAX_MACS)
+
+    def problems(fit):  # never fit what the reader would refuse: an image's tiles share its budgets
+        spent = [(0, 0, 0)] * len(originals)
+        for (_, k), keys in groups.items():
+            for i, j in keys:
+                p = pieces[i, j]
+                member = with_margin(Architecture("deep-decoder", k, layers_for(layers, *p.shape[:2]), 1 if p.ndim == 2 else 3,
+                                                  folded=True), *p.shape[:2], fit)  # as fit_bank builds and the file holds it
+                spent[i] = tiles.add_cost(spent[i], member, *p.shape[:2])
+        return [tiles.budget_problem(total, bitstream.MAX_WORK, bitstream.MAX_MACS) for total in spent]
+
+    if fit.margin is None and any(problems(fit)):  # as with_margin: the default keeps the corner where
+        fit = replace(fit, margin=False)           # the margins' canvases would pass the shared budgets
+    for im, problem in zip(originals, problems(fit)):
         if problem:
             raise ImageError(f"{im.shape[1]}x{im.shape[0]}: its tiles together would take {problem}; "
-                             "use a smaller -k, image or --layers")
+                             "use a smaller -k, image or --layers" + (", or --margin off" if fit.margin else ""))
     coded, failed = {}, {}  # failed: image -> the first of its tiles' errors
     for (_, k), keys in groups.items():
         bank = fit_bank([pieces[key] for key in keys], k, layers, fit, device, progress)

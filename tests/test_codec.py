@@ -1,12 +1,14 @@
 import math
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import example, given, settings, strategies as st
 from PIL import Image
 
 import ddcodec
-from ddcodec import FitConfig, QuantConfig
-from ddcodec.errors import ImageError
+from ddcodec import Architecture, FitConfig, QuantConfig
+from ddcodec.errors import ConfigError, ImageError
 from ddcodec.fit import fell_back
 from ddcodec.metrics import psnr
 
@@ -347,3 +349,49 @@ def test_a_compression_fit_has_a_margin_from_k_9_unless_told_and_each_decodes_to
     assert asked.arch.margin and not refused.arch.margin
     for r in (wide, narrow, asked, refused):
         assert ddcodec.decode(r.data).shape == img.shape
+
+
+def test_the_default_margin_keeps_to_the_readers_limits_the_corner_keeps_to_and_an_asked_one_is_refused_past_them():
+    # k=64 at 2048x2048 is the limit's own example: its 2080x2080 margin canvas is over MAX_WORK
+    from ddcodec import bitstream
+    from ddcodec.codec import with_margin
+    from ddcodec.nets import work
+    net = Architecture("deep-decoder", 64, 6, 3)
+    assert work(net, 2048, 2048) <= bitstream.MAX_WORK < work(replace(net, margin=True), 2048, 2048)
+    assert not with_margin(net, 2048, 2048, FitConfig()).margin
+    assert with_margin(net, 2048, 1024, FitConfig()).margin  # under the limit: the default's margin
+    with pytest.raises(ImageError, match="--margin off"):  # refused before any fitting
+        ddcodec.encode(np.zeros((2048, 2048, 3), np.uint8), 64, 6, FitConfig(iters=1, margin=True), device="cpu")
+
+
+def test_a_net_with_no_quarter_input_pixel_to_spare_has_no_margin_and_writes_version_3():
+    from ddcodec.codec import with_margin
+    for layers in (1, 2):  # f // 4 == 0: nets.canvas pads nothing, so version 5 would buy nothing
+        assert not with_margin(Architecture("deep-decoder", 9, layers, 3), 64, 64, FitConfig(margin=True)).margin
+    assert with_margin(Architecture("deep-decoder", 9, 3, 3), 64, 64, FitConfig()).margin
+    r = ddcodec.encode(small(40, 3), 9, 6, FitConfig(iters=3), QuantConfig(qat_iters=0), device="cpu")
+    assert r.arch.layers <= 2 and not r.arch.margin and r.data[4] == 3
+    assert ddcodec.decode(r.data).shape == (3, 40, 3)
+
+
+def test_a_margin_asked_of_the_skip_net_is_refused():
+    with pytest.raises(ConfigError, match="margin"):
+        ddcodec.encode(small(16, 16), 8, 3, FitConfig(iters=1, margin=True), arch="skip", device="cpu")
+
+
+def test_tiles_whose_margins_together_would_pass_the_shared_budget_keep_the_corner_by_default(monkeypatch):
+    # 512 tiles of 256x160 at k=64: the 2^37 multiply-adds the tiles share allow 593 corner
+    # canvases (256x160) and 439 margin canvases (288x192); the fits themselves are stubbed out
+    import ddcodec.codec as codec
+    seen = []
+
+    def stop(pieces, k, layers, fit, *rest):
+        seen.append(fit.margin)
+        raise KeyboardInterrupt  # past the budget check: nothing to fit here
+    monkeypatch.setattr(codec, "fit_bank", stop)
+    img = np.zeros((2560, 8192, 3), np.uint8)
+    with pytest.raises(KeyboardInterrupt):
+        ddcodec.encode(img, 64, 6, FitConfig(iters=1), device="cpu", tile=(256, 160))
+    assert seen == [False]
+    with pytest.raises(ImageError, match="--margin off"):
+        ddcodec.encode(img, 64, 6, FitConfig(iters=1, margin=True), device="cpu", tile=(256, 160))
