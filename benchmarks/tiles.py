@@ -29,11 +29,14 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=ddcodec.FitConfig.iters, help="fitting iterations")
     ap.add_argument("--optimizer", choices=["auto", "adam", "muon"], default="auto",
                     help="auto: the default (Muon for compression fits)")
+    ap.add_argument("--margin", choices=["auto", "on", "off"], default="auto",
+                    help="auto: the default (a margin for networks of k >= 9)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/tiles.jsonl"))
     a = ap.parse_args(argv)
     images = load_images(a.data, a.downscale, names=a.names.split(","))
-    fit = ddcodec.FitConfig(iters=a.iters, optimizer=None if a.optimizer == "auto" else a.optimizer)
+    fit = ddcodec.FitConfig(iters=a.iters, optimizer=None if a.optimizer == "auto" else a.optimizer,
+                            margin=None if a.margin == "auto" else a.margin == "on")
     for name, img in images.items():
         t0 = time.perf_counter()
         res = ddcodec.encode(img, None, quant=ddcodec.QuantConfig(target_bpp=a.bpp), device=a.device,
@@ -41,7 +44,7 @@ def main(argv=None):
                              tile=ddcodec.tiles.tile_for(a.tile, a.bpp))
         meta = ddcodec.info(res.data)
         row = dict(image=name, size=f"{img.shape[1]}x{img.shape[0]}", target_bpp=a.bpp, tile=a.tile,
-                   iters=a.iters, optimizer=fit.optimizer_for(), grid=meta.get("tiles", [1, 1]), tile_k=meta.get("tile_k", [meta["arch"]["channels"]]),
+                   iters=a.iters, optimizer=fit.optimizer_for(), margin=a.margin, grid=meta.get("tiles", [1, 1]), tile_k=meta.get("tile_k", [meta["arch"]["channels"]]),
                    bytes=len(res.data), bpp=8 * len(res.data) / (img.shape[0] * img.shape[1]),
                    psnr=psnr(ddcodec.decode(res.data), img), psnr_float=res.psnr_float, seconds=time.perf_counter() - t0, device=res.device,
                    threads=torch.get_num_threads(), code=code_version(), torch=torch.__version__)
