@@ -35,6 +35,7 @@ import torch
 import ddcodec
 from ddcodec import exact
 from ddcodec.fit import COMPILE_PRESETS, GRAPH_MODES, FitConfig, fell_back, mse_per_image, optimise, psnr_from_mse
+from ddcodec.codec import with_margin
 from ddcodec.errors import ConfigError
 from ddcodec.nets import Architecture, build, canvas, crop, seeded_input
 
@@ -140,15 +141,16 @@ def _landscape(imgs: dict, bank: int, folder) -> list:
     return land
 
 
-def recipe_arch(k: int) -> Architecture:
-    """The codec's Deep Decoder for a compression fit at width k, its canvas (margin) included."""
-    return Architecture("deep-decoder", k, 6, 3, margin=FitConfig().margin_for(True, k))
+def recipe_arch(k: int, height: int = 512, width: int = 768) -> Architecture:
+    """The codec's Deep Decoder for a compression fit at width k of a height x width image, its
+    canvas (margin) included: the codec's own rule (codec.with_margin), not a copy of it."""
+    return with_margin(Architecture("deep-decoder", k, 6, 3), height, width, FitConfig())
 
 
 def _bank(imgs, k, dev):
     """A bank of the images at width k: (architecture, seeds, z, loss, a fresh model)."""
-    arch = recipe_arch(k)
     h, w = imgs[0].shape[:2]
+    arch = recipe_arch(k, h, w)
     target = torch.from_numpy(np.stack([im.transpose(2, 0, 1) for im in imgs])).to(dev).float() / 255
     seeds = [0] * len(imgs)
     z = torch.stack([seeded_input(arch, h, w, s) for s in seeds]).to(dev)
@@ -407,7 +409,7 @@ def main(argv=None):
             save(result, a.out, tag)
             continue
         # the network's canvas, margin included: the pixels a step computes
-        h, w, _, _ = canvas(recipe_arch(k), *land[0].shape[:2])
+        h, w, _, _ = canvas(recipe_arch(k, *land[0].shape[:2]), *land[0].shape[:2])
         flops, bytes_ = floor(k, 6, h, w, 2 if prec == "bf16" else 4)
         rate = pk.get(f"{prec}_tflops", pk["fp32_tflops"]) * 1e12
         floor_ms = max(flops / rate, bytes_ / (pk["copy_gbs"] * 1e9)) * 1000

@@ -136,8 +136,8 @@ def _check_optimizer(fit: FitConfig, arch: str) -> None:
         raise ConfigError("a margin (--margin on) applies to the Deep Decoder; the skip net fits its image as it is")
 
 
-def _margin_hint(net: Architecture) -> str:
-    return ", or --margin off" if net.margin else ""
+def _margin_hint(margin: bool) -> str:
+    return ", or --margin off" if margin else ""
 
 
 def with_margin(net: Architecture, height: int, width: int, fit: FitConfig, compression: bool = True) -> Architecture:
@@ -249,10 +249,10 @@ def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitCo
     if work(net, H, W) > bitstream.MAX_WORK:  # never fit what the reader would refuse
         raise ImageError(f"{W}x{H} at k={channels} with {layers} blocks exceeds the decoder's limit of "
                          f"k*pixels <= {bitstream.MAX_WORK} (on the padded size); use a smaller -k, "
-                         f"image or --layers{_margin_hint(net)}")
+                         f"image or --layers{_margin_hint(net.margin)}")
     if macs(net, H, W) > bitstream.MAX_MACS:
         raise ImageError(f"{W}x{H} at k={channels} with {layers} blocks exceeds the decoder's limit of "
-                         f"{bitstream.MAX_MACS} multiply-adds; use a smaller -k, image or --layers{_margin_hint(net)}")
+                         f"{bitstream.MAX_MACS} multiply-adds; use a smaller -k, image or --layers{_margin_hint(net.margin)}")
     dev = resolve_device(device)
     target = torch.from_numpy(np.stack([_chw(im) for im in imgs])).to(dev).float() / 255
     weight = deg.weight((h, w), dev)
@@ -408,7 +408,7 @@ def _encode_tiled(images, channels, layers, fit, quant, device, progress, tile) 
     for im, problem in zip(originals, problems(fit)):
         if problem:
             raise ImageError(f"{im.shape[1]}x{im.shape[0]}: its tiles together would take {problem}; "
-                             "use a smaller -k, image or --layers" + (", or --margin off" if fit.margin else ""))
+                             "use a smaller -k, image or --layers" + _margin_hint(fit.margin))
     coded, failed = {}, {}  # failed: image -> the first of its tiles' errors
     for (_, k), keys in groups.items():
         bank = fit_bank([pieces[key] for key in keys], k, layers, fit, device, progress)
