@@ -762,3 +762,11 @@ def test_an_rd_curve_is_named_by_what_differs_from_the_recipe():
     assert ours(6000, "none", "adam") == "ddcodec-6000it-whole-adam"
     assert ours(3000, "auto", "muon", "off") == "ddcodec-nomargin"  # the recipe before the margin
     assert ours(6000, "auto", "auto", "off") == "ddcodec-6000it-nomargin"
+
+
+def test_the_edge_distance_counts_from_each_tiles_own_boundary():
+    from benchmarks.edges import distance
+    d = distance(4, 9, 1, 3)  # three tiles of 4x3: every column is an edge or next to one
+    assert d[:, :3].tolist() == [[0, 0, 0], [0, 1, 0], [0, 1, 0], [0, 0, 0]]
+    assert np.array_equal(d[:, 3:6], d[:, :3]) and np.array_equal(d[:, 6:], d[:, :3])
+    assert distance(9, 9, 1, 1)[4, 4] == 4  # one tile: the centre is 4 from every edge
