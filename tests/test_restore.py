@@ -103,13 +103,16 @@ def test_inpaint_keep_known_must_be_a_bool(monkeypatch):
 
 
 @pytest.mark.parametrize("task", ["denoise", "inpaint", "superres"])
-def test_a_restoration_asked_for_a_margin_writes_a_margin_file_that_decodes_to_its_image(task):
+def test_a_restoration_takes_the_margin_its_task_defaults_to_and_its_file_decodes_to_its_image(task):
+    # inpainting and super-resolution have it from k = 9 unless told, denoising only when asked
     img = small(24, 16)
-    kw = dict(channels=8, layers=3, iters=5, device="cpu")
+    kw = dict(channels=9, layers=3, iters=5, device="cpu")
     calls = {"denoise": lambda **m: restore.denoise(img, **kw, **m),
              "inpaint": lambda **m: restore.inpaint(img, _mask_image(16, 24), keep_known=False, **kw, **m),
              "superres": lambda **m: restore.superres(img, 2, **kw, **m)}
-    wide, corner = calls[task](margin=True), calls[task]()
+    by_default = calls[task]()
+    assert ddcodec.info(by_default.result.data)["arch"]["margin"] == (task != "denoise")
+    wide, corner = calls[task](margin=True), calls[task](margin=False)
     assert (ddcodec.info(wide.result.data)["arch"]["margin"], ddcodec.info(corner.result.data)["arch"]["margin"]) == (True, False)
     assert wide.image.shape == corner.image.shape
     if task != "denoise":  # denoising's image is the fit's average, its file the distilled network
