@@ -6,6 +6,7 @@ import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Optional
 
 import click
 
@@ -99,18 +100,18 @@ def _defaults(arch, restoring, channels, layers, bpp=None):
     return k, layers if layers is not None else (5 if arch == "skip" else 6)
 
 
-def fit_config(iters, lr, seed, precision, compile_, optimizer, margin: str = "auto") -> FitConfig:
+def fit_config(iters, lr, seed, precision, compile_, optimizer, margin: Optional[bool] = None) -> FitConfig:
     """The speed options' values as a FitConfig: --compile unset is "auto", and --optimizer
-    and --margin auto are None (FitConfig chooses by the task)."""
+    auto is None (FitConfig chooses by the task), as is --margin's (main.MARGINS)."""
     return FitConfig(iters=iters, lr=lr, seed=seed, precision=precision,
                      compile="auto" if compile_ is None else compile_,
                      optimizer=None if optimizer == "auto" else optimizer,
-                     margin=None if margin == "auto" else margin == "on")
+                     margin=margin)
 
 
 def encode_command(images, output, channels, layers, arch, iters, lr, seed, device, quiet, precision, compile_,
                    max_loss, qat_iters, bpp, psnr, tile, denoise, mask, scale, bank, max_pixels, force, as_json,
-                   folder: bool = False, optimizer: str = "auto", margin: str = "auto"):
+                   folder: bool = False, optimizer: str = "auto", margin: Optional[bool] = None):
     """folder: the output names a folder even for one image (it was given as "out/")."""
     paths, several = expand(images)
     many = several or folder  # the output is a folder
@@ -124,8 +125,8 @@ def encode_command(images, output, channels, layers, arch, iters, lr, seed, devi
         raise ConfigError("--mask applies to a single image")
     if denoise and (mask is not None or scale > 1):
         raise ConfigError("--denoise cannot be combined with --mask or --scale")
-    if denoise and (precision != "fp32" or compile_ or optimizer != "auto" or margin != "auto"):
-        raise ConfigError("--precision, --compile, --optimizer and --margin apply to compression and --mask/--scale fits, "
+    if denoise and (precision != "fp32" or compile_ or optimizer != "auto"):
+        raise ConfigError("--precision, --compile and --optimizer apply to compression and --mask/--scale fits, "
                           "not --denoise")
     deg = Degradation(scale=scale, mask=mask_from_image(read_image(mask)) if mask else None)
     restoring = denoise or mask is not None or scale > 1
@@ -197,7 +198,7 @@ def _encode_bank(group, k, d, arch, fit, quant, deg, denoise, device, bar, force
     try:
         if denoise is not None:  # the fit of `ddc denoise`: stopping rule, output average, distillation
             results = [restore.denoise(group[0][2], arch, k, d, denoise or None, fit.seed, fit.lr,
-                                       device, bar.update, quant).result]
+                                       device, bar.update, quant, fit.margin).result]
         else:
             results = ddcodec.encode_bank([img for _, _, img in group], k, d, fit, quant, device,
                                           bar.update, arch, deg, tile)

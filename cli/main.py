@@ -132,6 +132,18 @@ def fit_options(channels=64, layers=6, iters=FitConfig.iters, lr=None, restoring
     return wrap
 
 
+MARGINS = {"auto": None, "on": True, "off": False}  # --margin -> FitConfig.margin (None: its rule)
+
+
+def margin_option(f):
+    """--margin, handed to the command as FitConfig.margin's value."""
+    return click.option("--margin", type=click.Choice(list(MARGINS)), default="auto", show_default=True,
+                        callback=lambda ctx, param, value: MARGINS[value],
+                        help="Fit the image as the centre of a larger canvas, whose edge the Deep Decoder fits "
+                             "poorly (format 5). auto: for Deep Decoder fits at k >= 9, but not denoising's; off "
+                             "writes files that version-3 readers open.")(f)
+
+
 def speed_options(f):
     """How the fit runs: its optimiser and canvas, and its GPU speed settings (the CPU always runs plain
     fp32). --compile-preset names a FitConfig.compile preset and is handed to the command as its
@@ -151,10 +163,7 @@ def speed_options(f):
     g = click.option("--compile/--no-compile", "compile_", default=None,
                      help="torch.compile the network (fused kernels; the first fit of each shape compiles). "
                           "Default: on for compression fits large enough to pay for it.")(g)
-    g = click.option("--margin", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
-                     help="Fit the image as the centre of a larger canvas, whose edge the Deep Decoder fits "
-                          "poorly (format 5). auto: for compression fits at k >= 9; off writes files that "
-                          "version-3 readers open.")(g)
+    g = margin_option(g)
     g = click.option("--optimizer", type=click.Choice(["auto", *OPTIMIZERS]), default="auto", show_default=True,
                      help="auto: Muon for the Deep Decoder's compression fits (its k x k convolutions; Adam "
                           "for the rest), Adam for restoration and the skip net.")(g)
@@ -303,7 +312,7 @@ for _name, _doc in (("rd", "Rate-distortion against JPEG, WebP, JPEG 2000 and AV
 from .restore_cmds import register  # noqa: E402
 from .scale_cmds import register as register_scale  # noqa: E402
 
-register(cli, fit_options)
+register(cli, fit_options, margin_option)
 register_scale(cli, fit_options, speed_options, rate_options)
 
 

@@ -46,10 +46,11 @@ def run(task, image, output, ddc, force, quiet, fn, mask_path=None, **kw):
                f"{r.result.seconds:.1f} s on {r.result.device}")
 
 
-def register(cli, fit_options):
+def register(cli, fit_options, margin_option):
     @cli.command()
     @click.argument("image", type=named_path(dir_okay=False))
     @output_options
+    @margin_option
     @fit_options(channels=None, layers=None, iters=None, lr=restore.RESTORE_LR, k_default="restore", iters_default="denoise")
     def denoise(image, output, ddc, force, quiet, **kw):
         """Denoise IMAGE: fit and stop early (iterations from the estimated noise level)."""
@@ -63,6 +64,7 @@ def register(cli, fit_options):
                   help="Write the network's whole output (what --ddc decodes to) instead of "
                        "keeping the known pixels.")
     @output_options
+    @margin_option
     @fit_options(channels=None, layers=None, iters=None, lr=restore.RESTORE_LR, k_default="restore", iters_default="restore")
     def inpaint(image, mask, network_only, output, ddc, force, quiet, **kw):
         """Fill in the pixels of IMAGE that the mask marks black; known pixels are kept."""
@@ -73,6 +75,7 @@ def register(cli, fit_options):
     @click.argument("image", type=named_path(dir_okay=False))
     @click.option("--scale", type=int, default=4, show_default=True, help="Upscaling factor.")
     @output_options
+    @margin_option
     @fit_options(channels=None, layers=None, iters=None, lr=restore.RESTORE_LR, k_default="restore", iters_default="restore")
     def superres(image, scale, output, ddc, force, quiet, **kw):
         """Super-resolve IMAGE by --scale."""

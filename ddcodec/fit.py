@@ -64,9 +64,8 @@ class FitConfig:
     # elsewhere (restoration's stopping rules were tuned with it).
     optimizer: Optional[str] = None
     # Fit the image as the centre of a larger canvas (nets.Architecture.margin, format 5), so
-    # that its edge pixels are not the network's; None: on when compressing with the Deep
-    # Decoder at k >= MARGIN_MIN_K (margin_for says why), off elsewhere (restoration was tuned
-    # without it).
+    # that its edge pixels are not the network's; None: on for the Deep Decoder at
+    # k >= MARGIN_MIN_K, compressing or restoring (margin_for says why), off for the skip net.
     margin: Optional[bool] = None
 
     def __post_init__(self):
@@ -122,7 +121,7 @@ class FitConfig:
         0.15 bpp) it lost 0.38 and 0.29 dB, so narrower nets keep the corner (MARGIN_MIN_K)."""
         if self.margin is not None:
             return self.margin
-        return compression and channels >= MARGIN_MIN_K
+        return channels >= MARGIN_MIN_K  # restoration too (restore.denoise says what it gained)
 
     def rollback_for(self, compression: bool = True) -> float:
         if self.rollback_db is not None:

@@ -7,6 +7,7 @@ setting); the DIP skip net with 128 channels, 5 scales, lr 0.01 and input-noise
 regularisation of std 1/30 (denoising) or 0.03 (inpainting, super-resolution).
 """
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -42,6 +43,10 @@ DISTILL_ITERS, DISTILL_LR = 300, 0.002
 # tau: on the tuning image kodim24 (sigma 25) the averaged output peaked when its MSE to the
 # noisy image was 0.93 sigma_hat^2 (below 1: the clipped noise has less variance than sigma^2).
 DISCREPANCY, DISCREPANCY_CAP, DISCREPANCY_ARCHS = 0.93, 4, ("skip",)
+# The margin when not asked for (margin=None): FitConfig's rule (None: the Deep Decoder from
+# k >= 9) for inpainting and super-resolution; off for denoising, whose stopping rule was set
+# without it: with it the fixed budget gained PSNR but lost SSIM (README, Restoration).
+DEFAULT_MARGIN = {"denoise": False, "inpaint": None, "superres": None}
 
 
 @dataclass
@@ -60,24 +65,24 @@ def _given(iters):
     return iters
 
 
-def _config(task, arch, channels, layers, iters, seed, lr, stop_mse=0.0):
+def _config(task, arch, channels, layers, iters, seed, lr, stop_mse=0.0, margin: Optional[bool] = None):
     if arch not in DEFAULTS:
         raise ConfigError(f"unknown architecture {arch!r} (deep-decoder or skip)")
     k, d, default_iters = DEFAULTS[arch]
     noise = SKIP_INPUT_NOISE[task] if arch == "skip" else 0.0
     extra = dict(average=DENOISE_AVERAGE, lr_floor=1.0, stop_mse=stop_mse) if task == "denoise" else {}
-    # Adam with its own betas, no rollback and no margin: the stopping rules and the figures were measured
-    # so (a denoising fit is unmasked at scale 1, which fit_bank would take for compression)
+    # Adam with its own betas and no rollback: the stopping rules and the figures were measured
+    # so. margin None: the task's default (DEFAULT_MARGIN)
     fit = FitConfig(iters=_given(iters) or default_iters, lr=lr, seed=seed, input_noise=noise, rollback_db=0.0,
                     beta1=ADAM_BETAS[0], beta2=ADAM_BETAS[1], live_first_block=False, optimizer="adam",
-                    margin=False, **extra)
+                    margin=DEFAULT_MARGIN[task] if margin is None else flag("margin", margin), **extra)
     return (k if channels is None else channels), (d if layers is None else layers), fit
 
 
 def _run(img, task, deg, arch, channels, layers, iters, seed, lr, device, progress, sigma=None,
-         quant: QuantConfig = RESTORE_QUANT, stop_mse: float = 0.0):
+         quant: QuantConfig = RESTORE_QUANT, stop_mse: float = 0.0, margin: Optional[bool] = None):
     t0 = time.perf_counter()
-    k, d, fit = _config(task, arch, channels, layers, iters, seed, lr, stop_mse)
+    k, d, fit = _config(task, arch, channels, layers, iters, seed, lr, stop_mse, margin)
     if channels is None and isinstance(quant, QuantConfig) and quant.target_bpp is not None and arch == "deep-decoder":
         # k from the rate target, as encode_bank chooses it: the default k=128 cannot keep to
         # most targets, which a fit of minutes would only then find (on the output's size)
@@ -112,7 +117,8 @@ def distill(bank, target, progress=None, iters: int = DISTILL_ITERS, lr: float =
 
 
 def denoise(image, arch="deep-decoder", channels=None, layers=None, iters=None, seed=0,
-            lr=RESTORE_LR, device="auto", progress=None, quant: QuantConfig = RESTORE_QUANT) -> Restored:
+            lr=RESTORE_LR, device="auto", progress=None, quant: QuantConfig = RESTORE_QUANT,
+            margin: Optional[bool] = None) -> Restored:
     """Fit to the noisy image and stop early: iters from the estimated noise level unless given.
     quant: how the .ddc is quantized (`ddc encode --denoise` passes its rate options)."""
     img = _as_array(image)
@@ -125,11 +131,12 @@ def denoise(image, arch="deep-decoder", channels=None, layers=None, iters=None, 
         # image as the clean image is expected to be (sigma^2); the rule's budget x4 caps it
         stop_mse, rule = DISCREPANCY * (sigma / 255) ** 2, DISCREPANCY_CAP * rule
     return _run(img, "denoise", None, arch, channels, layers, iters or rule, seed, lr, device, progress,
-                sigma, quant, stop_mse)
+                sigma, quant, stop_mse, margin)
 
 
 def inpaint(image, mask, arch="deep-decoder", channels=None, layers=None, iters=None, seed=0,
-            lr=RESTORE_LR, device="auto", progress=None, keep_known: bool = True) -> Restored:
+            lr=RESTORE_LR, device="auto", progress=None, keep_known: bool = True,
+            margin: Optional[bool] = None) -> Restored:
     """Fit to the known pixels only. mask, of the image's size: a 2-D array of bools or 0/1
     (True or 1 = known), or a mask image (an array, PIL image or path; white = known).
 
@@ -139,7 +146,8 @@ def inpaint(image, mask, arch="deep-decoder", channels=None, layers=None, iters=
     img = _as_array(image)
     keep_known = flag("keep_known", keep_known)
     m = _known(mask)
-    r = _run(img, "inpaint", Degradation(mask=m), arch, channels, layers, iters, seed, lr, device, progress)
+    r = _run(img, "inpaint", Degradation(mask=m), arch, channels, layers, iters, seed, lr, device, progress,
+             margin=margin)
     if keep_known:
         r.image = np.where(m[..., None] if img.ndim == 3 else m, img, r.image)
     return r
@@ -162,11 +170,11 @@ def _known(mask) -> np.ndarray:
 
 
 def superres(image, scale=4, arch="deep-decoder", channels=None, layers=None, iters=None, seed=0,
-             lr=RESTORE_LR, device="auto", progress=None) -> Restored:
+             lr=RESTORE_LR, device="auto", progress=None, margin: Optional[bool] = None) -> Restored:
     """Fit a scale-x larger output whose Lanczos downsampling matches the image."""
     img = _as_array(image)
     return _run(img, "superres", Degradation(scale=scale), arch, channels, layers, iters, seed,
-                lr, device, progress)
+                lr, device, progress, margin=margin)
 
 
 __all__ = ["Restored", "denoise", "inpaint", "superres"]

@@ -606,3 +606,21 @@ def test_encode_takes_the_optimizer_and_passes_it_to_the_fit(tmp_path):
     _one_line_error(res)
     assert "Muon" in res.output and not (tmp_path / "many").exists()
     _one_line_error(run("encode", tmp_path / "a.png", "-o", tmp_path / "d.ddc", *FAST, "--denoise", "--optimizer", "muon"))
+
+
+def test_the_restoration_commands_take_margin_and_pass_it_to_the_library(tmp_path):
+    img = small(24, 16)
+    Image.fromarray(img).save(tmp_path / "x.png")
+    opts = ["-k", "9", "--layers", "3", "--iters", "5", "-q"]
+    # k=9: auto gives super-resolution the margin, not denoising (restore.DEFAULT_MARGIN)
+    for margin, versions in (("auto", (5, 3)), ("on", (5, 5)), ("off", (3, 3))):
+        assert run("superres", tmp_path / "x.png", "--scale", "2", *opts, "--margin", margin,
+                   "-o", tmp_path / f"s-{margin}.png", "--ddc", tmp_path / f"s-{margin}.ddc").exit_code == 0
+        assert run("encode", tmp_path / "x.png", "--denoise", *opts, "--margin", margin,
+                   "-o", tmp_path / f"d-{margin}.ddc").exit_code == 0
+        written = tuple((tmp_path / f"{task}-{margin}.ddc").read_bytes()[4] for task in "sd")
+        assert written == versions, margin
+    from ddcodec import restore
+    assert (tmp_path / "s-off.ddc").read_bytes() == restore.superres(img, 2, channels=9, layers=3, iters=5, device="cpu",
+                                                                     margin=False).result.data
+    _one_line_error(run("denoise", tmp_path / "x.png", *opts, "--arch", "skip", "--margin", "on"))

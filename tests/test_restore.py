@@ -100,3 +100,28 @@ def test_inpaint_keep_known_must_be_a_bool(monkeypatch):
     monkeypatch.setattr(ddcodec.codec, "optimise", None)
     with pytest.raises(ConfigError, match="keep_known"):
         restore.inpaint(small(16, 16), _mask_image(16, 16), channels=4, iters=5, device="cpu", keep_known="no")
+
+
+@pytest.mark.parametrize("task", ["denoise", "inpaint", "superres"])
+def test_a_restoration_takes_the_margin_its_task_defaults_to_and_its_file_decodes_to_its_image(task):
+    # inpainting and super-resolution have it from k = 9 unless told, denoising only when asked
+    img = small(24, 16)
+    kw = dict(channels=9, layers=3, iters=5, device="cpu")
+    calls = {"denoise": lambda **m: restore.denoise(img, **kw, **m),
+             "inpaint": lambda **m: restore.inpaint(img, _mask_image(16, 24), keep_known=False, **kw, **m),
+             "superres": lambda **m: restore.superres(img, 2, **kw, **m)}
+    by_default = calls[task]()
+    assert ddcodec.info(by_default.result.data)["arch"]["margin"] == (task != "denoise")
+    wide, corner = calls[task](margin=True), calls[task](margin=False)
+    assert (ddcodec.info(wide.result.data)["arch"]["margin"], ddcodec.info(corner.result.data)["arch"]["margin"]) == (True, False)
+    assert wide.image.shape == corner.image.shape
+    if task != "denoise":  # denoising's image is the fit's average, its file the distilled network
+        assert np.array_equal(ddcodec.decode(wide.result.data), wide.image)
+
+
+@pytest.mark.parametrize("kwargs", [dict(margin="yes"), dict(margin=True, arch="skip")])
+def test_a_bad_restoration_margin_is_a_config_error_before_any_fit(kwargs, monkeypatch):
+    from ddcodec.errors import ConfigError
+    monkeypatch.setattr(ddcodec.codec, "optimise", None)
+    with pytest.raises(ConfigError):
+        restore.superres(small(16, 16), 2, channels=4, layers=3, iters=5, device="cpu", **kwargs)
