@@ -44,8 +44,9 @@ DISTILL_ITERS, DISTILL_LR = 300, 0.002
 # noisy image was 0.93 sigma_hat^2 (below 1: the clipped noise has less variance than sigma^2).
 DISCREPANCY, DISCREPANCY_CAP, DISCREPANCY_ARCHS = 0.93, 4, ("skip",)
 # The margin when not asked for (margin=None): FitConfig's rule (None: the Deep Decoder from
-# k >= 9) for inpainting and super-resolution; off for denoising, whose stopping rule was set
-# without it: with it the fixed budget gained PSNR but lost SSIM (README, Restoration).
+# k >= 9) for inpainting and super-resolution, +1.43 and +0.29 dB with SSIM up (kodak-mini);
+# off for denoising, whose stopping rule was set without it: at the rule's iterations the
+# margin gained 0.45 dB at sigma 25 but lost 0.019 SSIM, keeping more noise in flat regions.
 DEFAULT_MARGIN = {"denoise": False, "inpaint": None, "superres": None}
 
 
