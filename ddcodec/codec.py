@@ -140,14 +140,14 @@ def _margin_hint(margin: bool) -> str:
     return ", or --margin off" if margin else ""
 
 
-def with_margin(net: Architecture, height: int, width: int, fit: FitConfig, compression: bool = True) -> Architecture:
+def with_margin(net: Architecture, height: int, width: int, fit: FitConfig) -> Architecture:
     """net with the margin where fit asks for one (FitConfig.margin_for) and it means something:
     a net of one or two blocks has less than a quarter of an input pixel to spare (nets.canvas
     pads nothing), and its file would be version 5 for a function version 3 writes. The default
     (margin None) also keeps the corner where the larger canvas would pass the reader's limits
     the corner keeps to (k=64 at 2048x2048: 2080x2080 is over MAX_WORK), so an image that
     encoded before the margin still does; an asked-for margin is checked and refused there."""
-    if net.kind != "deep-decoder" or net.upsamplings < 2 or not fit.margin_for(compression, net.channels):
+    if net.kind != "deep-decoder" or net.upsamplings < 2 or not fit.margin_for(net.channels):
         return net
     wide = replace(net, margin=True)
     if fit.margin is None and (work(wide, height, width) > bitstream.MAX_WORK
@@ -241,7 +241,7 @@ def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitCo
         layers = layers_for(layers, H, W)
     compression = arch == "deep-decoder" and deg.mask is None and deg.scale == 1
     _check_optimizer(fit, arch)  # fit_bank is public too
-    net = with_margin(Architecture(arch, channels, layers, 1 if imgs[0].ndim == 2 else 3), H, W, fit, compression)
+    net = with_margin(Architecture(arch, channels, layers, 1 if imgs[0].ndim == 2 else 3), H, W, fit)
     channels, layers = net.channels, net.layers  # checked, and Python's ints (a numpy uint8 k overflowed below)
     if max(H, W) > bitstream.MAX_SIDE or H * W > bitstream.MAX_PIXELS:
         raise ImageError(f"{W}x{H}: more than the format holds (sides up to {bitstream.MAX_SIDE}, "

@@ -109,7 +109,7 @@ class FitConfig:
             return self.optimizer
         return "muon" if compression else "adam"
 
-    def margin_for(self, compression: bool = True, channels: int = MARGIN_MIN_K) -> bool:
+    def margin_for(self, channels: int = MARGIN_MIN_K) -> bool:
         """Whether the image is the centre of a canvas with a margin. The Deep Decoder fits its
         output's edge poorly: without a margin the outermost pixels' squared error was 5-7x the
         image's mean on kodak-mini, and the seams of full-size tiles had 1.5-2.7x on the sides
@@ -123,7 +123,7 @@ class FitConfig:
         image better; denoising is left out by restore.DEFAULT_MARGIN."""
         if self.margin is not None:
             return self.margin
-        return channels >= MARGIN_MIN_K  # restoration too (restore.denoise says what it gained)
+        return channels >= MARGIN_MIN_K
 
     def rollback_for(self, compression: bool = True) -> float:
         if self.rollback_db is not None:
