@@ -38,8 +38,35 @@ def test_skip_net_denoising_stops_by_the_discrepancy_principle_before_its_cap():
     rng = np.random.default_rng(1)
     noisy = np.clip(clean + rng.normal(0, 25, clean.shape), 0, 255).round().astype(np.uint8)
     r = restore.denoise(noisy, arch="skip", channels=16, layers=3, device="cpu")
-    cap = restore.DISCREPANCY_CAP * restore.denoise_iterations(r.sigma, 3000, "skip", 32 * 32)
+    cap = restore.DISCREPANCY_CAP["skip"] * restore.denoise_iterations(r.sigma, 3000, "skip", 32 * 32)
     assert r.iters < cap and r.iters % 10 == 0  # stopped early, at a test point
+    assert psnr(r.image, clean) > psnr(noisy, clean)
+
+
+@pytest.mark.parametrize("margin", [True, False])
+def test_deep_decoder_denoising_stops_by_the_discrepancy_principle_only_with_the_margin(margin, monkeypatch):
+    seen = {}
+
+    def fit_bank(images, channels, layers, fit, *a, **k):  # the fit as denoise sets it up
+        seen["fit"] = fit
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(restore, "fit_bank", fit_bank)
+    rng = np.random.default_rng(2)
+    noisy = np.clip(small(192, 128) + rng.normal(0, 25, (128, 192, 3)), 0, 255).round().astype(np.uint8)
+    with pytest.raises(RuntimeError, match="stop here"):
+        restore.denoise(noisy, margin=margin, device="cpu")
+    fit, sigma = seen["fit"], restore.estimate_sigma(noisy)
+    assert fit.iters == restore.denoise_iterations(sigma, 3000, "deep-decoder", 192 * 128)  # the budget caps both
+    assert fit.stop_mse == (pytest.approx(restore.DISCREPANCY * (sigma / 255) ** 2) if margin else 0.0)
+
+
+def test_deep_decoder_denoising_with_the_margin_stops_early_once_the_noise_is_reached():
+    clean = small(48, 32)  # k=64 has more weights than the image has values: it soon fits the noise
+    rng = np.random.default_rng(3)
+    noisy = np.clip(clean + rng.normal(0, 25, clean.shape), 0, 255).round().astype(np.uint8)
+    r = restore.denoise(noisy, channels=64, layers=4, margin=True, device="cpu")
+    assert r.iters < restore.denoise_iterations(r.sigma, 3000, "deep-decoder", 48 * 32) and r.iters % 10 == 0
     assert psnr(r.image, clean) > psnr(noisy, clean)
 
 
