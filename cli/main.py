@@ -140,7 +140,7 @@ def margin_option(f):
     return click.option("--margin", type=click.Choice(list(MARGINS)), default="auto", show_default=True,
                         callback=lambda ctx, param, value: MARGINS[value],
                         help="Fit the image as the centre of a larger canvas, whose edge the Deep Decoder fits "
-                             "poorly (format 5). auto: for Deep Decoder fits at k >= 9, but not denoising's; off "
+                             "poorly (format 5). auto: for Deep Decoder fits at k >= 9; off "
                              "writes files that version-3 readers open.")(f)
 
 

@@ -612,8 +612,8 @@ def test_the_restoration_commands_take_margin_and_pass_it_to_the_library(tmp_pat
     img = small(24, 16)
     Image.fromarray(img).save(tmp_path / "x.png")
     opts = ["-k", "9", "--layers", "3", "--iters", "5", "-q"]
-    # k=9: auto gives super-resolution the margin, not denoising (restore.DEFAULT_MARGIN)
-    for margin, versions in (("auto", (5, 3)), ("on", (5, 5)), ("off", (3, 3))):
+    # k=9: auto gives both the margin (FitConfig.margin_for)
+    for margin, versions in (("auto", (5, 5)), ("on", (5, 5)), ("off", (3, 3))):
         assert run("superres", tmp_path / "x.png", "--scale", "2", *opts, "--margin", margin,
                    "-o", tmp_path / f"s-{margin}.png", "--ddc", tmp_path / f"s-{margin}.ddc").exit_code == 0
         assert run("encode", tmp_path / "x.png", "--denoise", *opts, "--margin", margin,

@@ -130,15 +130,15 @@ def test_inpaint_keep_known_must_be_a_bool(monkeypatch):
 
 
 @pytest.mark.parametrize("task", ["denoise", "inpaint", "superres"])
-def test_a_restoration_takes_the_margin_its_task_defaults_to_and_its_file_decodes_to_its_image(task):
-    # inpainting and super-resolution have it from k = 9 unless told, denoising only when asked
+def test_a_restoration_takes_the_margin_by_default_from_k9_and_its_file_decodes_to_its_image(task):
+    # every task has it from k = 9 (MARGIN_MIN_K) unless told, as compression has
     img = small(24, 16)
-    kw = dict(channels=9, layers=3, iters=5, device="cpu")
-    calls = {"denoise": lambda **m: restore.denoise(img, **kw, **m),
-             "inpaint": lambda **m: restore.inpaint(img, _mask_image(16, 24), keep_known=False, **kw, **m),
-             "superres": lambda **m: restore.superres(img, 2, **kw, **m)}
-    by_default = calls[task]()
-    assert ddcodec.info(by_default.result.data)["arch"]["margin"] == (task != "denoise")
+    kw = dict(layers=3, iters=5, device="cpu")
+    calls = {"denoise": lambda k=9, **m: restore.denoise(img, channels=k, **kw, **m),
+             "inpaint": lambda k=9, **m: restore.inpaint(img, _mask_image(16, 24), channels=k, keep_known=False, **kw, **m),
+             "superres": lambda k=9, **m: restore.superres(img, 2, channels=k, **kw, **m)}
+    assert ddcodec.info(calls[task]().result.data)["arch"]["margin"] is True
+    assert ddcodec.info(calls[task](k=8).result.data)["arch"]["margin"] is False
     wide, corner = calls[task](margin=True), calls[task](margin=False)
     assert (ddcodec.info(wide.result.data)["arch"]["margin"], ddcodec.info(corner.result.data)["arch"]["margin"]) == (True, False)
     assert wide.image.shape == corner.image.shape
