@@ -1,4 +1,6 @@
 """Muon (ddcodec.muon): the orthogonalisation, each bank member on its own, and the fit's use of it."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -76,8 +78,8 @@ def test_muon_is_refused_for_the_skip_net_before_any_work(monkeypatch):
         Settings(4, 2, "skip", muon)
 
 
-def _bank(images, seed=0):
-    arch = Architecture("deep-decoder", 6, 3, 3)
+def _bank(images, seed=0, channels=6, layers=3):
+    arch = Architecture("deep-decoder", channels, layers, 3)
     h, w = images[0].shape[:2]
     target = torch.from_numpy(np.stack([im.transpose(2, 0, 1) for im in images])).float() / 255
     z = torch.stack([seeded_input(arch, h, w, seed) for _ in images])
@@ -94,14 +96,18 @@ def test_a_members_muon_fit_does_not_depend_on_its_bank_mates():
     assert all(torch.equal(x, y) for x, y in zip(*weights))
 
 
-def test_muon_fits_better_than_adam_in_the_same_steps():
-    # the measured gain (kodak-mini, 3,000 steps: +0.3-0.5 dB) in miniature
-    img = small(32, 32)
-    losses = {}
+@pytest.mark.parametrize("seed", [0, 1])
+def test_muon_fits_better_than_adam_in_the_same_steps(seed):
+    # the measured gain (kodak-mini, 3,000 steps: +0.3-0.5 dB) in miniature. At k=16, 4 blocks,
+    # 300 steps Muon was 0.78-1.05 dB ahead on 48x32 (seeds 0-2) and ahead on every one of 18
+    # image-seed-width cases; at k=6 and 3 blocks (this test before) the two were within
+    # +-0.7 dB, which a new Pillow's resampling of the test image flipped.
+    img = small(48, 32)
+    psnr = {}
     for kind in ("adam", "muon"):
-        model, z, loss = _bank([img])
-        losses[kind] = float(optimise(model, z, loss, 300, 0.05, optimizer=kind, betas=(0.8, 0.99))[0])
-    assert losses["muon"] < losses["adam"]
+        model, z, loss = _bank([img], seed, channels=16, layers=4)
+        psnr[kind] = -10 * math.log10(float(optimise(model, z, loss, 300, 0.05, optimizer=kind, betas=(0.8, 0.99))[0]))
+    assert psnr["muon"] > psnr["adam"] + 0.3
 
 
 def test_the_fit_steps_muon_with_its_update():
