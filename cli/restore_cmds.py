@@ -53,7 +53,9 @@ def register(cli, fit_options, margin_option):
     @margin_option
     @fit_options(channels=None, layers=None, iters=None, lr=restore.RESTORE_LR, k_default="restore", iters_default="denoise")
     def denoise(image, output, ddc, force, quiet, **kw):
-        """Denoise IMAGE: fit and stop early (iterations from the estimated noise level)."""
+        """Denoise IMAGE: fit and stop early, once the averaged output is as far from IMAGE as the
+        estimated noise (the skip net, and the Deep Decoder with its margin), within a budget of
+        iterations from the estimated noise level."""
         run("denoised", image, output, ddc, force, quiet, restore.denoise, **kw)
 
     @cli.command()
