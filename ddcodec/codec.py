@@ -225,6 +225,16 @@ class FittedBank:
     compiled: Union[bool, str] = False  # the fit's torch.compile setting (FitConfig.compile_for)
 
 
+def planned_net(arch: str, channels: int, layers: int, height: int, width: int, grey: bool,
+                fit: FitConfig) -> Architecture:
+    """The network fit_bank fits to a height x width output: the Deep Decoder with fewer blocks
+    where a side of at most 2^(d-1) pixels takes fewer (layers_for), and the margin where fit
+    gives it one (with_margin)."""
+    if arch == "deep-decoder":
+        layers = layers_for(layers, height, width)
+    return with_margin(Architecture(arch, channels, layers, 1 if grey else 3), height, width, fit)
+
+
 def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitConfig(),
              device: str = "auto", progress=None, arch: str = "deep-decoder",
              degradation: Degradation = None, stage: str = "fit") -> FittedBank:
@@ -237,11 +247,9 @@ def fit_bank(images, channels: int = 64, layers: int = 6, fit: FitConfig = FitCo
         raise ConfigError("a mask applies to a single image")
     h, w = imgs[0].shape[:2]
     H, W = deg.output_size(h, w)
-    if arch == "deep-decoder":  # a side of at most 2^(d-1) pixels takes fewer blocks
-        layers = layers_for(layers, H, W)
     compression = arch == "deep-decoder" and deg.mask is None and deg.scale == 1
     _check_optimizer(fit, arch)  # fit_bank is public too
-    net = with_margin(Architecture(arch, channels, layers, 1 if imgs[0].ndim == 2 else 3), H, W, fit)
+    net = planned_net(arch, channels, layers, H, W, imgs[0].ndim == 2, fit)
     channels, layers = net.channels, net.layers  # checked, and Python's ints (a numpy uint8 k overflowed below)
     if max(H, W) > bitstream.MAX_SIDE or H * W > bitstream.MAX_PIXELS:
         raise ImageError(f"{W}x{H}: more than the format holds (sides up to {bitstream.MAX_SIDE}, "

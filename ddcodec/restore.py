@@ -16,12 +16,12 @@ import time
 
 import torch
 
-from .codec import EncodeResult, _as_array, _to_uint8, check_arguments, decode, fit_bank, quantize_bank, with_margin
+from .codec import EncodeResult, _as_array, _to_uint8, check_arguments, decode, fit_bank, planned_net, quantize_bank
 from .degrade import Degradation, denoise_iterations, estimate_sigma, mask_array, mask_from_image
 from .checks import flag
 from .errors import ConfigError, ImageError
 from .fit import ADAM_BETAS, REFERENCE_LR, FitConfig, mse_per_image, optimise
-from .nets import Architecture, crop, layers_for
+from .nets import crop
 from .quant import QuantConfig
 from .rate import channels_for_image
 
@@ -141,10 +141,8 @@ def _stopping(sigma: float, arch: str, k: int, d: int, shape: tuple, fit: FitCon
     rule = denoise_iterations(sigma, 3000, arch, H * W)
     if sigma <= 1:
         return dict(iters=rule)
-    if arch == "deep-decoder":  # the margin as fit_bank will have it (with_margin may keep the corner)
-        net = Architecture(arch, k, layers_for(d, H, W), 1 if len(shape) == 2 else 3)
-        if not with_margin(net, H, W, fit).margin:
-            return dict(iters=rule)
+    if arch == "deep-decoder" and not planned_net(arch, k, d, H, W, len(shape) == 2, fit).margin:
+        return dict(iters=rule)  # in the corner: it keeps its budget
     return dict(iters=DISCREPANCY_CAP[arch] * rule, stop_mse=DISCREPANCY * (sigma / 255) ** 2)
 
 
