@@ -143,7 +143,7 @@ def encode_command(images, output, channels, layers, arch, iters, lr, seed, devi
         jobs, failed = _read_jobs(paths, outs, many, force, [mask] if mask else [], max_pixels, as_json)
         banks = _banks(jobs, 1 if (denoise or mask is not None) else bank)
         fits = len(banks) if tile is None else sum(tiles.fits_for([j[2].shape for j in g], tile, bpp) for g in banks)
-        with FitProgress(fit, quant, quiet or as_json, fits) as bar:
+        with FitProgress(fit, quant, quiet or as_json, fits, may_stop=denoise) as bar:
             for group in banks:
                 failed += _encode_bank(group, k, d, arch, fit, quant, deg, (iters or 0) if denoise else None,
                                        device, bar, force, as_json, many, tile)

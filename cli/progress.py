@@ -14,7 +14,8 @@ WARN_AFTER = 40  # iterations timed for the estimate
 
 
 class FitProgress:
-    def __init__(self, fit, quant, quiet: bool, banks: int = 1):
+    def __init__(self, fit, quant, quiet: bool, banks: int = 1, may_stop: bool = False):
+        self.may_stop = may_stop  # a denoising fit's discrepancy stop: the whole budget is its bound
         self.per_bank = fit.iters + quant.qat_iters
         self.fit_iters = fit.iters
         self.banks = banks
@@ -98,6 +99,7 @@ class FitProgress:
         per_it = (now - self.first[0]) / (done - self.first[1])
         eta = per_it * self.total * 1.1  # the quantization search and QAT cost a little more
         if eta > SLOW_SECONDS:
-            click.echo(f"note: this encode will take about {eta / 60:.0f} min here; a GPU "
+            bound = "up to about" if self.may_stop else "about"  # an early stop ends it sooner
+            click.echo(f"note: this encode will take {bound} {eta / 60:.0f} min here; a GPU "
                        "(--device cuda), fewer --iters, a smaller -k or a smaller image make it "
                        "faster", err=True)

@@ -407,8 +407,8 @@ def _encode_tiled(images, channels, layers, fit, quant, device, progress, tile) 
         for (_, k), keys in groups.items():
             for i, j in keys:
                 p = pieces[i, j]
-                member = with_margin(Architecture("deep-decoder", k, layers_for(layers, *p.shape[:2]), 1 if p.ndim == 2 else 3,
-                                                  folded=True), *p.shape[:2], fit)  # as fit_bank builds and the file holds it
+                member = replace(planned_net("deep-decoder", k, layers, *p.shape[:2], p.ndim == 2, fit),
+                                 folded=True)  # as fit_bank builds it and the file holds it
                 spent[i] = tiles.add_cost(spent[i], member, *p.shape[:2])
         return [tiles.budget_problem(total, bitstream.MAX_WORK, bitstream.MAX_MACS) for total in spent]
 

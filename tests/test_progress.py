@@ -4,10 +4,11 @@ from ddcodec import FitConfig, QuantConfig
 from ddcodec_cli import progress
 
 
-def _run(monkeypatch, capsys, times):
+def _run(monkeypatch, capsys, times, may_stop=False):
     clock = iter(times)
     monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
-    with progress.FitProgress(FitConfig(iters=3000), QuantConfig(qat_iters=300), quiet=False) as bar:
+    with progress.FitProgress(FitConfig(iters=3000), QuantConfig(qat_iters=300), quiet=False,
+                              may_stop=may_stop) as bar:
         for it in (10, 20, 30, 40, 50, 60):
             bar.update("fit", it, 3000, 0.01, 20.0)
     return capsys.readouterr().err
@@ -23,6 +24,13 @@ def test_a_slow_fit_gets_a_note_with_its_duration(monkeypatch, capsys):
     times = [1.0 * i for i in range(1, 7)]  # 0.1 s per iteration: ~6 min
     err = _run(monkeypatch, capsys, times)
     assert "note: this encode will take about 6 min" in err
+
+
+def test_a_fit_that_may_stop_early_gives_its_duration_as_a_bound(monkeypatch, capsys):
+    # a denoising fit's discrepancy stop may end it long before its budget
+    times = [1.0 * i for i in range(1, 7)]
+    err = _run(monkeypatch, capsys, times, may_stop=True)
+    assert "note: this encode will take up to about 6 min" in err
 
 
 def test_a_fit_that_stops_early_gives_its_unused_iterations_back():
