@@ -80,12 +80,16 @@ def ours(iters: int, tile: str = "auto", optimizer: str = "auto", margin: str = 
     "ddcodec-whole" with one network per image (--tile none) instead of the default tiles,
     "ddcodec-adam" with Adam for every tensor instead of the recipe's Muon (the recipe until
     the thirtieth session: the rows of that time carry the name), "ddcodec-nomargin" with the
-    image at the canvas's corner instead of its centre (the recipe until the forty-third)."""
+    image at the canvas's corner instead of its centre (the recipe until the forty-third). Adam
+    with the margin is "ddcodec-adam-margin": the "-adam" rows on file predate the margin, and a
+    run under their name would skip their points as done."""
     name = "ddcodec" if iters == ddcodec.FitConfig.iters else f"ddcodec-{iters}it"
     name = name if tile == "auto" else f"{name}-{'whole' if tile == 'none' else 'tile' + tile}"
     same = optimizer in ("auto", ddcodec.FitConfig().optimizer_for(True))  # the recipe's own: its curve
     name = name if same else f"{name}-{optimizer}"
-    return name if margin == "auto" else f"{name}-nomargin"
+    if margin != "auto":
+        return f"{name}-nomargin"
+    return name if same else f"{name}-margin"
 
 
 def run_ddcodec(images: dict, points, args, out_dir: Path, rows_file: Path, have: set) -> None:
@@ -310,7 +314,7 @@ def main(argv=None):
     ap.add_argument("--tile", default="auto", help="ddcodec's tiles: auto (the codec's default for a "
                     "rate target, from the image and the rate), none (one network per image, curve ddcodec-whole) or WxH")
     ap.add_argument("--optimizer", choices=["auto", *ddcodec.fit.OPTIMIZERS], default="auto",
-                    help="ddcodec's optimiser: auto (the recipe's, Muon; curve ddcodec) or adam (curve ddcodec-adam)")
+                    help="ddcodec's optimiser: auto (the recipe's, Muon; curve ddcodec) or adam (curve ddcodec-adam-margin; ddcodec-adam names the rows of the recipe before Muon and the margin)")
     ap.add_argument("--margin", choices=["auto", "off"], default="auto",
                     help="ddcodec's canvas: auto (the recipe's, the image at its centre; curve ddcodec) or off "
                     "(at its corner, the recipe before; curve ddcodec-nomargin)")

@@ -150,8 +150,9 @@ class FitConfig:
         alone and from 3.98 to 2.05 ms per image in a bank of 18 (TF32 forwards; their
         backward ran in fp32 then), within 0.05 dB,
         after a compile of ~10-25 s: "auto" compiles from about one such image's whole fit
-        (COMPILE_WORK_GPU). Restoration keeps eager kernels: its stopping rules were tuned
-        with them."""
+        (COMPILE_WORK_GPU). compression is fit_bank's: a fit to the whole image, which the
+        Deep Decoder's denoising is too (its discrepancy stop reads the MSE, not the rounding);
+        inpainting, super-resolution and the skip net keep eager kernels."""
         if self.compile != "auto":
             return self.compile
         return compression and work >= (COMPILE_WORK if device.type == "cpu" else COMPILE_WORK_GPU)

@@ -61,6 +61,27 @@ def test_deep_decoder_denoising_stops_by_the_discrepancy_principle_only_with_the
     assert fit.stop_mse == (pytest.approx(restore.DISCREPANCY * (sigma / 255) ** 2) if margin else 0.0)
 
 
+@pytest.mark.parametrize("task,arch,compiles", [("denoise", "deep-decoder", True), ("inpaint", "deep-decoder", False),
+                                                 ("superres", "deep-decoder", False), ("denoise", "skip", False)])
+def test_only_the_deep_decoders_denoising_compiles_by_the_compression_rule(task, arch, compiles, monkeypatch):
+    # denoising fits the whole image, as compression does; a mask or a scale, or the skip net,
+    # fits eagerly (FitConfig.compile_for). Every fit's work counts as large here.
+    from ddcodec import codec, fit as fit_module
+    seen = {}
+
+    def optimise(*a, compile=None, **k):
+        seen["compile"] = compile
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(codec, "optimise", optimise)
+    monkeypatch.setattr(fit_module, "COMPILE_WORK", 0)
+    img = small(48, 32)
+    args = {"denoise": (img,), "inpaint": (img, np.tile([[0, 255]], (32, 24)).astype(np.uint8)), "superres": (img,)}[task]
+    with pytest.raises(RuntimeError, match="stop here"):
+        getattr(restore, task)(*args, arch=arch, channels=8, layers=3, device="cpu")
+    assert seen["compile"] is compiles
+
+
 def test_deep_decoder_denoising_with_the_margin_stops_early_once_the_noise_is_reached():
     clean = small(48, 32)  # k=64 has more weights than the image has values: it soon fits the noise
     rng = np.random.default_rng(3)
