@@ -405,6 +405,13 @@ def test_a_restoration_output_that_exists_is_replaced_only_with_force(task, whic
     res = run(task, tmp_path / "x.png", *extra, "-k", "4", "-q", which, out)
     _one_line_error(res)
     assert "exists" in res.output and out.read_bytes() == b"earlier"
+    monkeypatch.undo()  # a real (two-step) fit: --force replaces the file with the new output
+    res = run(task, tmp_path / "x.png", *extra, "-k", "4", "--iters", "2", "-q", which, out, "--force")
+    assert res.exit_code == 0, res.output
+    if which == "-o":
+        assert Image.open(out).size == ((64, 64) if task == "superres" else (16, 16))
+    else:
+        assert ddcodec.decode(out.read_bytes()).shape[:2] == ((64, 64) if task == "superres" else (16, 16))
 
 
 def test_demo_replaces_its_earlier_results_only_with_force(tmp_path, monkeypatch):

@@ -103,12 +103,18 @@ def test_file_helpers_round_trip_and_refuse_to_overwrite(tmp_path):
     kw = dict(channels=4, layers=3, fit=FitConfig(iters=20), quant=QuantConfig(qat_iters=2), device="cpu")
     r = ddcodec.encode_file(tmp_path / "a.png", **kw)
     assert (tmp_path / "a.ddc").read_bytes() == r.data
+    (tmp_path / "old.ddc").write_bytes(b"earlier")  # a different file: an overwrite would show
     with pytest.raises(OutputExistsError):
-        ddcodec.encode_file(tmp_path / "a.png", **kw)
+        ddcodec.encode_file(tmp_path / "a.png", tmp_path / "old.ddc", **kw)
+    assert (tmp_path / "old.ddc").read_bytes() == b"earlier"
     out = ddcodec.decode_file(tmp_path / "a.ddc", tmp_path / "b.png")
     assert np.array_equal(np.asarray(Image.open(tmp_path / "b.png")), out)
+    source = (tmp_path / "a.png").read_bytes()
     with pytest.raises(OutputExistsError):
         ddcodec.decode_file(tmp_path / "a.ddc", tmp_path / "a.png")
+    assert (tmp_path / "a.png").read_bytes() == source
+    ddcodec.encode_file(tmp_path / "a.png", tmp_path / "old.ddc", force=True, **kw)  # with force: replaced
+    assert ddcodec.decode((tmp_path / "old.ddc").read_bytes()).shape == img.shape
 
 
 def test_an_unreadable_ddc_file_is_a_read_error_not_an_image_error(tmp_path):
@@ -183,7 +189,8 @@ def _in_range(value, lo, hi, lo_open, hi_open) -> bool:
 
 
 @given(st.sampled_from(["iters", "seed", "lr", "lr_floor", "input_noise", "stop_mse", "average",
-                        "beta1", "beta2", "rollback_db", "compile", "live_first_block", "precision"]), _ODD)
+                        "beta1", "beta2", "rollback_db", "compile", "live_first_block", "precision", "optimizer",
+                        "margin"]), _ODD)
 @example("iters", -1)
 @example("lr", -math.inf)
 @example("rollback_db", 1e300)
@@ -197,6 +204,12 @@ def test_a_fit_setting_is_taken_or_refused_with_a_config_error(field, value):
     assert not (isinstance(got, float) and got != got)
     if field in ("iters", "seed"):
         assert isinstance(got, int) and not isinstance(got, bool)
+    if field in ("live_first_block", "margin"):  # a switch: never a number that happens to be truthy
+        assert got is None or type(got) is bool
+    if field == "compile":
+        assert type(got) is bool or got == "auto" or got in ddcodec.fit.COMPILE_PRESETS
+    if field == "optimizer":
+        assert got is None or got in ddcodec.fit.OPTIMIZERS
     if field in _FIT_RANGES and got is not None:
         assert _in_range(got, *_FIT_RANGES[field]), (field, got)
 

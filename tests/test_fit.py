@@ -578,6 +578,7 @@ def test_a_member_whose_loss_turns_nan_is_rolled_back_and_recovers():
         with torch.no_grad():
             return mse_per_image(model(z), target)
     clean, hit = run(False), run(True)
+    assert not torch.isfinite(losses[1][40:50, 0]).all()  # the NaN got in (the reports come every 10)
     assert torch.isfinite(hit).all() and hit[0] < 2 * clean[0]  # member 0 is back on course
     assert torch.equal(losses[1][:, 1], losses[0][:, 1])  # and member 1 never noticed
     assert torch.isfinite(losses[1][60:, 0]).all()  # finite again within ten steps of the roll-back
