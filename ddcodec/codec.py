@@ -29,7 +29,7 @@ from .fit import ADAM_BETAS, FitConfig, fell_back, mse_per_image, optimise
 from .images import beside, check_ddc_name, check_image, check_image_name, check_output, decoded_name, image_bytes, read_image, write_atomic
 from .metrics import bpp as bits_per_pixel, psnr
 from .nets import Architecture, build, crop, layers_for, macs, param_count, seeded_input, work
-from .rate import DISTILLED_MAX_LOSS_DB, LOSS_RANGE_DB, budgets_for_psnr, budgets_for_rate, channels_for_image
+from .rate import budgets_for_psnr, budgets_for_rate, channels_for_image
 from .quant import QuantConfig, code_floor, quantize, search_steps, steps_tensor, straight_through
 
 
@@ -323,8 +323,7 @@ def quantize_bank(bank: FittedBank, quant: QuantConfig = QuantConfig(), progress
     view = lambda out: crop(bank.arch, out, *bank.size)  # noqa: E731
     budgets, short = None, [None] * z.shape[0]
     if quant.target_bpp is not None:
-        coarsest = DISTILLED_MAX_LOSS_DB if bank.average is not None else LOSS_RANGE_DB[1]
-        budgets = budgets_for_rate(model, z, loss_fn, quant, bank.size[0] * bank.size[1], write, targets, view, coarsest)
+        budgets = budgets_for_rate(model, z, loss_fn, quant, bank.size[0] * bank.size[1], write, targets, view)
     elif quant.target_psnr is not None:
         budgets, short = budgets_for_psnr(model, z, loss_fn, quant.target_psnr)
     codes = search_steps(model, z, loss_fn, quant, budgets, view=view)  # [T, B]

@@ -16,11 +16,13 @@ from .nets import Architecture, layers_for, param_count
 from .quant import QuantConfig, search_steps, sensitivities
 
 LOSS_RANGE_DB = (0.005, 6.0)  # budgets searched; beyond ~2 dB a smaller k is the better trade (NOTES.md)
-# A denoised network is distilled to its own average (restore.distill), which it then matches to
-# ~47 dB: 6 dB below that needs finer steps than the average, itself ~29 dB from the clean
-# image, is worth, and k from the rate (7 bits a weight) could not reach its target there
-# (64x64 at 1.5-3 bpp with the margin). Its budgets may reach 20 dB below the distilled fit.
-DISTILLED_MAX_LOSS_DB = 20.0
+# The budget is relative to the fit, so a member whose fit is far better than its rate can keep
+# may need more than LOSS_RANGE_DB's 6 dB to reach the rate at all: a denoised network distilled
+# to its own average (restore.distill), which it matches to ~47 dB (64x64 at 1.5-3 bpp with
+# the margin), or a flat tile on the allocation's floor (full-size kodim09 at 0.25 bpp: a sky
+# tile of 256x171 given 274 bytes, k=6, fitted to 33.9 dB, 280 bytes at 6 dB and 176 at 20).
+# Such a member's search widens to WIDEST_LOSS_DB before the target is called out of reach.
+WIDEST_LOSS_DB = 20.0
 ROUNDS = 9
 # kodak-mini (benchmarks/NOTES.md): with Adam the measured (k, budget) hull ran at 7.5-9 bits
 # per weight, header included, and 8 won. Muon fits larger nets better: at 7 (one or two
@@ -46,19 +48,22 @@ def channels_for_image(bpp: float, shape, layers: int = 6) -> int:
 
 @torch.no_grad()
 def budgets_for_rate(model, z, loss_fn, quant: QuantConfig, pixels: int, write, targets=None,
-                     view=None, max_loss_db: float = LOSS_RANGE_DB[1]) -> np.ndarray:
+                     view=None) -> np.ndarray:
     """[B] PSNR budgets (dB) whose files are the largest within quant.target_bpp, or within
-    targets[b] bpp for member b (the tiles of an image each get their share).
+    targets[b] bpp for member b (the tiles of an image each get their share). The search runs
+    over LOSS_RANGE_DB, and up to WIDEST_LOSS_DB for a member that cannot reach its rate within it.
 
     write(b, codes_b) -> the bytes bank member b would get with step codes codes_b.
-    view(output) -> the image's pixels of the network's output (nets.crop), for the sensitivities.
-    max_loss_db: the coarsest budget searched."""
+    view(output) -> the image's pixels of the network's output (nets.crop), for the sensitivities."""
     sens = sensitivities(model, z, view=view)
     limit = np.asarray(targets if targets is not None else [quant.target_bpp] * z.shape[0]) * pixels / 8
     B = z.shape[0]
     lo = np.full(B, math.log(LOSS_RANGE_DB[0]))
-    hi = np.full(B, math.log(max_loss_db))
+    hi = np.full(B, math.log(LOSS_RANGE_DB[1]))
     fits_at_hi = _fits(model, z, loss_fn, quant, np.exp(hi), sens, write, limit)
+    if not fits_at_hi.all():  # only the members short of their rate search the wider range
+        hi = np.where(fits_at_hi, hi, math.log(WIDEST_LOSS_DB))
+        fits_at_hi = _fits(model, z, loss_fn, quant, np.exp(hi), sens, write, limit)
     if not fits_at_hi.all():
         weights = sum(t[0].numel() for _, t in model.named_tensors())
         raise ConfigError(f"cannot reach {np.min(limit) * 8 / pixels:.4g} bpp with {weights} weights per image; "

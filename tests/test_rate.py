@@ -77,6 +77,30 @@ def test_unreachable_targets_are_config_errors(fitted):
         QuantConfig(target_bpp=1, target_psnr=30)
 
 
+def test_a_member_short_of_its_rate_within_the_usual_range_searches_a_wider_one(fitted):
+    # a flat tile on the allocation's floor, or a distilled denoiser: a fit far better than its
+    # rate keeps needs more than LOSS_RANGE_DB's 6 dB of budget to reach the rate at all
+    from ddcodec.codec import _write_member
+    from ddcodec.rate import LOSS_RANGE_DB, WIDEST_LOSS_DB
+    from ddcodec.quant import search_steps
+    import copy
+    bank = copy.copy(fitted)
+    bank.model = copy.deepcopy(fitted.model).fold()
+    bank.arch = bank.model.arch
+    H, W = bank.size
+
+    def size_at(db):
+        codes = search_steps(bank.model, bank.z, bank.loss_fn, QuantConfig(), np.full(2, db))
+        return [len(_write_member(bank.model, b, codes[:, b], bank.arch, bank.seed, bank.flags[b], H, W))
+                for b in range(2)]
+    usual, widest = size_at(LOSS_RANGE_DB[1]), size_at(WIDEST_LOSS_DB)
+    assert all(w < u for w, u in zip(widest, usual))  # the premise: 20 dB makes smaller files here
+    bpp = 8 * (max(widest) + min(usual)) / 2 / (H * W)  # between the two: out of the usual range
+    assert max(widest) < bpp * H * W / 8 < min(usual)
+    for r in _quantize(fitted, target_bpp=bpp):
+        assert r.bpp <= bpp
+
+
 def _easy_and_hard(width=32, height=24):
     """A smooth image a small net fits well, and noise it cannot fit: one bank, two fates."""
     hard = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
