@@ -44,7 +44,7 @@ DISTILL_ITERS, DISTILL_LR = 300, 0.002
 # noisy image was 0.93 sigma_hat^2 (below 1: the clipped noise has less variance than sigma^2).
 # The Deep Decoder with the margin stops so too, at the same tau, but never after its fixed
 # budget (cap 1): with the margin it fits a smooth image's noise far sooner (kodim02 peaked at
-# ~900 iterations, 29.9 dB, and fell to 29.1 by the budget's 2,250) while kodim24 still peaks
+# ~900 iterations, 29.9 dB, and fell to 29.1 by 2,250, short of its budget of 2,328) while kodim24 still peaks
 # near it (26.58 dB at 2,000, MSE 0.91 sigma_hat^2). Without the margin its peaks fell at 0.89
 # (kodim24) and 1.00 (kodim02) sigma_hat^2, no better than the budget, which it keeps.
 DISCREPANCY = 0.93
