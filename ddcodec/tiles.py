@@ -52,11 +52,23 @@ TILED_WORK_FILES = 8
 
 def auto_tile(bpp: float, height: int, width: int) -> tuple:
     """The auto tile for an image at a rate target: TILE, grown with the image's long side
-    (TILE_GROWTH), and further until its budget at bpp is at least MIN_TILE_BYTES."""
-    by_size = (max(height, width) / REFERENCE_SIDE) ** TILE_GROWTH
-    by_bytes = math.sqrt(8 * MIN_TILE_BYTES / (bpp * TILE[0] * TILE[1]))
-    scale = max(1.0, by_size, by_bytes)
-    return round(TILE[0] * scale), round(TILE[1] * scale)
+    (TILE_GROWTH), and further until the part of it inside the image holds MIN_TILE_BYTES at
+    bpp, or it covers the whole image (then the grid is one network)."""
+    long_side, short_side = max(height, width), min(height, width)
+    a, b = TILE  # landscape: a along the long side (grid_shape turns it for portrait images)
+    # Measured by the pixels a tile can hold, not its nominal area: a tile of a strip (1025x9)
+    # is clipped to the strip's 9 rows, so the nominal area gave it a tenth of its bytes, and
+    # a rate one network could keep was refused for the grid's tile floor
+    inside = lambda s: min(a * s, long_side) * min(b * s, short_side)  # noqa: E731
+    need = 8 * MIN_TILE_BYTES / bpp
+    lo = max(1.0, (long_side / REFERENCE_SIDE) ** TILE_GROWTH)
+    hi = max(lo, long_side / a, short_side / b)  # from here on the tile covers the image
+    if inside(lo) < need:
+        for _ in range(60):  # inside() grows with s: bisect (in log space) for the least s that holds need
+            mid = math.sqrt(lo * hi)
+            lo, hi = (mid, hi) if inside(mid) < need else (lo, mid)
+        lo = hi
+    return round(a * lo), round(b * lo)
 
 
 def resolve(tile, bpp, height: int, width: int):

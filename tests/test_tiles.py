@@ -241,6 +241,26 @@ def test_the_auto_tile_grows_with_the_image_and_at_low_rates():
         assert w * h * bpp / 8 >= tiles.MIN_TILE_BYTES * 0.99
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 4096), st.integers(1, 4096), st.floats(0.02, 8.0))
+def test_every_auto_tile_holds_most_of_its_bytes_inside_the_image(height, width, bpp):
+    """The auto grid of any shape, strips included, is one network or tiles of at least half
+    MIN_TILE_BYTES each (grid_shape's rounding may shrink a tile to 0.75 of its size per side),
+    so the tile floor never refuses a rate the auto grid was chosen for."""
+    rows, cols = tiles.grid_shape(height, width, tiles.auto_tile(bpp, height, width))
+    budget = bpp * height * width / 8
+    assert rows * cols == 1 or budget / (rows * cols) >= tiles.MIN_TILE_BYTES / 2
+    tiles.check_rate(bpp, height, width, rows, cols)
+
+
+def test_a_strip_one_network_can_keep_gets_one_tile():
+    # 1025x9 at 0.3 bpp is 346 bytes: the nominal 313x209 tile gave three tiles of 115 bytes,
+    # under the 200-byte floor, and the encode was refused
+    assert tiles.grid_shape(9, 1025, tiles.auto_tile(0.3, 9, 1025)) == (1, 1)
+    assert tiles.grid_shape(1025, 9, tiles.auto_tile(0.3, 1025, 9)) == (1, 1)
+    assert tiles.grid_shape(9, 1025, tiles.auto_tile(2.0, 9, 1025)) == (1, 2)  # 1,153 bytes each
+
+
 def test_a_grid_of_one_tile_runs_no_pilot(monkeypatch):
     stages = []
     ddcodec.encode(small(48, 32), channels=None, fit=FIT_TINY, quant=ddcodec.QuantConfig(target_bpp=2.0, qat_iters=2),
