@@ -222,11 +222,13 @@ def encode(images, output, **opts):
               help="Output image [default: FILE's name with .decoded.png: photo.ddc -> photo.decoded.png, so the original photo.png is never in the way].")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
 @click.option("--force", is_flag=True, help="Replace an existing output.")
-def decode(file, output, device, force):
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (as encode's -q).")
+def decode(file, output, device, force, quiet):
     """Decode a .ddc file to an image (PNG unless -o names another format)."""
     output = output or decoded_name(file)
     img = ddcodec.decode_file(file, output, force, device=device)
-    click.echo(f"{output}: {img.shape[1]}x{img.shape[0]}")
+    if not quiet:
+        click.echo(f"{output}: {img.shape[1]}x{img.shape[0]}")
 
 
 @cli.command()

@@ -212,6 +212,15 @@ def test_decode_default_name_does_not_collide_with_the_original(tmp_path):
     assert (tmp_path / "a.decoded.png").exists()
 
 
+def test_decode_quiet_prints_nothing_and_still_writes_the_image(tmp_path, ddc_bytes):
+    (tmp_path / "x.ddc").write_bytes(ddc_bytes)
+    loud = run("decode", tmp_path / "x.ddc", "-o", tmp_path / "loud.png")
+    quiet = run("decode", tmp_path / "x.ddc", "-o", tmp_path / "quiet.png", "-q")
+    assert loud.exit_code == quiet.exit_code == 0, quiet.output
+    assert "loud.png" in loud.output and quiet.output == ""
+    assert (tmp_path / "quiet.png").read_bytes() == (tmp_path / "loud.png").read_bytes()
+
+
 def test_encode_with_a_bpp_target_picks_k_and_stays_within_it(tmp_path):
     Image.fromarray(small(64, 48)).save(tmp_path / "a.png")
     res = run("encode", tmp_path / "a.png", "--bpp", "2.0", "--layers", "4", "--iters", "60",
