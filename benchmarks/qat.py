@@ -1,6 +1,7 @@
-"""Quantization-aware fine-tuning settings compared on the same fits: each bank of images is
-fitted once with the default recipe, then quantized from copies of that fit with each
-(steps, learning rate) setting, so only the fine-tuning differs. PSNR is the decoded file's.
+"""Quantization-aware fine-tuning and learned-rounding settings compared on the same fits: each
+bank of images is fitted once with the default recipe, then quantized from copies of that fit
+with each (steps, learning rate, rounding steps) setting, so only what follows the fit
+differs. PSNR is the decoded file's.
 
     python -m benchmarks.qat --data ../shared/data/kodak --names kodim01,kodim02,kodim03,kodim04 --bpp 0.5
 
@@ -18,22 +19,28 @@ import torch
 
 from ddcodec import FitConfig, QuantConfig
 from ddcodec.codec import fit_bank, quantize_bank
+from ddcodec.quant import rounding_steps
 from ddcodec.rate import channels_for_image
 
 from .common import code_version
 from .rd import load_images
 
-# (steps, learning rate): the setting before the sixteenth session, then the default since
-SETTINGS = [(0, 1e-4), (300, 0.002), (QuantConfig.qat_iters, QuantConfig.qat_lr)]
+# (steps, learning rate, learned-rounding steps): no fine-tuning, the setting before the
+# sixteenth session, the fine-tuning since, and that with the default learned rounding (None:
+# a third of the fit's iterations) since the forty-eighth stop
+SETTINGS = [(0, 1e-4, 0), (300, 0.002, 0), (QuantConfig.qat_iters, QuantConfig.qat_lr, 0),
+            (QuantConfig.qat_iters, QuantConfig.qat_lr, None)]
 
 
 def compare(images, channels, bpp, settings=SETTINGS, fit=FitConfig(), layers=6, device="cpu") -> dict:
     """Mean decoded PSNR and bpp of each fine-tuning setting, from one fit of the bank."""
     bank = fit_bank(images, channels, layers, fit, device)
     out = []
-    for steps, lr in settings:
-        results = quantize_bank(copy.deepcopy(bank), QuantConfig(qat_iters=steps, qat_lr=lr, target_bpp=bpp))
-        out.append({"qat_iters": steps, "qat_lr": lr, "psnr": [r.psnr for r in results],
+    for steps, lr, rounds in settings:
+        results = quantize_bank(copy.deepcopy(bank), QuantConfig(qat_iters=steps, qat_lr=lr, round_iters=rounds,
+                                                                 target_bpp=bpp))
+        out.append({"qat_iters": steps, "qat_lr": lr, "round_iters": rounding_steps(QuantConfig(round_iters=rounds), fit.iters),
+                    "psnr": [r.psnr for r in results], "bytes": [r.bytes for r in results],
                     "mean_psnr": float(np.mean([r.psnr for r in results])),
                     "mean_bpp": float(np.mean([r.bpp for r in results]))})
     return {"channels": channels, "target_bpp": bpp, "settings": out}
@@ -62,7 +69,8 @@ def main(argv=None):
     with open(a.out / "qat.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
     for s in row["settings"]:
-        print(f"{s['qat_iters']} steps at {s['qat_lr']:g}: {s['mean_psnr']:.4f} dB at {s['mean_bpp']:.4f} bpp", flush=True)
+        print(f"{s['qat_iters']} steps at {s['qat_lr']:g}, {s['round_iters']} rounding steps: "
+              f"{s['mean_psnr']:.4f} dB at {s['mean_bpp']:.4f} bpp", flush=True)
 
 
 if __name__ == "__main__":

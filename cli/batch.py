@@ -110,7 +110,7 @@ def fit_config(iters, lr, seed, precision, compile_, optimizer, margin: Optional
 
 
 def encode_command(images, output, channels, layers, arch, iters, lr, seed, device, quiet, precision, compile_,
-                   max_loss, qat_iters, bpp, psnr, tile, denoise, mask, scale, bank, max_pixels, force, as_json,
+                   max_loss, qat_iters, round_iters, bpp, psnr, tile, denoise, mask, scale, bank, max_pixels, force, as_json,
                    folder: bool = False, optimizer: str = "auto", margin: Optional[bool] = None):
     """folder: the output names a folder even for one image (it was given as "out/")."""
     paths, several = expand(images)
@@ -135,7 +135,11 @@ def encode_command(images, output, channels, layers, arch, iters, lr, seed, devi
     if lr is None and restoring:  # else None: by k (fit.default_lr)
         lr = restore.RESTORE_LR
     fit = fit_config(FitConfig.iters if iters is None else iters, lr, seed, precision, compile_, optimizer, margin)
-    quant = QuantConfig(max_loss_db=max_loss, qat_iters=qat_iters, target_bpp=bpp, target_psnr=psnr)
+    # learned rounding fits the loss, which for restoration is against the degraded image (the
+    # codec rounds only the Deep Decoder's compression fits: the bar counts what it will run)
+    rounds = 0 if restoring or arch != "deep-decoder" else round_iters
+    quant = QuantConfig(max_loss_db=max_loss, qat_iters=qat_iters, round_iters=rounds,
+                        target_bpp=bpp, target_psnr=psnr)
     # settings every bank shares, checked once before any folder is made or image read: a bad
     # -k is one error, not one per image
     check_arguments(k, d, fit, quant, None, tile, arch=arch)

@@ -178,6 +178,9 @@ def rate_options(f):
                      help="PSNR (dB) quantization may cost before fine-tuning; larger = smaller file."),
         click.option("--qat-iters", default=QuantConfig.qat_iters, show_default=True,
                      help="Quantization-aware fine-tuning steps."),
+        click.option("--round-iters", type=click.IntRange(min=0),
+                     help="Steps of learned rounding (AdaRound) after the fine-tuning; 0: nearest integers. "
+                     "Compression only. [default: a third of --iters]"),
         click.option("--bpp", type=float, help="Rate control: the largest file within this many bits per "
                      "pixel (k from the target unless -k is given; --max-loss is then searched)."),
         click.option("--psnr", type=float, help="Quality control: the smallest file the fit allows at this PSNR (dB)."),

@@ -7,6 +7,8 @@ import time
 import click
 from tqdm import tqdm
 
+from ddcodec.quant import rounding_steps
+
 from .interrupt import raise_if_interrupted
 
 SLOW_SECONDS = 60  # above this, say how long and how to go faster
@@ -16,7 +18,7 @@ WARN_AFTER = 40  # iterations timed for the estimate
 class FitProgress:
     def __init__(self, fit, quant, quiet: bool, banks: int = 1, may_stop: bool = False):
         self.may_stop = may_stop  # a denoising fit's discrepancy stop: the whole budget is its bound
-        self.per_bank = fit.iters + quant.qat_iters
+        self.per_bank = fit.iters + quant.qat_iters + rounding_steps(quant, fit.iters)
         self.fit_iters = fit.iters
         self.banks = banks
         self.total = self.per_bank * banks

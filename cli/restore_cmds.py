@@ -34,7 +34,7 @@ def run(task, image, output, ddc, force, quiet, fn, mask_path=None, **kw):
     scale = kw.get("scale", 1)  # the writer itself, for the image's channels and size
     check_image_name(output, 1 if img.ndim == 2 else 3, (img.shape[1] * scale, img.shape[0] * scale))
     iters = kw.get("iters") or FitConfig.iters  # None (the rule) only for the bar's first length
-    after = QuantConfig(qat_iters=restore.DISTILL_ITERS if task == "denoise" else 0)  # distillation
+    after = QuantConfig(qat_iters=restore.DISTILL_ITERS if task == "denoise" else 0, round_iters=0)  # distillation
     with FitProgress(FitConfig(iters=iters), after, quiet, may_stop=task == "denoised") as bar:
         r = fn(img, progress=bar.update, **kw)
     raise_if_interrupted()

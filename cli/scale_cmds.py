@@ -33,7 +33,7 @@ def register(cli, fit_options, speed_options, rate_options):
     @click.option("--force", is_flag=True, help="Re-encode and replace existing outputs.")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON line per image.")
     def encode_dir(folder, output, channels, layers, arch, iters, lr, seed, device, quiet, precision, optimizer, margin,
-                   compile_, max_loss, qat_iters, bpp, psnr, tile, bank, ray_address, workers, max_pixels, force, as_json):
+                   compile_, max_loss, qat_iters, round_iters, bpp, psnr, tile, bank, ray_address, workers, max_pixels, force, as_json):
         """Encode every image under FOLDER (recursively) into OUTPUT, in banks.
 
         Files are written as each bank finishes; a re-run skips every output that exists and
@@ -46,6 +46,7 @@ def register(cli, fit_options, speed_options, rate_options):
         fit = fit_config(iters, lr, seed, precision, compile_, optimizer, margin)
         settings = Settings(channels, layers, arch, fit,
                             QuantConfig(max_loss_db=max_loss, qat_iters=qat_iters, target_bpp=bpp,
+                                        round_iters=round_iters if arch == "deep-decoder" else 0,
                                         target_psnr=psnr), device, max_pixels, tile)
         runner = None
         if ray_address is not None:

@@ -29,8 +29,9 @@ from .fit import ADAM_BETAS, FitConfig, fell_back, mse_per_image, optimise
 from .images import beside, check_ddc_name, check_image, check_image_name, check_output, decoded_name, image_bytes, read_image, write_atomic
 from .metrics import bpp as bits_per_pixel, psnr
 from .nets import Architecture, build, crop, layers_for, macs, param_count, seeded_input, work
+from .adaround import learn_rounding
 from .rate import budgets_for_psnr, budgets_for_rate, channels_for_image
-from .quant import QuantConfig, code_floor, quantize, search_steps, steps_tensor, straight_through
+from .quant import QuantConfig, code_floor, quantize, rounding_steps, search_steps, steps_tensor, straight_through
 
 
 @dataclass
@@ -345,6 +346,15 @@ def quantize_bank(bank: FittedBank, quant: QuantConfig = QuantConfig(), progress
     # step (a fit of 0 iterations leaves the folded biases at exactly 0): coarsen just those.
     floor = code_floor([t for _, t in model.named_tensors()])
     searched, codes = codes, np.maximum(codes, floor)
+    if rounding_steps(quant, bank.fit.iters) and bank.compression:
+        # each weight's integer below or above, learned on these steps; not for restoration,
+        # whose loss is against the degraded image (its fit stops early so as not to fit that)
+        learn_rounding(model, z, loss_fn, steps_tensor(codes, z.device), rounding_steps(quant, bank.fit.iters), quant.round_lr,
+                       quant.round_weight, mode=bank.fit.precision, compile=compile_,
+                       progress=_stage(progress, "round"))
+        # an integer above its nearest may pass the alphabet's end: that tensor takes a coarser step
+        floor = np.maximum(floor, code_floor([t for _, t in model.named_tensors()]))
+        codes = np.maximum(codes, floor)
     results = []
     for b, img in enumerate(bank.originals):
         if short[b]:  # below a PSNR target: its bank-mates are still written

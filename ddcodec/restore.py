@@ -30,7 +30,7 @@ DEFAULTS = {  # arch -> (channels, layers, iterations for inpainting / super-res
     "skip": (128, 5, 3000),
 }
 SKIP_INPUT_NOISE = {"denoise": 1 / 30, "inpaint": 0.03, "superres": 0.03}
-RESTORE_QUANT = QuantConfig(qat_iters=0)  # the fit's target is degraded: no need to polish it
+RESTORE_QUANT = QuantConfig(qat_iters=0, round_iters=0)  # the fit's target is degraded: no need to polish it
 # Denoising averages the outputs over the fit (DIP's exp_weight 0.99) at a constant learning
 # rate, then distils the average back into the network so that the .ddc decodes to it.
 DENOISE_AVERAGE = 0.99

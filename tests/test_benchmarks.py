@@ -299,8 +299,9 @@ def test_the_fine_tuning_comparison_quantizes_one_fit_and_never_loses_to_no_fine
 
     gen = np.random.default_rng(0)
     images = [gen.integers(0, 256, (24, 32, 3), dtype=np.uint8) for _ in range(2)]
-    row = compare(images, 4, 2.0, settings=[(0, 1e-4), (20, 0.002), (20, 1e-4)],
+    row = compare(images, 4, 2.0, settings=[(0, 1e-4, 0), (20, 0.002, 0), (20, 1e-4, 0), (20, 1e-4, None)],
                   fit=ddcodec.FitConfig(iters=30), layers=3)
+    assert [s["round_iters"] for s in row["settings"]] == [0, 0, 0, 10]  # None: a third of the fit
     none, *tuned = row["settings"]
     for s in row["settings"]:
         assert len(s["psnr"]) == 2 and s["mean_bpp"] <= 2.0  # every setting within the rate
