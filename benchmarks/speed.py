@@ -38,6 +38,7 @@ from ddcodec.fit import COMPILE_PRESETS, GRAPH_MODES, FitConfig, fell_back, mse_
 from ddcodec.codec import with_margin
 from ddcodec.errors import ConfigError
 from ddcodec.nets import Architecture, build, canvas, crop, seeded_input
+from ddcodec.quant import rounding_steps
 
 from . import products
 from .common import run_main
@@ -305,6 +306,7 @@ def dataset_run(images, dev, bank, fit: FitConfig, bpp=None) -> dict:
                 db += r.psnr
     return {"images": len(names), "seconds": time.perf_counter() - t0, "bytes": total, "psnr": db / len(names),
             "target_bpp": bpp, "precision": fit.precision, "compile": fit.compile, "fit_iters": fit.iters,
+            "round_iters": rounding_steps(quant, fit.iters),  # the learned rounding, since the forty-eighth stop
             "stages": stages, "calls": calls, "compile_seconds": compile_seconds()}
 
 
@@ -415,7 +417,8 @@ def main(argv=None):
         floor_ms = max(flops / rate, bytes_ / (pk["copy_gbs"] * 1e9)) * 1000
         # an estimate: the default recipe's steps at this rate; the step search, the tiles'
         # pilot, entropy coding and compiling are not in it (the dataset run times the whole)
-        per_image_s = r["ms_per_image_iter"] * (FitConfig.iters + ddcodec.QuantConfig.qat_iters) / 1000
+        quant = ddcodec.QuantConfig()
+        per_image_s = r["ms_per_image_iter"] * (FitConfig.iters + quant.qat_iters + rounding_steps(quant, FitConfig.iters)) / 1000
         if before is not None:
             rows.remove(before)
             r["ms_before"] = before["ms_per_image_iter"]  # the same row as the code was then
