@@ -16,7 +16,7 @@ weights so that their nearest integers fit well, and this then picks between nei
 """
 import torch
 
-from .compiling import compiled
+from .compiling import GRAPH_MODES, compiled
 from .fit import REPORT_EVERY, autocast, precision, psnr_from_mse
 from .quant import _bank_view
 
@@ -47,7 +47,9 @@ def learn_rounding(model, z, loss_fn, steps: list, iters: int, lr: float, weight
         # start where h equals the fraction: the relaxed net is the float net
         frac = [(x - b).clamp(0.01, 0.99) for x, b in zip(scaled, below)]
         vs = [(-torch.log((ZETA - GAMMA) / (f - GAMMA) - 1)).requires_grad_(True) for f in frac]
-    net = compiled(model, compile, z.device) if compile else model
+    # the fit's compiled program, which the fine-tuning has run forward and backward already;
+    # not a CUDA-graph preset's, whose folded net would compile a program of its own here
+    net = compiled(model, compile, z.device) if compile and compile not in GRAPH_MODES else model
     opt = torch.optim.Adam(vs, lr=lr)
     scale = 1 / nearest_loss.clamp_min(1e-12)  # each member's loss relative to its nearest rounding
     count = sum(v[0].numel() for v in vs)
