@@ -7,7 +7,7 @@ from ddcodec_cli import progress
 def _run(monkeypatch, capsys, times, may_stop=False):
     clock = iter(times)
     monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
-    with progress.FitProgress(FitConfig(iters=3000), QuantConfig(qat_iters=300), quiet=False,
+    with progress.FitProgress(FitConfig(iters=3000), QuantConfig(qat_iters=300, round_iters=0), quiet=False,
                               may_stop=may_stop) as bar:
         for it in (10, 20, 30, 40, 50, 60):
             bar.update("fit", it, 3000, 0.01, 20.0)
@@ -36,7 +36,7 @@ def test_a_fit_that_may_stop_early_gives_its_duration_as_a_bound(monkeypatch, ca
 def test_a_fit_that_stops_early_gives_its_unused_iterations_back():
     # the discrepancy stop ends a denoising fit at 520 of its 2,000 cap; the distillation's
     # iterations follow on from 520, not from 2,000, and the total shrinks to match
-    bar = progress.FitProgress(FitConfig(iters=2000), QuantConfig(qat_iters=300), quiet=True)
+    bar = progress.FitProgress(FitConfig(iters=2000), QuantConfig(qat_iters=300, round_iters=0), quiet=True)  # as ddc denoise
     for it in range(10, 530, 10):
         bar.update("fit", it, 2000, 0.01, 20.0)
     bar.update("distil", 10, 300, 0.01, 20.0)
@@ -47,12 +47,15 @@ def test_a_fit_that_stops_early_gives_its_unused_iterations_back():
 
 
 def test_banks_that_run_in_full_count_every_iteration():
+    # the learned rounding's steps too: a third of the fit's by default
     bar = progress.FitProgress(FitConfig(iters=100), QuantConfig(qat_iters=20), quiet=True, banks=2)
+    assert bar.total == 2 * (100 + 20 + 33)
     for _ in range(2):
         bar.update("fit", 100, 100, 0.01, 20.0)
         bar.update("qat", 20, 20, 0.01, 20.0)
+        bar.update("round", 33, 33, 0.01, 20.0)
         bar.next_bank()
-    assert bar.offset == bar.total == 240
+    assert bar.offset == bar.total == 306
 
 
 def test_stages_of_one_name_back_to_back_count_on():
