@@ -346,7 +346,9 @@ def quantize_bank(bank: FittedBank, quant: QuantConfig = QuantConfig(), progress
     # step (a fit of 0 iterations leaves the folded biases at exactly 0): coarsen just those.
     floor = code_floor([t for _, t in model.named_tensors()])
     searched, codes = codes, np.maximum(codes, floor)
+    unrounded = None  # the fine-tuned weights, for a PSNR target's finer steps (_meet_psnr)
     if rounding_steps(quant, bank.fit.iters) and bank.compression:
+        unrounded = [t.detach().clone() for _, t in model.named_tensors()]
         # each weight's integer below or above, learned on these steps; not for restoration,
         # whose loss is against the degraded image (its fit stops early so as not to fit that)
         learn_rounding(model, z, loss_fn, steps_tensor(codes, z.device), rounding_steps(quant, bank.fit.iters), quant.round_lr,
@@ -370,7 +372,7 @@ def quantize_bank(bank: FittedBank, quant: QuantConfig = QuantConfig(), progress
             data = write(b, codes[:, b])
         decoded = decode(data, device=str(z.device))
         if quant.target_psnr is not None:
-            data, decoded = _meet_psnr(quant.target_psnr, data, decoded, img, bank, b, codes, floor, write)
+            data, decoded = _meet_psnr(quant.target_psnr, data, decoded, img, bank, b, codes, floor, write, unrounded)
         results.append(EncodeResult(
             data, decoded.shape[1], decoded.shape[0], fidelity_psnr(decoded, img, bank.degradation),
             fidelity_psnr(_unorient(bank.float_out[b], bank.flags[b]), img, bank.degradation),
@@ -459,11 +461,18 @@ def _encode_tiled(images, channels, layers, fit, quant, device, progress, tile) 
     return results
 
 
-def _meet_psnr(target, data, decoded, img, bank, b, codes, floor, write):
+def _meet_psnr(target, data, decoded, img, bank, b, codes, floor, write, unrounded=None):
     """A PSNR target is a budget on the float network's loss; the decoded 8-bit file can land a
     little below it (by ~0.001 dB). Member b's steps are made finer, an eighth of an octave at a
-    time, until its decoded file reaches the target (or every step is at the coder's floor)."""
+    time, until its decoded file reaches the target (or every step is at the coder's floor).
+    unrounded: the weights before the learned rounding, whose integers belong to the old steps:
+    finer steps round these (the learned weights sit on the old grid, and no finer step gets
+    closer to the fit than they are)."""
     dev = str(bank.z.device)
+    if unrounded is not None and fidelity_psnr(decoded, img, bank.degradation) < target:
+        with torch.no_grad():
+            for (_, t), u in zip(bank.model.named_tensors(), unrounded):
+                t[b].copy_(u[b])
     while fidelity_psnr(decoded, img, bank.degradation) < target and (codes[:, b] > floor[:, b]).any():
         codes[:, b] = np.maximum(codes[:, b] - 1, floor[:, b])
         data = write(b, codes[:, b])
