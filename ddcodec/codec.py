@@ -347,11 +347,12 @@ def quantize_bank(bank: FittedBank, quant: QuantConfig = QuantConfig(), progress
     floor = code_floor([t for _, t in model.named_tensors()])
     searched, codes = codes, np.maximum(codes, floor)
     unrounded = None  # the fine-tuned weights, for a PSNR target's finer steps (_meet_psnr)
-    if rounding_steps(quant, bank.fit.iters) and bank.compression:
+    rounds = rounding_steps(quant, bank.fit.iters)
+    if rounds and bank.compression:
         unrounded = [t.detach().clone() for _, t in model.named_tensors()]
         # each weight's integer below or above, learned on these steps; not for restoration,
         # whose loss is against the degraded image (its fit stops early so as not to fit that)
-        learn_rounding(model, z, loss_fn, steps_tensor(codes, z.device), rounding_steps(quant, bank.fit.iters), quant.round_lr,
+        learn_rounding(model, z, loss_fn, steps_tensor(codes, z.device), rounds, quant.round_lr,
                        quant.round_weight, mode=bank.fit.precision, compile=compile_,
                        progress=_stage(progress, "round"))
         # an integer above its nearest may pass the alphabet's end: that tensor takes a coarser step
